@@ -1,0 +1,15 @@
+"""Type aliases shared by the WSGI and ASGI shells (no runtime cost)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, TypeAlias
+
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: The WSGI environ or the ASGI scope: what key functions and predicates receive.
+Request: TypeAlias = MutableMapping[str, Any]

@@ -1,0 +1,97 @@
+"""ASGI middleware: one session's requests run one at a time, in arrival order.
+
+    from starlette.applications import Starlette
+    from starlette.middleware.sessions import SessionMiddleware
+    from sessionlock.asgi import SessionLockMiddleware
+
+    app = Starlette(routes=...)
+    app.add_middleware(SessionMiddleware, secret_key="...")
+    app.add_middleware(SessionLockMiddleware)   # added last = outermost: outside the session
+
+The lock is taken before the app runs (so before any session layer inside it loads) and
+released when the app returns: after the last body message and any background task. A
+waiting request never blocks the event loop, and leaves the queue if its client
+disconnects. Websocket and lifespan scopes pass through untouched. Options: see
+:class:`sessionlock.core.Core`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ._types import ASGIApp, Message, Receive, Scope, Send
+from .core import REFUSED, Core, Options
+from .errors import ClientGone
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["SessionLockMiddleware"]
+
+
+class SessionLockMiddleware:
+    def __init__(self, app: ASGIApp, **options: Unpack[Options]) -> None:
+        self.app = app
+        self.core = Core(**options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        core = self.core
+        admission = core.admit(scope)
+        if admission is None:
+            await self.app(scope, receive, send)
+            return
+        inbox = _Inbox(receive)
+        try:
+            await core.enter_async(admission, inbox.until_disconnect)
+        except ClientGone:
+            return  # nobody is left to answer
+        except REFUSED as error:
+            refusal = core.refuse(admission, error)
+            start = {"status": refusal.status, "headers": _encode(refusal.headers)}
+            await send({"type": "http.response.start", **start})
+            await send({"type": "http.response.body", "body": refusal.body})
+            return
+        extra = _encode(admission.response_headers())
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        try:
+            await self.app(scope, inbox.receive if inbox.kept else receive, send_with_headers)
+        finally:
+            await core.leave_async(admission)
+
+
+class _Inbox:
+    """Reads the client's messages while the request waits, to see a disconnect at once.
+
+    Whatever was read (request body chunks) is kept and handed to the app first.
+    """
+
+    __slots__ = ("_receive", "kept")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.kept: deque[Message] = deque()
+
+    async def until_disconnect(self) -> None:
+        while True:
+            message = await self._receive()
+            self.kept.append(message)
+            if message["type"] == "http.disconnect":
+                return
+
+    async def receive(self) -> Message:
+        if self.kept:
+            return self.kept.popleft()
+        return await self._receive()
+
+
+def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]

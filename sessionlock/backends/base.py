@@ -1,0 +1,98 @@
+"""The small interface every backend implements: a lease per key, and a tiny value store.
+
+Policy (FIFO order, timeouts, queue limits) lives once, above the backends, in
+:mod:`sessionlock.queue` and :mod:`sessionlock.core`. Inside one process only the head of a
+key's local queue ever calls :meth:`Backend.acquire`, so a backend never sees two callers of
+the same key from one process at once; it only has to exclude *other* processes or hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+__all__ = ["Backend", "Lease"]
+
+
+class Lease:
+    """Proof that a backend granted ``key``; ``token`` is the backend's own handle."""
+
+    __slots__ = ("key", "token")
+
+    def __init__(self, key: str, token: Any = None) -> None:
+        self.key = key
+        self.token = token
+
+    def __repr__(self) -> str:
+        return f"Lease({self.key[:8]}...)"
+
+
+class Backend(ABC):
+    """Excludes other processes (or hosts) from a key, and stores short notes per key.
+
+    Keys reaching a backend are already keyed hashes (hex), never raw session ids.
+    """
+
+    #: Whether the lease excludes other processes. The memory backend's does not, which is
+    #: what the gunicorn integration checks before starting more than one worker.
+    shared: ClassVar[bool] = True
+
+    def secret(self) -> bytes:
+        """The default hashing secret when the user gives none.
+
+        Backends shared by several processes must return the same secret in each of them,
+        or the processes would hash one session to different locks.
+        """
+        return secrets.token_bytes(32)
+
+    @abstractmethod
+    def try_acquire(self, key: str) -> Lease | None:
+        """Take ``key`` if it is free right now; never wait."""
+
+    @abstractmethod
+    def acquire(self, key: str, timeout: float | None) -> Lease | None:
+        """Block until ``key`` is taken (a Lease) or ``timeout`` seconds pass (None)."""
+
+    async def acquire_async(self, key: str, timeout: float | None) -> Lease | None:
+        """:meth:`acquire` without blocking the event loop.
+
+        The default runs the blocking call in a worker thread. If the awaiting task is
+        cancelled, a lease that still arrives is released at once, so none is leaked.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, self.acquire, key, timeout)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(self._release_orphan)
+            raise
+
+    def _release_orphan(self, future: asyncio.Future[Lease | None]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            lease = future.result()
+            if lease is not None:
+                self.release(lease)
+
+    @abstractmethod
+    def release(self, lease: Lease) -> None:
+        """Give the key back; the next waiter (in any process) may take it."""
+
+    async def release_async(self, lease: Lease) -> None:
+        self.release(lease)
+
+    @abstractmethod
+    def get(self, key: str) -> str | None:
+        """The value stored under ``key``, or None if absent or expired."""
+
+    @abstractmethod
+    def set(self, key: str, value: str, ttl: float | None) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (None: no expiry)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Forget ``key``'s value; absent keys are fine."""
+
+    def close(self) -> None:  # noqa: B027  (optional hook, nothing to close by default)
+        """Free what the backend holds open."""

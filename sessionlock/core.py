@@ -1,0 +1,291 @@
+"""The one core under the WSGI and ASGI shells: options, admission, waiting, refusals.
+
+The shells differ only in how they wait (a thread blocks; a task awaits and watches for the
+client leaving) and in how they talk to the app. Everything else is decided here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection
+from typing import TypedDict
+
+from . import keys
+from ._types import Request
+from .backends import DEFAULT_URL, Backend, Lease, from_url
+from .errors import BackendUnavailable, ClientGone, ConfigurationError, LockTimeout, QueueFull
+from .queue import KeyedQueue
+
+__all__ = ["Admission", "Core", "Options", "Refusal"]
+
+logger = logging.getLogger("sessionlock")
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"})
+
+
+class Options(TypedDict, total=False):
+    """The keyword options both middleware classes take (see :class:`Core`)."""
+
+    backend: str | Backend
+    key: str | keys.KeySource
+    timeout: float | None
+    max_waiters: int
+    exempt: Collection[str] | Callable[[Request], bool] | None
+    secret: str | bytes | None
+
+
+class Admission:
+    """One request's state: its hashed key, and what to add to its response."""
+
+    __slots__ = ("key", "lease", "set_identity", "started", "waited")
+
+    def __init__(self, key: str, set_identity: str | None) -> None:
+        self.key = key
+        self.set_identity = set_identity
+        self.started = time.perf_counter()
+        self.waited = 0.0
+        self.lease: Lease | None = None
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        timing = f'sessionlock;dur={self.waited * 1000:.1f};desc="session lock wait"'
+        headers = [("Server-Timing", timing)]
+        if self.set_identity is not None:
+            headers.append(("Set-Cookie", self.set_identity))
+        return headers
+
+
+class Refusal:
+    """The answer to a request that could not get its turn: 429, or 503."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: str) -> None:
+        self.status = status
+        self.body = body.encode()
+        self.headers = [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(self.body))),
+            ("Retry-After", "1"),
+            ("Cache-Control", "no-store"),
+        ]
+
+    @property
+    def status_line(self) -> str:
+        return "429 Too Many Requests" if self.status == 429 else "503 Service Unavailable"
+
+
+_QUEUE_FULL = Refusal(429, "Too many requests of this session are waiting; retry shortly.\n")
+_TIMED_OUT = Refusal(503, "Another request of this session is still running; retry shortly.\n")
+_UNAVAILABLE = Refusal(503, "The session lock service is unavailable; retry shortly.\n")
+
+
+class Core:
+    """Configuration and per-request decisions, shared by both middleware classes.
+
+    backend:     ``"memory://"``, ``"file:///dir"``, ``"redis://..."`` or a Backend object.
+    key:         a key source or spec (see :mod:`sessionlock.keys`); default ``identity``.
+    timeout:     seconds a request may wait for its turn before a 503 (None: forever). The
+                 default, 25 s, answers before gunicorn's 30 s worker timeout kills a waiter.
+    max_waiters: requests of one session allowed to wait at once; beyond, 429 at once.
+    exempt:      path prefixes ("/static/"), methods ("GET"), or a predicate of the
+                 environ/scope; exempt requests run at once, unserialized.
+    secret:      key for hashing session keys (16+ bytes); default: the backend's.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: str | Backend = DEFAULT_URL,
+        key: str | keys.KeySource = "identity",
+        timeout: float | None = 25.0,
+        max_waiters: int = 16,
+        exempt: Collection[str] | Callable[[Request], bool] | None = None,
+        secret: str | bytes | None = None,
+    ) -> None:
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(f"timeout must be seconds > 0 or None, got {timeout!r}")
+        if not isinstance(max_waiters, int) or max_waiters < 0:
+            raise ConfigurationError(f"max_waiters must be an int >= 0, got {max_waiters!r}")
+        if isinstance(backend, str):
+            backend = from_url(backend)
+        elif not isinstance(backend, Backend):
+            raise ConfigurationError(f"backend must be a URL or a Backend, got {backend!r}")
+        self.backend = backend
+        self.key_source = keys.from_spec(key)
+        self.timeout = timeout
+        self.max_waiters = max_waiters
+        self.is_exempt = _exemption(exempt)
+        self.secret = keys.derive_secret(secret) if secret is not None else backend.secret()
+        self.queue = KeyedQueue()
+
+    # -- admission -----------------------------------------------------------------------
+
+    def admit(self, request: Request) -> Admission | None:
+        """The request's admission, or None when it passes through unserialized."""
+        if self.is_exempt is not None and self.is_exempt(request):
+            return None
+        source = self.key_source
+        set_identity = None
+        if isinstance(source, keys.Identity):
+            raw, set_identity = source.resolve(request)
+        else:
+            found = source(request)
+            if found is None:
+                return None
+            raw = found
+        return Admission(keys.hash_key(self.secret, raw), set_identity)
+
+    # -- waiting: threads ----------------------------------------------------------------
+
+    def enter(self, admission: Admission) -> None:
+        """Block until the request holds its session (local turn, then backend lease)."""
+        key = admission.key
+        self.queue.acquire(key, timeout=self.timeout, max_waiters=self.max_waiters)
+        try:
+            lease = self.backend.try_acquire(key)
+            if lease is None:
+                lease = self.backend.acquire(key, self._remaining(admission))
+                if lease is None:
+                    raise LockTimeout(f"waited more than {self.timeout} s for the session lock")
+        except BaseException:
+            self.queue.release(key)
+            raise
+        self._entered(admission, lease)
+
+    def leave(self, admission: Admission) -> None:
+        """Release the lease and hand the turn to the next request of the session."""
+        lease, admission.lease = admission.lease, None
+        if lease is None:
+            return
+        try:
+            self.backend.release(lease)
+        finally:
+            self.queue.release(lease.key)
+
+    # -- waiting: tasks ------------------------------------------------------------------
+
+    async def enter_async(
+        self, admission: Admission, until_gone: Callable[[], Awaitable[object]]
+    ) -> None:
+        """:meth:`enter` for a task; ``until_gone`` returns when the client disconnects.
+
+        ``until_gone`` runs (once, as a task) only while the request actually waits, so an
+        uncontended request costs no extra task.
+        """
+        key = admission.key
+        gone: asyncio.Future[object] | None = None
+        waiter = self.queue.join(key, max_waiters=self.max_waiters)
+        try:
+            if waiter is not None:
+                gone = asyncio.ensure_future(until_gone())
+                gone.add_done_callback(lambda _: self.queue.abandon(waiter, ClientGone()))
+                await self.queue.wait(waiter, self.timeout)
+            try:
+                lease = self.backend.try_acquire(key)
+                if lease is None:
+                    if gone is None:
+                        gone = asyncio.ensure_future(until_gone())
+                    lease = await self._backend_wait(admission, gone)
+            except BaseException:
+                self.queue.release(key)
+                raise
+        finally:
+            if gone is not None:
+                gone.cancel()
+        self._entered(admission, lease)
+
+    async def _backend_wait(self, admission: Admission, gone: asyncio.Future[object]) -> Lease:
+        acquiring = asyncio.ensure_future(
+            self.backend.acquire_async(admission.key, self._remaining(admission))
+        )
+        try:
+            await asyncio.wait((acquiring, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not acquiring.done():
+                raise ClientGone()
+        except BaseException:
+            self._drop(acquiring)
+            raise
+        lease = acquiring.result()
+        if lease is None:
+            raise LockTimeout(f"waited more than {self.timeout} s for the session lock")
+        return lease
+
+    def _drop(self, acquiring: asyncio.Future[Lease | None]) -> None:
+        # A lease that arrived as we gave up is released; one still coming is cancelled,
+        # and acquire_async releases it if it lands anyway.
+        if not acquiring.done():
+            acquiring.cancel()
+        elif not acquiring.cancelled() and acquiring.exception() is None:
+            lease = acquiring.result()
+            if lease is not None:
+                self.backend.release(lease)
+
+    async def leave_async(self, admission: Admission) -> None:
+        lease, admission.lease = admission.lease, None
+        if lease is None:
+            return
+        try:
+            await self.backend.release_async(lease)
+        finally:
+            self.queue.release(lease.key)
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def refuse(self, admission: Admission, error: Exception) -> Refusal:
+        """The response for a request that did not get its turn, logged without the key."""
+        if isinstance(error, QueueFull):
+            refusal = _QUEUE_FULL
+        elif isinstance(error, LockTimeout):
+            refusal = _TIMED_OUT
+        else:
+            refusal = _UNAVAILABLE
+        logger.warning(
+            "session %s refused with %d: %s",
+            admission.key[:12],
+            refusal.status,
+            error,
+            extra={"sessionlock_key": admission.key[:12], "sessionlock_status": refusal.status},
+        )
+        return refusal
+
+    def _entered(self, admission: Admission, lease: Lease) -> None:
+        admission.lease = lease
+        admission.waited = time.perf_counter() - admission.started
+
+    def _remaining(self, admission: Admission) -> float | None:
+        if self.timeout is None:
+            return None
+        return max(0.0, self.timeout - (time.perf_counter() - admission.started))
+
+
+#: What the shells turn into a refusal rather than an error.
+REFUSED = (LockTimeout, QueueFull, BackendUnavailable)
+
+
+def _exemption(
+    exempt: Collection[str] | Callable[[Request], bool] | None,
+) -> Callable[[Request], bool] | None:
+    if exempt is None:
+        return None
+    if callable(exempt):
+        return exempt
+    if isinstance(exempt, str):
+        exempt = (exempt,)
+    prefixes = tuple(e for e in exempt if e.startswith("/"))
+    methods = frozenset(e for e in exempt if not e.startswith("/"))
+    unknown = methods - _METHODS
+    if unknown:
+        raise ConfigurationError(
+            f"exempt takes path prefixes ('/static/') or HTTP methods, not {sorted(unknown)}"
+        )
+
+    def is_exempt(request: Request) -> bool:
+        if "REQUEST_METHOD" in request:
+            method, path = request["REQUEST_METHOD"], request.get("PATH_INFO", "")
+        else:
+            method, path = request.get("method", ""), request.get("path", "")
+        return method in methods or path.startswith(prefixes)
+
+    return is_exempt

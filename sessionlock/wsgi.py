@@ -1,0 +1,106 @@
+"""WSGI middleware: one session's requests run one at a time, in arrival order.
+
+    from sessionlock.wsgi import SessionLockMiddleware
+
+    app.wsgi_app = SessionLockMiddleware(app.wsgi_app)             # Flask
+    application = SessionLockMiddleware(get_wsgi_application())     # Django
+
+Put it *outside* the session layer: the lock is taken before the app loads the session and
+released after the response iterable is closed, so the session's load-modify-save never
+overlaps another request's. Requests of different sessions never wait for each other.
+A request that waits past ``timeout`` gets a 503, one beyond ``max_waiters`` a 429, each
+with ``Retry-After``. Options: see :class:`sessionlock.core.Core`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .core import REFUSED, Core, Options
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from typing_extensions import Unpack
+
+__all__ = ["SessionLockMiddleware"]
+
+
+class SessionLockMiddleware:
+    def __init__(self, app: WSGIApplication, **options: Unpack[Options]) -> None:
+        self.app = app
+        self.core = Core(**options)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        core = self.core
+        admission = core.admit(environ)
+        if admission is None:
+            return self.app(environ, start_response)
+        try:
+            core.enter(admission)
+        except REFUSED as error:
+            refusal = core.refuse(admission, error)
+            start_response(refusal.status_line, list(refusal.headers))
+            return [refusal.body]
+        extra = admission.response_headers()
+
+        def start_with_headers(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            return start_response(status, [*headers, *extra], exc_info)
+
+        try:
+            result = self.app(environ, start_with_headers)
+        except BaseException:
+            core.leave(admission)
+            raise
+        return _release_on_close(result, environ, lambda: core.leave(admission))
+
+
+def _release_on_close(
+    result: Iterable[bytes], environ: WSGIEnvironment, release: Callable[[], None]
+) -> Iterable[bytes]:
+    """The response, made to release the session when the server closes it.
+
+    A ``wsgi.file_wrapper`` is handed back as itself, its ``close`` chained, because servers
+    only use sendfile when the iterable *is* their file wrapper (gunicorn, waitress).
+    """
+    wrapper = environ.get("wsgi.file_wrapper")
+    if isinstance(wrapper, type) and isinstance(result, wrapper):
+        try:
+            result.close = _Closer(getattr(result, "close", None), release)  # type: ignore[attr-defined]
+        except AttributeError:  # a wrapper with __slots__: wrap it like any iterable
+            pass
+        else:
+            return result
+    return _ClosingIterable(result, release)
+
+
+class _Closer:
+    """Calls the app's ``close`` and then releases, once, whatever ``close`` raises."""
+
+    __slots__ = ("_close", "_release")
+
+    def __init__(self, close: Callable[[], Any] | None, release: Callable[[], None]) -> None:
+        self._close = close
+        self._release: Callable[[], None] | None = release
+
+    def __call__(self) -> None:
+        try:
+            if self._close is not None:
+                self._close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+class _ClosingIterable:
+    __slots__ = ("_iterable", "close")
+
+    def __init__(self, iterable: Iterable[bytes], release: Callable[[], None]) -> None:
+        self._iterable = iterable
+        self.close = _Closer(getattr(iterable, "close", None), release)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._iterable)
