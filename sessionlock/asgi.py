@@ -18,10 +18,11 @@ disconnects. Websocket and lifespan scopes pass through untouched. Options: see
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .core import REFUSED, Core, Options
+from .core import REFUSED, Admission, Core, Options
 from .errors import ClientGone
 
 if TYPE_CHECKING:
@@ -55,11 +56,11 @@ class SessionLockMiddleware:
             await send({"type": "http.response.start", **start})
             await send({"type": "http.response.body", "body": refusal.body})
             return
-        extra = _encode(admission.response_headers())
+        core.prepare(admission, scope)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *extra]
+                message["headers"] = _finish(core, admission, message.get("headers", ()))
             await send(message)
 
         try:
@@ -91,6 +92,15 @@ class _Inbox:
         if self.kept:
             return self.kept.popleft()
         return await self._receive()
+
+
+def _finish(
+    core: Core, admission: Admission, headers: Iterable[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    if core.cookies is None:  # the common case: append, no decoding
+        return [*headers, *_encode(admission.response_headers())]
+    decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+    return _encode(core.finish(admission, decoded))
 
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
-from typing import TypedDict
+from typing import Protocol, TypedDict
 
 from . import keys
 from ._types import Request
@@ -39,7 +39,7 @@ class Options(TypedDict, total=False):
 class Admission:
     """One request's state: its hashed key, and what to add to its response."""
 
-    __slots__ = ("key", "lease", "set_identity", "started", "waited")
+    __slots__ = ("key", "lease", "notes", "set_identity", "started", "waited")
 
     def __init__(self, key: str, set_identity: str | None) -> None:
         self.key = key
@@ -47,6 +47,8 @@ class Admission:
         self.started = time.perf_counter()
         self.waited = 0.0
         self.lease: Lease | None = None
+        #: Per-request state of optional features (cookie tracking), keyed by feature.
+        self.notes: dict[str, object] | None = None
 
     def response_headers(self) -> list[tuple[str, str]]:
         timing = f'sessionlock;dur={self.waited * 1000:.1f};desc="session lock wait"'
@@ -54,6 +56,16 @@ class Admission:
         if self.set_identity is not None:
             headers.append(("Set-Cookie", self.set_identity))
         return headers
+
+
+class CookieTracker(Protocol):
+    """Keeps a cookie session's latest value across serialized requests (see cookies.py)."""
+
+    def prepare(self, admission: Admission, request: Request) -> None:
+        """Under the lease, before the app runs: hand the app the latest session cookie."""
+
+    def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Under the lease, as the response starts: record and complete its Set-Cookie."""
 
 
 class Refusal:
@@ -119,6 +131,7 @@ class Core:
         self.is_exempt = _exemption(exempt)
         self.secret = keys.derive_secret(secret) if secret is not None else backend.secret()
         self.queue = KeyedQueue()
+        self.cookies: CookieTracker | None = None
 
     # -- admission -----------------------------------------------------------------------
 
@@ -230,6 +243,20 @@ class Core:
             await self.backend.release_async(lease)
         finally:
             self.queue.release(lease.key)
+
+    # -- around the app ------------------------------------------------------------------
+
+    def prepare(self, admission: Admission, request: Request) -> None:
+        """Called by the shells under the lease, just before the app runs."""
+        if self.cookies is not None:
+            self.cookies.prepare(admission, request)
+
+    def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Called by the shells under the lease as the response starts: its final headers."""
+        headers = [*headers, *admission.response_headers()]
+        if self.cookies is not None:
+            headers = self.cookies.finish(admission, headers)
+        return headers
 
     # -- outcomes ------------------------------------------------------------------------
 

@@ -42,12 +42,12 @@ class SessionLockMiddleware:
             refusal = core.refuse(admission, error)
             start_response(refusal.status_line, list(refusal.headers))
             return [refusal.body]
-        extra = admission.response_headers()
+        core.prepare(admission, environ)
 
         def start_with_headers(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
-            return start_response(status, [*headers, *extra], exc_info)
+            return start_response(status, core.finish(admission, headers), exc_info)
 
         try:
             result = self.app(environ, start_with_headers)
