@@ -16,7 +16,7 @@ from . import keys
 from ._types import Request
 from .backends import DEFAULT_URL, Backend, Lease, from_url
 from .errors import BackendUnavailable, ClientGone, ConfigurationError, LockTimeout, QueueFull
-from .queue import KeyedQueue
+from .queue import KeyedQueue, TaskWaiter
 
 __all__ = ["Admission", "Core", "Options", "Refusal"]
 
@@ -193,7 +193,7 @@ class Core:
         try:
             if waiter is not None:
                 gone = asyncio.ensure_future(until_gone())
-                gone.add_done_callback(lambda _: self.queue.abandon(waiter, ClientGone()))
+                gone.add_done_callback(lambda done: self._client_gone(done, waiter))
                 await self.queue.wait(waiter, self.timeout)
             try:
                 lease = self.backend.try_acquire(key)
@@ -208,6 +208,13 @@ class Core:
             if gone is not None:
                 gone.cancel()
         self._entered(admission, lease)
+
+    def _client_gone(self, watcher: asyncio.Future[object], waiter: TaskWaiter) -> None:
+        # A watcher cancelled because the turn came is no news; one that returned (or whose
+        # receive failed) means the client is gone: leave the line.
+        if not watcher.cancelled():
+            watcher.exception()  # retrieved, so asyncio does not log it as lost
+            self.queue.abandon(waiter, ClientGone())
 
     async def _backend_wait(self, admission: Admission, gone: asyncio.Future[object]) -> Lease:
         acquiring = asyncio.ensure_future(
