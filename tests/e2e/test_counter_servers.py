@@ -1,0 +1,174 @@
+"""Real servers, real sockets: one session's concurrent increments, with and without the lock.
+
+    .venv/bin/python -m pytest -q -m e2e tests/e2e/test_counter_servers.py
+
+N client threads, released together by a barrier, each send M increments with the same
+``sid`` cookie to a counter whose read-modify-write spans a few milliseconds of work.
+With the middleware every increment lands and the app never holds two requests of the
+session at once; the same run against the bare app loses updates. Other sessions keep
+running meanwhile: a rendezvous inside the app between two sessions' requests succeeds,
+which it could not if their requests were serialized.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.e2e.apps import init_db, read_stats
+from tests.e2e.servers import gunicorn, running_server, uvicorn, waitress
+
+pytestmark = pytest.mark.e2e
+
+CLIENTS = 4  # N client threads per session
+INCREMENTS = 10  # M increments each
+WSGI_APP = "tests.e2e.apps:wsgi_app"
+
+SERVERS = [
+    pytest.param(
+        gunicorn(WSGI_APP, "--worker-class", "gthread", "--workers", "1", "--threads", "8"),
+        id="gunicorn-gthread",
+    ),
+    pytest.param(waitress(WSGI_APP, "--threads=8"), id="waitress"),
+    pytest.param(uvicorn("tests.e2e.apps:asgi_app"), id="uvicorn"),
+]
+
+Server = tuple[str, Path]  # base URL, counter database
+StartServer = Callable[[list[str], bool], Server]
+
+
+@pytest.fixture(scope="module")
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
+    """Start each (command, wrapped) server once for the module; all stop at its end."""
+    started: dict[tuple[tuple[str, ...], bool], Server] = {}
+    with contextlib.ExitStack() as stack:
+
+        def start(command: list[str], wrap: bool) -> Server:
+            if (tuple(command), wrap) not in started:
+                db = tmp_path_factory.mktemp("counter") / "counters.db"
+                init_db(db)
+                env = {"SESSIONLOCK_TEST_DB": str(db), "SESSIONLOCK_TEST_WRAP": str(int(wrap))}
+                base_url, _ = stack.enter_context(running_server(command, env=env))
+                started[tuple(command), wrap] = (base_url, db)
+            return started[tuple(command), wrap]
+
+        yield start
+
+
+def request(base_url: str, method: str, path: str, sid: str) -> Any:
+    """One request on its own connection; the decoded JSON answer (status must be 200)."""
+    parts = urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
+    try:
+        conn.request(method, path, headers={"Cookie": f"sid={sid}", "Connection": "close"})
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status == 200, (response.status, body)
+    return json.loads(body)
+
+
+def in_parallel(jobs: list[Callable[[], Any]]) -> list[Any]:
+    """Run the jobs in threads released together by a barrier; their results, in order."""
+    barrier = threading.Barrier(len(jobs))
+    results: list[Any] = [None] * len(jobs)
+    errors: list[BaseException] = []
+
+    def run(index: int, job: Callable[[], Any]) -> None:
+        try:
+            barrier.wait(timeout=60)
+            results[index] = job()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i, job)) for i, job in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a client thread hung"
+    if errors:
+        raise errors[0]
+    return results
+
+
+def increments(base_url: str, sid: str) -> Callable[[], None]:
+    def client() -> None:
+        for _ in range(INCREMENTS):
+            request(base_url, "POST", "/incr", sid)
+
+    return client
+
+
+def new_sid() -> str:
+    return uuid.uuid4().hex
+
+
+@pytest.mark.parametrize("command", SERVERS)
+def test_with_the_middleware_no_update_is_lost(
+    start_server: StartServer, command: list[str]
+) -> None:
+    base_url, db = start_server(command, True)
+    sid = new_sid()
+    in_parallel([increments(base_url, sid) for _ in range(CLIENTS)])
+    stats = read_stats(db, sid)
+    print(
+        f"with middleware: sent {stats.requests}, count {stats.count}, "
+        f"lost {CLIENTS * INCREMENTS - stats.count}, max in flight {stats.max_inflight}"
+    )
+    assert stats.requests == CLIENTS * INCREMENTS
+    assert stats.count == CLIENTS * INCREMENTS
+    assert stats.max_inflight == 1
+    assert request(base_url, "GET", "/stats", sid)["count"] == CLIENTS * INCREMENTS
+
+
+@pytest.mark.parametrize("command", SERVERS)
+def test_without_the_middleware_updates_are_lost(
+    start_server: StartServer, command: list[str]
+) -> None:
+    """The control: the very same run against the bare app."""
+    base_url, db = start_server(command, False)
+    sid = new_sid()
+    in_parallel([increments(base_url, sid) for _ in range(CLIENTS)])
+    stats = read_stats(db, sid)
+    print(
+        f"without middleware: sent {stats.requests}, count {stats.count}, "
+        f"lost {CLIENTS * INCREMENTS - stats.count}, max in flight {stats.max_inflight}"
+    )
+    assert stats.requests == CLIENTS * INCREMENTS
+    assert stats.count < CLIENTS * INCREMENTS
+    assert stats.max_inflight > 1
+
+
+@pytest.mark.parametrize("command", SERVERS)
+def test_other_sessions_do_not_wait(start_server: StartServer, command: list[str]) -> None:
+    base_url, db = start_server(command, True)
+    first, second = new_sid(), new_sid()
+    in_parallel([increments(base_url, sid) for sid in (first, second) for _ in range(CLIENTS)])
+    for sid in (first, second):
+        stats = read_stats(db, sid)
+        assert (stats.count, stats.max_inflight) == (CLIENTS * INCREMENTS, 1)
+
+    # Two sessions' requests meet inside the app: they are in flight at the same time.
+    room = f"/meet?room={uuid.uuid4().hex}&n=2&timeout=30"
+    met = in_parallel(
+        [lambda sid=sid: request(base_url, "GET", room, sid) for sid in (first, second)]
+    )
+    assert [answer["met"] for answer in met] == [True, True]
+    assert read_stats(db, None).max_inflight >= 2
+
+    # The control: two requests of one session cannot meet; the second enters when the
+    # first has given up waiting.
+    room = f"/meet?room={uuid.uuid4().hex}&n=2&timeout=1"
+    met = in_parallel([lambda: request(base_url, "GET", room, first)] * 2)
+    assert sorted(answer["met"] for answer in met) == [False, True]
