@@ -3,8 +3,9 @@
     from sessionlock.backends import from_url
     backend = from_url("memory://")
 
-Schemes: ``memory://`` (one process), ``file:///path`` (the processes of one host),
-``redis://host:6379/0`` (many hosts). An unknown scheme raises ConfigurationError.
+Schemes: ``memory://`` (one process), ``file:///path`` (the processes of one host; ``file://``
+alone: a private directory under the system temp dir, the default), ``redis://host:6379/0``
+(many hosts). An unknown scheme raises ConfigurationError.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from .base import Backend, Lease
 
 __all__ = ["DEFAULT_URL", "Backend", "Lease", "from_url"]
 
-#: Used when no backend is given.
-DEFAULT_URL = "memory://"
+#: Used when no backend is given: a private directory (mode 0700) under the system temp dir,
+#: like PHP's session files, so several worker processes are serialized out of the box.
+DEFAULT_URL = "file://"
 
 # scheme -> "module:factory"; the factory takes the URL. Imported lazily so that optional
 # dependencies (redis) are only needed by those who use them.
 _REGISTRY: dict[str, str] = {
     "memory": "sessionlock.backends.memory:from_url",
+    "file": "sessionlock.backends.file:from_url",
 }
 
 

@@ -1,0 +1,568 @@
+"""``file:///dir``: one session serialized across every worker process of a host.
+
+    from sessionlock.wsgi import SessionLockMiddleware
+    app = SessionLockMiddleware(app, backend="file:///var/lib/myapp/sessionlock")
+
+Each held key is an ``flock(LOCK_EX)`` on ``<dir>/<key>.lock``, where ``key`` is already the
+keyed hash of the session key (never a raw id). ``flock`` locks belong to the open file
+description, so two ``open()``s exclude each other even in one process, and the kernel drops
+them when a holder dies (SIGKILL included): the next waiter runs at once. Record locks
+(``fcntl``/``lockf``) are never used: they are per process and any ``close()`` drops them.
+
+Waiting. Inside a process only the head of a key's local FIFO queue asks the backend
+(:mod:`sessionlock.core`), so at most one request per (process, key) contends here. It first
+tries ``LOCK_NB``. If the key is busy, one *contender* thread per (process, key) blocks in the
+kernel's ``flock`` (no polling: the kernel wakes it on release) and hands the lock to whoever
+waits for it in this process: a thread (a ``threading.Lock`` released) or a task (a future
+resolved through ``call_soon_threadsafe``), so the ASGI path never blocks the event loop and
+costs no thread per waiting task. ``flock`` cannot time out, so timeouts and cancellation
+happen on the waiting side only: a waiter that gives up just leaves the contender's list. The
+contender keeps blocking; when it gets the lock it gives it to the next local waiter that
+arrived meanwhile, or releases it at once if nobody wants it, then exits. Hence a timed-out
+or cancelled acquire never leaks a lock, and threads never pile up: at most one per key that
+is busy in another process right now.
+
+Bounded files. A holder unlinks its file *before* unlocking, so the directory holds about one
+file per key held right now, whatever the number of sessions ever seen. A waiter blocked on
+the old inode then wins a lock on an unlinked file; after every lock the path's inode is
+compared with the open file's (``stat`` vs ``fstat``) and the attempt retried on a mismatch,
+so two holders can never hold two different inodes of one path (filelock#574's trap).
+Files left by a holder that crashed between lock and unlink are removed by :meth:`sweep`.
+
+Safety. The directory is refused (ConfigurationError) if it is a symlink, owned by another
+user, or writable by group or others; it is opened once with ``O_NOFOLLOW`` and every name is
+resolved relative to that descriptor. Lock files are opened with ``O_CLOEXEC`` and only while
+held; a process forked while holding one closes its inherited copy at once, so a child never
+keeps a parent's session locked.
+
+The hashing secret is created once per directory (``.secret``, mode 0600, published by an
+atomic ``link``), so every process using the directory hashes a session to the same lock
+without any configuration. The small value store keeps ``<name>.value`` files written by an
+atomic rename, each with its expiry time; expired ones are removed by the amortized sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import secrets
+import stat
+import tempfile
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from urllib.parse import unquote, urlsplit
+
+from ..errors import BackendUnavailable, ConfigurationError
+from .base import Backend, Lease
+
+__all__ = ["FileBackend", "default_directory"]
+
+_LOCK = ".lock"
+_VALUE = ".value"
+_SECRET_FILE = ".secret"  # noqa: S105  (a file name, not a password)
+_TMP = ".tmp-"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+_SWEEP_EVERY = 1024  # value writes between two sweeps of the directory
+_STALE_TMP = 60.0  # seconds after which a temporary file is a crash's leftover
+
+
+def default_directory() -> str:
+    """The default lock directory: private to this user, under the system temp dir."""
+    return os.path.join(tempfile.gettempdir(), f"sessionlock-{os.geteuid()}")
+
+
+class _Slot:
+    """Where a contender delivers the lock (an fd) or an error to one waiter."""
+
+    __slots__ = ("error", "fd")
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.error: BaseException | None = None
+
+    def deliver(self, fd: int | None, error: BaseException | None) -> None:
+        raise NotImplementedError
+
+
+class _ThreadSlot(_Slot):
+    __slots__ = ("_ready",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ready = threading.Lock()
+        self._ready.acquire()
+
+    def deliver(self, fd: int | None, error: BaseException | None) -> None:
+        self.fd, self.error = fd, error
+        self._ready.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._ready.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+
+
+class _TaskSlot(_Slot):
+    __slots__ = ("_backend", "_loop", "future")
+
+    def __init__(self, backend: FileBackend, key: str) -> None:
+        super().__init__()
+        self._backend = backend
+        self._loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[int] = self._loop.create_future()
+
+    def deliver(self, fd: int | None, error: BaseException | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._settle, fd, error)
+        except RuntimeError:  # the loop is closed: nobody will take the lock
+            if fd is not None:
+                self._backend._unlock_fd(fd, None)
+
+    def _settle(self, fd: int | None, error: BaseException | None) -> None:
+        if self.future.done():  # the task gave up meanwhile: the lock goes back
+            if fd is not None:
+                self._backend._unlock_fd(fd, None)
+        elif fd is not None:
+            self.future.set_result(fd)
+        else:
+            self.future.set_exception(error or BackendUnavailable("lock not obtained"))
+
+
+class _Contender:
+    """The one thread of this process blocked in ``flock`` for a key, and who waits on it."""
+
+    __slots__ = ("slots",)
+
+    def __init__(self) -> None:
+        self.slots: deque[_Slot] = deque()
+
+
+class FileBackend(Backend):
+    """Locks and notes kept in one private directory (see the module docstring)."""
+
+    shared = True
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        create: bool = True,
+    ) -> None:
+        self.directory = os.path.abspath(os.fspath(directory or default_directory()))
+        self._clock = clock  # wall time: expiry times are shared by processes
+        self._dir_fd = _open_private_directory(self.directory, create=create)
+        self._mutex = threading.Lock()
+        self._contenders: dict[str, _Contender] = {}
+        self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
+        self._writes = 0
+        self._secret: bytes | None = None
+        _after_fork.add(self)
+        self.sweep()
+
+    def __repr__(self) -> str:
+        return f"FileBackend({self.directory!r})"
+
+    # -- secret ------------------------------------------------------------------------
+
+    def secret(self) -> bytes:
+        """The directory's hashing secret, created on first use and shared by its users."""
+        if self._secret is None:
+            self._secret = _load_or_create_secret(self._dir_fd, self.directory)
+        return self._secret
+
+    # -- locks -------------------------------------------------------------------------
+
+    def try_acquire(self, key: str) -> Lease | None:
+        name = self._name(key, _LOCK)
+        with self._mutex:
+            if key in self._contenders:  # our own contender is in line for it already
+                return None
+        fd = self._lock(name, blocking=False)
+        return None if fd is None else Lease(key, fd)
+
+    def acquire(self, key: str, timeout: float | None) -> Lease | None:
+        if timeout is not None and timeout <= 0:
+            return self.try_acquire(key)
+        slot = _ThreadSlot()
+        self._enlist(key, slot)
+        if not slot.wait(timeout):
+            if self._withdraw(key, slot):
+                return None
+            slot.wait(None)  # the lock was handed over as we gave up: take it
+        if slot.fd is None:
+            raise _unavailable(slot.error)
+        return Lease(key, slot.fd)
+
+    async def acquire_async(self, key: str, timeout: float | None) -> Lease | None:
+        if timeout is not None and timeout <= 0:
+            return self.try_acquire(key)
+        slot = _TaskSlot(self, key)
+        self._enlist(key, slot)
+        future = slot.future
+        try:
+            await asyncio.wait((future,), timeout=timeout)
+        except asyncio.CancelledError:
+            self._abandon(key, slot)
+            raise
+        if not future.done():
+            self._abandon(key, slot)
+            return None
+        try:
+            fd = future.result()
+        except BaseException as error:
+            raise _unavailable(error) from error
+        return Lease(key, fd)
+
+    def release(self, lease: Lease) -> None:
+        fd = lease.token
+        if not isinstance(fd, int):
+            raise ValueError(f"{lease!r} is not a lease of {self!r}")
+        lease.token = None  # a second release is a no-op, never a close of a reused fd
+        self._unlock_fd(fd, self._name(lease.key, _LOCK))
+
+    def held(self) -> int:
+        """How many locks this process holds right now (for tests and benchmarks)."""
+        return len(self._held)
+
+    def _enlist(self, key: str, slot: _Slot) -> None:
+        with self._mutex:
+            contender = self._contenders.get(key)
+            start = contender is None
+            if contender is None:
+                contender = self._contenders[key] = _Contender()
+            contender.slots.append(slot)
+        if start:
+            thread = threading.Thread(
+                target=self._contend,
+                args=(key, contender),
+                name=f"sessionlock-file-{key[:8]}",
+                daemon=True,  # it may block on another process's lock at exit
+            )
+            thread.start()
+
+    def _withdraw(self, key: str, slot: _Slot) -> bool:
+        """Leave the line: True, or False when the lock (or an error) is already on its way."""
+        with self._mutex:
+            contender = self._contenders.get(key)
+            if contender is not None and slot in contender.slots:
+                contender.slots.remove(slot)
+                return True
+        return False
+
+    def _abandon(self, key: str, slot: _TaskSlot) -> None:
+        # Out of line; a lock already on its way is released by _settle (future cancelled),
+        # and one that already arrived is released here.
+        self._withdraw(key, slot)
+        future = slot.future
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled() and future.exception() is None:
+            self._unlock_fd(future.result(), None)
+
+    def _contend(self, key: str, contender: _Contender) -> None:
+        name = self._name(key, _LOCK)
+        while True:
+            try:
+                fd = self._lock(name, blocking=True)
+            except BaseException as error:  # handed to every waiter, who raise it
+                with self._mutex:
+                    failed = list(contender.slots)
+                    del self._contenders[key]
+                for waiter in failed:
+                    waiter.deliver(None, error)
+                return
+            assert fd is not None
+            with self._mutex:
+                slot = contender.slots.popleft() if contender.slots else None
+                done = not contender.slots
+                if done:
+                    del self._contenders[key]
+            if slot is None:  # everyone gave up while we waited: give the lock back
+                self._unlock_fd(fd, name)
+            else:
+                slot.deliver(fd, None)
+            if done:
+                return
+
+    def _lock(self, name: str, *, blocking: bool) -> int | None:
+        """Lock ``name``'s current inode; None if busy and not ``blocking``."""
+        flags = fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB
+        dir_fd = self._dir_fd
+        while True:
+            try:
+                fd = os.open(name, _OPEN_LOCK, 0o600, dir_fd=dir_fd)
+            except OSError as exc:
+                raise _unavailable(exc) from exc
+            try:
+                fcntl.flock(fd, flags)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except BaseException:
+                os.close(fd)
+                raise
+            # Locked, but maybe an inode its holder unlinked before unlocking: check that
+            # the path still names this very file, else try again on the current one.
+            try:
+                now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            mine = os.fstat(fd)
+            if (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev):
+                os.close(fd)
+                continue
+            with self._mutex:
+                self._held[fd] = name
+            return fd
+
+    def _unlock_fd(self, fd: int, name: str | None) -> None:
+        """Unlink (so idle keys leave no file), then unlock and close."""
+        with self._mutex:
+            held_name = self._held.pop(fd, None)
+        name = name or held_name
+        try:
+            if name is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=self._dir_fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)  # for every copy of the fd, a forked one too
+        finally:
+            os.close(fd)
+
+    # -- values ------------------------------------------------------------------------
+
+    def get(self, key: str) -> str | None:
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            fd = os.open(self._name(key, _VALUE), flags, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _unavailable(exc) from exc
+        with os.fdopen(fd, "r", encoding="utf-8") as file:
+            data = file.read()
+        expires, value = _parse_value(data)
+        if expires is not None and expires <= self._clock():
+            return None  # the sweep removes the file
+        return value
+
+    def set(self, key: str, value: str, ttl: float | None) -> None:
+        expires = "-" if ttl is None else repr(self._clock() + ttl)
+        name = self._name(key, _VALUE)
+        tmp = f"{_TMP}{secrets.token_hex(8)}"
+        try:
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
+                dir_fd=self._dir_fd,
+            )
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                file.write(f"{expires}\n{value}")
+            os.replace(tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self._dir_fd)
+            raise _unavailable(exc) from exc
+        self._writes += 1
+        if self._writes % _SWEEP_EVERY == 0:
+            self.sweep()
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._name(key, _VALUE), dir_fd=self._dir_fd)
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Remove expired values, stale temporary files and crashed holders' lock files.
+
+        Runs when the backend starts and every 1024 value writes; returns the files removed.
+        """
+        removed = 0
+        now = self._clock()
+        with os.scandir(self._dir_fd) as entries:
+            names = [entry.name for entry in entries]
+        for name in names:
+            try:
+                if name.endswith(_LOCK):
+                    removed += self._sweep_lock(name)
+                elif name.endswith(_VALUE):
+                    removed += self._sweep_value(name, now)
+                elif name.startswith(_TMP):
+                    info = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+                    if info.st_mtime < time.time() - _STALE_TMP:
+                        os.unlink(name, dir_fd=self._dir_fd)
+                        removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def _sweep_lock(self, name: str) -> int:
+        # A file nobody holds: lock it (the protocol's own way) and unlink it.
+        try:
+            fd = self._lock(name, blocking=False)
+        except BackendUnavailable:
+            return 0
+        if fd is None:
+            return 0
+        self._unlock_fd(fd, name)
+        return 1
+
+    def _sweep_value(self, name: str, now: float) -> int:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._dir_fd)
+        except OSError:
+            return 0
+        with os.fdopen(fd, "r", encoding="utf-8") as file:
+            expires, _ = _parse_value(file.read())
+            mine = os.fstat(file.fileno())
+        if expires is None or expires > now:
+            return 0
+        # Remove only the very file read: a write that replaced it since stays.
+        current = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+        if (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev):
+            return 0
+        os.unlink(name, dir_fd=self._dir_fd)
+        return 1
+
+    def close(self) -> None:
+        _after_fork.discard(self)
+        with contextlib.suppress(OSError):
+            os.close(self._dir_fd)
+
+    def _name(self, key: str, suffix: str) -> str:
+        if _SAFE_NAME.fullmatch(key):
+            return key + suffix
+        # Not a hash already: never let it reach the file system as given.
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), key=self.secret())
+        return "h" + digest.hexdigest()[:64] + suffix
+
+    def _forget_after_fork(self) -> None:
+        # In a child forked while this process held locks: drop the copies, never unlock
+        # (LOCK_UN would release the parent's lock), and forget the parent's contenders.
+        self._mutex = threading.Lock()
+        self._contenders = {}
+        for fd in self._held:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._held = {}
+
+
+_after_fork: weakref.WeakSet[FileBackend] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    for backend in list(_after_fork):
+        backend._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
+
+
+def _open_private_directory(path: str, *, create: bool) -> int:
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ConfigurationError(f"cannot create lock directory {path}: {exc}") from exc
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise ConfigurationError(f"lock directory {path} is not usable: {exc}") from exc
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigurationError(f"lock directory {path} is a symlink; give the real path")
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigurationError(f"lock directory {path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise ConfigurationError(
+            f"lock directory {path} is owned by uid {info.st_uid}, not by this user"
+            f" ({os.geteuid()}): another user could read or break its locks"
+        )
+    if info.st_mode & 0o022:
+        raise ConfigurationError(
+            f"lock directory {path} is writable by group or others"
+            f" (mode {stat.S_IMODE(info.st_mode):o}); chmod 700 it"
+        )
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigurationError(f"lock directory {path} is not usable: {exc}") from exc
+    if (os.fstat(fd).st_ino, os.fstat(fd).st_dev) != (info.st_ino, info.st_dev):
+        os.close(fd)
+        raise ConfigurationError(f"lock directory {path} changed while it was checked")
+    return fd
+
+
+def _load_or_create_secret(dir_fd: int, directory: str) -> bytes:
+    """Read ``.secret``; the first process creates it whole, by linking a finished file."""
+    for _ in range(3):
+        try:
+            fd = os.open(_SECRET_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except FileNotFoundError:
+            tmp = f"{_TMP}{secrets.token_hex(8)}"
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
+            )
+            with os.fdopen(fd, "wb") as file:
+                file.write(secrets.token_bytes(32))
+            try:
+                os.link(tmp, _SECRET_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except FileExistsError:
+                pass  # another process published first: use theirs
+            finally:
+                os.unlink(tmp, dir_fd=dir_fd)
+            continue
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            data = file.read()
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise ConfigurationError(
+                f"{directory}/{_SECRET_FILE} must belong to this user with mode 0600"
+            )
+        if len(data) != 32:
+            raise ConfigurationError(f"{directory}/{_SECRET_FILE} is damaged; delete it to renew")
+        return data
+    raise BackendUnavailable(f"could not create {directory}/{_SECRET_FILE}")
+
+
+def _parse_value(data: str) -> tuple[float | None, str]:
+    """(expiry time or None, value); a damaged file reads as already expired."""
+    head, _, value = data.partition("\n")
+    if head == "-":
+        return None, value
+    try:
+        return float(head), value
+    except ValueError:
+        return 0.0, ""
+
+
+def _unavailable(error: BaseException | None) -> BaseException:
+    if isinstance(error, (BackendUnavailable, ConfigurationError)):
+        return error
+    if isinstance(error, OSError) and error.errno == errno.ENOENT:
+        return BackendUnavailable(f"lock directory is gone: {error}")
+    return BackendUnavailable(f"file lock failed: {error}")
+
+
+def from_url(url: str) -> FileBackend:
+    """``file:///absolute/dir`` (``file://`` alone: the default private directory)."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+        raise ConfigurationError(f"file:// takes an absolute path only, got {url!r}")
+    path = unquote(parts.path)
+    if not path:
+        return FileBackend()
+    if not os.path.isabs(path):
+        raise ConfigurationError(f"file:// needs an absolute path, got {url!r}")
+    return FileBackend(path)
