@@ -91,7 +91,13 @@ class KeyedQueue:
         return len(self._keys)
 
     def holds(self, key: str) -> bool:
+        """Whether somebody holds ``key`` right now."""
         return key in self._keys
+
+    def waiting(self, key: str) -> int:
+        """How many requests wait for ``key`` right now (the holder not counted)."""
+        with self._mutex:
+            return len(self._keys.get(key) or ())
 
     def acquire(self, key: str, *, timeout: float | None, max_waiters: int) -> None:
         """Block this thread until it holds ``key``; raise QueueFull or LockTimeout."""
