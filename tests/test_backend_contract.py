@@ -1,0 +1,406 @@
+"""One contract, every backend: each behaviour runs through the Core against ALL_BACKENDS.
+
+Cross-process exclusion runs for backends whose lease is shared (``shared = True``), with
+real processes; every concurrency test has its control (the same work without the lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sessionlock.backends import Backend
+from sessionlock.backends.file import FileBackend
+from sessionlock.backends.memory import MemoryBackend
+from sessionlock.core import Admission, Core
+from sessionlock.errors import LockTimeout
+from sessionlock.wsgi import SessionLockMiddleware
+
+SECRET = b"contract-test-secret-0123456789"
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+MakeBackend = Callable[..., Backend]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How to make one backend in this process, and its URL for other processes."""
+
+    make: Callable[..., Backend]
+    url: Callable[[Path], str] | None  # None: not shared across processes
+
+
+ALL_BACKENDS = [
+    pytest.param(Kind(lambda tmp, clock=time.time: MemoryBackend(clock=clock), None), id="memory"),
+    pytest.param(
+        Kind(
+            lambda tmp, clock=time.time: FileBackend(tmp / "locks", clock=clock),
+            lambda tmp: f"file://{tmp / 'locks'}",
+        ),
+        id="file",
+    ),
+]
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def kind(request: pytest.FixtureRequest) -> Kind:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def make_backend(kind: Kind, tmp_path: Path) -> Iterator[MakeBackend]:
+    made: list[Backend] = []
+
+    def make(**kwargs: Any) -> Backend:
+        backend = kind.make(tmp_path, **kwargs)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+@pytest.fixture
+def shared_url(kind: Kind, tmp_path: Path) -> str:
+    """The URL of a backend shared by processes; skips the others."""
+    if kind.url is None:
+        pytest.skip("the lease of this backend is per process")
+    kind.make(tmp_path).close()  # made once, so processes race only on the locks
+    return kind.url(tmp_path)
+
+
+@pytest.fixture
+def backend(make_backend: MakeBackend) -> Backend:
+    return make_backend()
+
+
+def _core(backend: Backend, **options: Any) -> Core:
+    return Core(backend=backend, secret=SECRET, **options)
+
+
+def _admission(core: Core, raw_key: str = "session-1") -> Admission:
+    return core.admit({"REQUEST_METHOD": "GET", "HTTP_X_S": raw_key}) or pytest.fail("no key")
+
+
+# -- in one process ---------------------------------------------------------------------
+
+
+def _increment_many(core: Core | None, threads: int = 8, rounds: int = 25) -> int:
+    """Threads each doing read / yield / write on one counter; returns the final count."""
+    box = {"count": 0}
+    start = threading.Barrier(threads)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(rounds):
+            admission = _admission(core) if core is not None else None
+            if core is not None and admission is not None:
+                core.enter(admission)
+            try:
+                seen = box["count"]
+                time.sleep(0.0005)  # the window in which another request reads the same count
+                box["count"] = seen + 1
+            finally:
+                if core is not None and admission is not None:
+                    core.leave(admission)
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return box["count"]
+
+
+def test_mutual_exclusion_in_process(backend: Backend) -> None:
+    core = _core(backend, key="header:X-S", max_waiters=64)
+    assert _increment_many(core) == 8 * 25
+
+
+def test_control_without_the_lock_updates_are_lost() -> None:
+    assert _increment_many(None) < 8 * 25
+
+
+def test_fifo_in_process(backend: Backend) -> None:
+    core = _core(backend, key="header:X-S", max_waiters=64)
+    order: list[int] = []
+
+    async def main() -> None:
+        holder = _admission(core)
+        await core.enter_async(holder, asyncio.Event().wait)
+
+        async def request(number: int) -> None:
+            admission = _admission(core)
+            await core.enter_async(admission, asyncio.Event().wait)
+            order.append(number)
+            await asyncio.sleep(0)  # let the others run: they must still wait
+            await core.leave_async(admission)
+
+        tasks = [asyncio.ensure_future(request(n)) for n in range(10)]
+        for _ in range(3):
+            await asyncio.sleep(0)  # every task joins the line, in creation order
+        await core.leave_async(holder)
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert order == list(range(10))
+
+
+def test_timeout_refuses_and_keeps_nothing(backend: Backend) -> None:
+    core = _core(backend, key="header:X-S", timeout=0.05)
+    holder = _admission(core)
+    core.enter(holder)
+    with pytest.raises(LockTimeout):
+        core.enter(_admission(core))
+    core.leave(holder)
+    again = _admission(core)
+    core.enter(again)  # nothing was left held by the refused request
+    core.leave(again)
+    assert len(core.queue) == 0
+
+
+def test_different_keys_are_independent(backend: Backend) -> None:
+    core = _core(backend, key="header:X-S", timeout=5.0)
+    first = _admission(core, "session-1")
+    core.enter(first)
+    second = _admission(core, "session-2")
+    core.enter(second)  # would time out if keys shared a lock
+    assert second.waited < 5.0
+    core.leave(second)
+    core.leave(first)
+
+
+def test_lease_released_when_the_app_raises(backend: Backend) -> None:
+    def failing_app(environ: Any, start_response: Any) -> list[bytes]:
+        raise RuntimeError("boom")
+
+    middleware = SessionLockMiddleware(
+        failing_app, backend=backend, key="header:X-S", secret=SECRET, timeout=5.0
+    )
+    environ = {"REQUEST_METHOD": "GET", "HTTP_X_S": "session-1", "PATH_INFO": "/"}
+    with pytest.raises(RuntimeError, match="boom"):
+        middleware(environ, lambda *args: None)
+    core = middleware.core
+    assert len(core.queue) == 0
+    lease = backend.try_acquire(_admission(core).key)
+    assert lease is not None
+    backend.release(lease)
+
+
+def test_async_timeout_and_cancel_leave_nothing_held(backend: Backend) -> None:
+    core = _core(backend, key="header:X-S", timeout=0.05)
+
+    async def main() -> None:
+        holder = _admission(core)
+        await core.enter_async(holder, asyncio.Event().wait)
+        with pytest.raises(LockTimeout):
+            await core.enter_async(_admission(core), asyncio.Event().wait)
+        waiter = asyncio.ensure_future(core.enter_async(_admission(core), asyncio.Event().wait))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await core.leave_async(holder)
+        again = _admission(core)
+        await core.enter_async(again, asyncio.Event().wait)
+        await core.leave_async(again)
+
+    asyncio.run(main())
+    assert len(core.queue) == 0
+
+
+# -- the value store ---------------------------------------------------------------------
+
+
+def test_values_get_set_delete(backend: Backend) -> None:
+    assert backend.get("note-1") is None
+    backend.set("note-1", "first value; with = signs\nand lines", None)
+    assert backend.get("note-1") == "first value; with = signs\nand lines"
+    backend.set("note-1", "second", None)
+    assert backend.get("note-1") == "second"
+    backend.delete("note-1")
+    assert backend.get("note-1") is None
+    backend.delete("note-1")  # absent is fine
+
+
+def test_values_expire_after_ttl(make_backend: MakeBackend) -> None:
+    clock = Clock()
+    backend = make_backend(clock=clock)
+    backend.set("note-1", "soon gone", 10.0)
+    backend.set("note-2", "kept", None)
+    clock.now += 9.9
+    assert backend.get("note-1") == "soon gone"
+    clock.now += 0.2
+    assert backend.get("note-1") is None
+    assert backend.get("note-2") == "kept"
+    backend.set("note-1", "back", 10.0)
+    assert backend.get("note-1") == "back"
+
+
+def test_values_are_shared_by_instances_of_a_shared_backend(
+    shared_url: str, make_backend: MakeBackend
+) -> None:
+    first, second = make_backend(), make_backend()
+    first.set("note-1", "from the first", None)
+    assert second.get("note-1") == "from the first"
+    assert first.secret() == second.secret()
+
+
+# -- across processes --------------------------------------------------------------------
+
+
+def _spawn() -> Any:
+    return multiprocessing.get_context("spawn")
+
+
+def _counting_process(url: str, counter: str, rounds: int, locked: bool) -> None:
+    core = Core(backend=url, key="header:X-S", timeout=60.0)
+    for _ in range(rounds):
+        admission = _admission(core)
+        if locked:
+            core.enter(admission)
+        try:
+            seen = int(Path(counter).read_text() or "0")
+            time.sleep(0.001)  # the read-modify-write window
+            Path(counter).write_text(str(seen + 1))
+        finally:
+            if locked:
+                core.leave(admission)
+
+
+def _run_counting(
+    url: str, counter: Path, *, locked: bool, processes: int = 4, rounds: int = 30
+) -> int:
+    counter.write_text("0")
+    context = _spawn()
+    pool = [
+        context.Process(target=_counting_process, args=(url, str(counter), rounds, locked))
+        for _ in range(processes)
+    ]
+    for process in pool:
+        process.start()
+    for process in pool:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    return int(counter.read_text())
+
+
+def test_cross_process_exclusion(shared_url: str, tmp_path: Path) -> None:
+    assert _run_counting(shared_url, tmp_path / "counter", locked=True) == 4 * 30
+
+
+def test_control_cross_process_without_the_lock_updates_are_lost(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'locks'}"
+    assert _run_counting(url, tmp_path / "counter", locked=False) < 4 * 30
+
+
+def _holding_process(url: str, held: Any, release: Any) -> None:
+    core = Core(backend=url, key="header:X-S")
+    admission = _admission(core)
+    core.enter(admission)
+    held.set()
+    release.wait(60)
+    core.leave(admission)
+
+
+@pytest.fixture
+def held_elsewhere(shared_url: str) -> Iterator[Callable[[], None]]:
+    """Another process holds session-1 (hashed with the backend's own shared secret)."""
+    context = _spawn()
+    held, release = context.Event(), context.Event()
+    process = context.Process(target=_holding_process, args=(shared_url, held, release))
+    process.start()
+    assert held.wait(60)
+    yield release.set
+    release.set()
+    process.join(timeout=60)
+    assert process.exitcode == 0
+
+
+def test_cross_process_waiter_runs_after_release(
+    make_backend: MakeBackend, held_elsewhere: Callable[[], None]
+) -> None:
+    core = Core(backend=make_backend(), key="header:X-S", timeout=60.0)
+    admission = _admission(core)
+    assert core.backend.try_acquire(admission.key) is None  # the secret is shared: same lock
+    entered = threading.Event()
+
+    def wait() -> None:
+        core.enter(admission)
+        entered.set()
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    held_elsewhere()
+    thread.join(timeout=60)
+    assert entered.is_set()
+    core.leave(admission)
+
+
+def test_cross_process_timeout_then_no_lock_is_leaked(
+    make_backend: MakeBackend, held_elsewhere: Callable[[], None]
+) -> None:
+    core = Core(backend=make_backend(), key="header:X-S", timeout=0.05)
+    with pytest.raises(LockTimeout):
+        core.enter(_admission(core))
+
+    async def cancelled() -> None:
+        task = asyncio.ensure_future(core.enter_async(_admission(core), asyncio.Event().wait))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled())
+    held_elsewhere()
+    # Whatever the timed-out and cancelled waiters left in flight gives the lock back.
+    patient = Core(backend=make_backend(), key="header:X-S", timeout=60.0)
+    admission = _admission(patient)
+    patient.enter(admission)
+    patient.leave(admission)
+    again = Core(backend=core.backend, key="header:X-S", timeout=60.0)
+    admission = _admission(again)
+    again.enter(admission)
+    again.leave(admission)
+
+
+def test_cross_process_async_waiter_does_not_block_the_loop(
+    make_backend: MakeBackend, held_elsewhere: Callable[[], None]
+) -> None:
+    core = Core(backend=make_backend(), key="header:X-S", timeout=60.0)
+    ticks = 0
+
+    async def main() -> None:
+        nonlocal ticks
+        admission = _admission(core)
+        waiting = asyncio.ensure_future(core.enter_async(admission, asyncio.Event().wait))
+        while ticks < 20:  # the loop keeps running while the request waits
+            await asyncio.sleep(0.001)
+            ticks += 1
+        assert not waiting.done()
+        await asyncio.get_running_loop().run_in_executor(None, held_elsewhere)
+        await waiting
+        await core.leave_async(admission)
+
+    asyncio.run(main())
+    assert ticks == 20
