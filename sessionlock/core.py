@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol, TypedDict
 
 from . import keys
@@ -34,6 +34,7 @@ class Options(TypedDict, total=False):
     max_waiters: int
     exempt: Collection[str] | Callable[[Request], bool] | None
     secret: str | bytes | None
+    cookie_session: str | Sequence[str] | None
 
 
 class Admission:
@@ -104,6 +105,9 @@ class Core:
     exempt:      path prefixes ("/static/"), methods ("GET"), or a predicate of the
                  environ/scope; exempt requests run at once, unserialized.
     secret:      key for hashing session keys (16+ bytes); default: the backend's.
+    cookie_session: the name(s) of a signed-cookie session's cookie (Flask's and
+                 Starlette's ``"session"``): each request gets the latest one issued to its
+                 browser (see :mod:`sessionlock.cookies`). Needs the identity key.
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class Core:
         max_waiters: int = 16,
         exempt: Collection[str] | Callable[[Request], bool] | None = None,
         secret: str | bytes | None = None,
+        cookie_session: str | Sequence[str] | None = None,
     ) -> None:
         if timeout is not None and not timeout > 0:
             raise ConfigurationError(f"timeout must be seconds > 0 or None, got {timeout!r}")
@@ -132,6 +137,12 @@ class Core:
         self.secret = keys.derive_secret(secret) if secret is not None else backend.secret()
         self.queue = KeyedQueue()
         self.cookies: CookieTracker | None = None
+        if cookie_session is not None:
+            from .cookies import SessionCookies
+
+            self.cookies = SessionCookies(
+                cookie_session, backend=backend, secret=self.secret, key=self.key_source
+            )
 
     # -- admission -----------------------------------------------------------------------
 

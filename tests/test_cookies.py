@@ -1,0 +1,574 @@
+"""Cookie-session tracking: parsing, lifetimes, hostile values, header rewrites, sealed records.
+
+The end-to-end proof with real servers lives in tests/e2e/test_cookie_sessions.py; here each
+piece is checked alone, then the whole flow through the real middleware in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from sessionlock import ConfigurationError, keys
+from sessionlock.backends import Backend, from_url
+from sessionlock.backends.memory import MemoryBackend
+from sessionlock.cookies import (
+    DEFAULT_MAX_TTL,
+    SessionCookies,
+    parse_set_cookie,
+    request_cookie_header,
+    rewrite_cookie_header,
+    set_request_cookie_header,
+)
+from sessionlock.core import Admission, Core
+
+NOW = 1_700_000_000.0
+FLASK = "session=eyJuIjoxfQ.ZkS1Yg.abc-_DEF; HttpOnly; Path=/"
+STARLETTE = "session=eyJuIjogMX0=.ZkS1Yg.xyz/+=; path=/; Max-Age=1209600; httponly; samesite=lax"
+FLASK_DELETE = "session=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; HttpOnly; Path=/"
+STARLETTE_DELETE = "session=null; path=/; expires=Thu, 01 Jan 1970 00:00:00 GMT; httponly"
+
+
+# -- parsing -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "name", "value"),
+    [
+        pytest.param(FLASK, "session", "eyJuIjoxfQ.ZkS1Yg.abc-_DEF", id="flask"),
+        pytest.param(STARLETTE, "session", "eyJuIjogMX0=.ZkS1Yg.xyz/+=", id="starlette"),
+        pytest.param(FLASK_DELETE, "session", "", id="flask-delete"),
+        pytest.param('s="quoted"; Path=/', "s", '"quoted"', id="quoted-value"),
+        pytest.param("  s = v ;Path=/", "s", "v", id="spaces"),
+    ],
+)
+def test_parse_set_cookie_accepts(header: str, name: str, value: str) -> None:
+    cookie = parse_set_cookie(header)
+    assert cookie is not None
+    assert (cookie.name, cookie.value, cookie.header) == (name, value, header)
+    assert value not in repr(cookie) or not value  # a credential never shows in a repr
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param("session=abc\r\nX-Injected: 1", id="crlf"),
+        pytest.param("session=abc\nSet-Cookie: admin=1", id="lf"),
+        pytest.param("session=a\x00b", id="nul"),
+        pytest.param("session=abc; Path=/\r\n", id="crlf-in-attribute"),
+        pytest.param("session=\x7f", id="del"),
+        pytest.param("session=caf\u00e9", id="non-ascii"),
+        pytest.param("session=a b", id="space-in-value"),
+        pytest.param("session=a,b", id="comma-in-value"),
+        pytest.param('session=a"b', id="dquote-in-value"),
+        pytest.param("session=a\\b", id="backslash-in-value"),
+        pytest.param("sess ion=a", id="space-in-name"),
+        pytest.param("=a", id="no-name"),
+        pytest.param("session", id="no-equals"),
+        pytest.param("session=" + "a" * 4090, id="pair-over-4096"),
+        pytest.param("session=a; " + "x" * 8200, id="header-over-8k"),
+    ],
+)
+def test_parse_set_cookie_refuses_hostile_values(header: str) -> None:
+    assert parse_set_cookie(header) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "lifetime"),
+    [
+        pytest.param(FLASK, None, id="session-cookie"),
+        pytest.param(STARLETTE, 1209600.0, id="max-age"),
+        pytest.param(FLASK_DELETE, 0.0, id="max-age-0"),
+        pytest.param("s=v; Max-Age=-1", -1.0, id="max-age-negative"),
+        pytest.param("s=v; Expires=Wed, 15 Nov 2023 00:13:20 GMT", 7200.0, id="expires"),
+        pytest.param(STARLETTE_DELETE, -NOW, id="expires-past"),
+        pytest.param(
+            "s=v; Max-Age=60; Expires=Thu, 01 Jan 1970 00:00:00 GMT", 60.0, id="max-age-wins"
+        ),
+        pytest.param("s=v; Max-Age=soon", None, id="max-age-garbage-ignored"),
+        pytest.param("s=v; Expires=someday", None, id="expires-garbage-ignored"),
+    ],
+)
+def test_lifetime(header: str, lifetime: float | None) -> None:
+    cookie = parse_set_cookie(header)
+    assert cookie is not None
+    assert cookie.lifetime(NOW) == lifetime
+
+
+@pytest.mark.parametrize(
+    ("cookie_path", "request_path", "sent"),
+    [
+        pytest.param("/", "/anything", True, id="root"),
+        pytest.param("/app", "/app", True, id="same"),
+        pytest.param("/app", "/app/x", True, id="below"),
+        pytest.param("/app/", "/app/x", True, id="below-slash"),
+        pytest.param("/app", "/apple", False, id="prefix-not-segment"),
+        pytest.param("/app", "/", False, id="above"),
+    ],
+)
+def test_path_matches(cookie_path: str, request_path: str, sent: bool) -> None:
+    cookie = parse_set_cookie(f"s=v; Path={cookie_path}")
+    assert cookie is not None
+    assert cookie.path_matches(request_path) is sent
+
+
+# -- the request's Cookie header -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "rewritten"),
+    [
+        pytest.param(
+            "a=1; session=old; b=2", "new", "a=1; session=new; b=2", id="replace-in-place"
+        ),
+        pytest.param("a=1", "new", "a=1; session=new", id="add"),
+        pytest.param(None, "new", "session=new", id="add-to-none"),
+        pytest.param(
+            "session=x; a=1; session=y", "new", "session=new; a=1", id="duplicates-merged"
+        ),
+        pytest.param("a=1; session=old", None, "a=1", id="remove"),
+        pytest.param("session=old", None, None, id="remove-last"),
+        pytest.param(
+            "sessions=1; xsession=2",
+            "new",
+            "sessions=1; xsession=2; session=new",
+            id="similar-names",
+        ),
+    ],
+)
+def test_rewrite_cookie_header(
+    header: str | None, value: str | None, rewritten: str | None
+) -> None:
+    assert rewrite_cookie_header(header, "session", value) == rewritten
+
+
+def test_wsgi_header_rewrite_keeps_the_original() -> None:
+    environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "HTTP_COOKIE": "a=1; session=old"}
+    set_request_cookie_header(environ, "a=1; session=new")
+    assert environ["HTTP_COOKIE"] == "a=1; session=new"
+    assert environ["sessionlock.original_cookie"] == "a=1; session=old"
+    set_request_cookie_header(environ, None)
+    assert "HTTP_COOKIE" not in environ
+    assert environ["sessionlock.original_cookie"] == "a=1; session=old"
+
+
+def test_asgi_header_rewrite_replaces_the_list_not_the_shared_one() -> None:
+    shared = [(b"host", b"x"), (b"cookie", b"a=1"), (b"cookie", b"session=old")]
+    scope: dict[str, Any] = {"type": "http", "headers": shared}
+    assert request_cookie_header(scope) == "a=1; session=old"  # HTTP/2 split cookies join
+    set_request_cookie_header(scope, "a=1; session=new")
+    assert scope["headers"] == [(b"host", b"x"), (b"cookie", b"a=1; session=new")]
+    assert shared == [(b"host", b"x"), (b"cookie", b"a=1"), (b"cookie", b"session=old")]
+    set_request_cookie_header(scope, None)
+    assert scope["headers"] == [(b"host", b"x")]
+    assert scope["sessionlock.original_cookie"] == "a=1; session=old"
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"key": "cookie:session"}, id="key-is-the-session-cookie"),
+        pytest.param({"key": "header:Authorization"}, id="key-is-a-header"),
+        pytest.param({"key": "identity:session"}, id="identity-named-like-the-session"),
+        pytest.param({"cookie_session": "bad name"}, id="name-not-a-token"),
+        pytest.param({"cookie_session": []}, id="no-names"),
+    ],
+)
+def test_configuration_errors(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        Core(**{"cookie_session": "session", **options})
+
+
+def test_a_list_of_names_is_tracked() -> None:
+    core = Core(cookie_session=["session", "remember"])
+    assert isinstance(core.cookies, SessionCookies)
+    assert core.cookies.names == ("session", "remember")
+
+
+# -- the flow, through Core ----------------------------------------------------------------
+
+
+class Recording(MemoryBackend):
+    """A memory backend that remembers what was stored, and for how long."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sets: list[tuple[str, str, float | None]] = []
+
+    def set(self, key: str, value: str, ttl: float | None) -> None:
+        self.sets.append((key, value, ttl))
+        super().set(key, value, ttl)
+
+
+def _file_backend(directory: str) -> Backend:
+    try:
+        return from_url(f"file://{directory}")
+    except ConfigurationError as error:  # the file backend lands in its own change
+        pytest.skip(f"file:// backend not available yet: {error}")
+
+
+@pytest.fixture(params=["memory", "file"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "memory":
+        yield MemoryBackend()
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        made = _file_backend(directory)
+        try:
+            yield made
+        finally:
+            made.close()
+
+
+class Browser:
+    """Runs requests through Core's hooks as the shells do, and keeps a cookie jar."""
+
+    def __init__(self, core: Core, jar: dict[str, str] | None = None) -> None:
+        self.core = core
+        self.jar: dict[str, str] = dict(jar or {})
+
+    def environ(self, path: str = "/") -> dict[str, Any]:
+        environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": path}
+        if self.jar:
+            environ["HTTP_COOKIE"] = "; ".join(f"{k}={v}" for k, v in self.jar.items())
+        return environ
+
+    def request(
+        self, set_cookie: str | None = None, path: str = "/", apply: bool = True
+    ) -> tuple[str | None, list[str]]:
+        """One request: the session value the app saw, and the Set-Cookies sent back."""
+        environ = self.environ(path)
+        admission = self.core.admit(environ)
+        assert admission is not None
+        self.core.prepare(admission, environ)
+        seen = keys.read_cookie(environ, "session")
+        app_headers = [("Content-Type", "text/plain")]
+        if set_cookie is not None:
+            app_headers.append(("Set-Cookie", set_cookie))
+        headers = self.core.finish(admission, app_headers)
+        sent = [v for k, v in headers if k == "Set-Cookie"]
+        if apply:
+            for header in sent:
+                cookie = parse_set_cookie(header)
+                assert cookie is not None
+                lifetime = cookie.lifetime(NOW)
+                if lifetime is not None and lifetime <= 0:
+                    self.jar.pop(cookie.name, None)
+                else:
+                    self.jar[cookie.name] = cookie.value
+        return seen, sent
+
+
+def tracked(backend: Backend, **options: Any) -> Core:
+    core = Core(backend=backend, cookie_session="session", **options)
+    assert isinstance(core.cookies, SessionCookies)
+    return core
+
+
+def test_stale_cookie_is_replaced_and_the_browser_converges(backend: Backend) -> None:
+    browser = Browser(tracked(backend))
+    browser.request("session=v1; Path=/; HttpOnly")
+    old = dict(browser.jar)
+    assert browser.request("session=v2; Path=/; HttpOnly") == (
+        "v1",
+        ["session=v2; Path=/; HttpOnly"],
+    )
+    stale = Browser(browser.core, old)  # a request still carrying v1, e.g. from another tab
+    seen, sent = stale.request()
+    assert seen == "v2"
+    assert sent == ["session=v2; Path=/; HttpOnly"]
+    assert stale.jar["session"] == "v2"
+    assert stale.request() == ("v2", [])  # converged: nothing rewritten, nothing re-sent
+
+
+def test_app_set_cookie_wins_over_the_resend(backend: Backend) -> None:
+    browser = Browser(tracked(backend))
+    browser.request("session=v1")
+    old = dict(browser.jar)
+    browser.request("session=v2")
+    seen, sent = Browser(browser.core, old).request("session=v3")
+    assert seen == "v2"
+    assert sent == ["session=v3"]
+    assert Browser(browser.core, old).request()[0] == "v3"
+
+
+def test_deletion_is_tracked_and_removes_the_cookie_from_stale_requests(backend: Backend) -> None:
+    browser = Browser(tracked(backend))
+    browser.request("session=v1; Path=/")
+    old = dict(browser.jar)
+    browser.request(FLASK_DELETE)
+    assert "session" not in browser.jar
+    stale = Browser(browser.core, old)
+    seen, sent = stale.request()
+    assert seen is None
+    assert sent == [FLASK_DELETE]
+    assert "session" not in stale.jar
+    assert stale.request() == (None, [])
+
+
+def test_starlette_style_deletion_by_past_expires(backend: Backend) -> None:
+    browser = Browser(tracked(backend))
+    browser.request("session=v1; path=/")
+    old = dict(browser.jar)
+    browser.request(STARLETTE_DELETE)
+    assert Browser(browser.core, old).request()[0] is None
+
+
+def test_a_request_without_identity_never_gets_a_stored_cookie(backend: Backend) -> None:
+    browser = Browser(tracked(backend))
+    browser.request("session=v1")
+    browser.request("session=v2")
+    stranger = Browser(browser.core, {"session": "v1"})  # no identity cookie
+    seen, sent = stranger.request()
+    assert seen == "v1"
+    assert [s for s in sent if s.startswith("session=")] == []
+    forged = Browser(browser.core, {"session": "v1", "sessionlock": "A" * 43})  # wrong identity
+    assert forged.request() == ("v1", [])
+
+
+def test_hostile_app_cookie_is_not_stored_and_the_record_is_forgotten(backend: Backend) -> None:
+    browser = Browser(tracked(backend))
+    browser.request("session=v1")
+    old = dict(browser.jar)
+    browser.request("session=v2\r\nX-Evil: 1", apply=False)
+    assert Browser(browser.core, old).request() == ("v1", [])  # nothing tracked any more
+
+
+def test_path_scoped_cookie_is_not_handed_to_other_paths(backend: Backend) -> None:
+    browser = Browser(tracked(backend))
+    browser.request("session=v1; Path=/app", path="/app/x")
+    old = dict(browser.jar)
+    browser.request("session=v2; Path=/app", path="/app/x")
+    assert Browser(browser.core, old).request(path="/other")[0] == "v1"
+    assert Browser(browser.core, old).request(path="/app/y")[0] == "v2"
+
+
+@pytest.mark.parametrize(
+    ("set_cookie", "ttl"),
+    [
+        pytest.param("session=v; Max-Age=600", 600.0, id="max-age"),
+        pytest.param("session=v; Max-Age=99999999", DEFAULT_MAX_TTL, id="max-age-capped"),
+        pytest.param("session=v; Path=/", DEFAULT_MAX_TTL, id="session-cookie-capped"),
+        pytest.param(FLASK_DELETE, DEFAULT_MAX_TTL, id="deletion-kept"),
+    ],
+)
+def test_record_ttl_follows_the_cookie(set_cookie: str, ttl: float) -> None:
+    backend = Recording()
+    Browser(tracked(backend)).request(set_cookie)
+    assert [t for _, _, t in backend.sets] == [ttl]
+
+
+def test_resend_shortens_max_age_by_the_time_elapsed() -> None:
+    backend = MemoryBackend()
+    now = [NOW]
+    core = tracked(backend)
+    assert isinstance(core.cookies, SessionCookies)
+    core.cookies._clock = lambda: now[0]
+    browser = Browser(core)
+    browser.request("session=v1; Path=/; Max-Age=1000; HttpOnly")
+    old = dict(browser.jar)
+    browser.request("session=v2; Path=/; Max-Age=1000; HttpOnly")
+    now[0] += 400
+    assert Browser(core, old).request()[1] == ["session=v2; Path=/; Max-Age=600; HttpOnly"]
+
+
+def test_records_are_sealed_and_bound_to_identity_and_name() -> None:
+    backend = Recording()
+    core = tracked(backend)
+    one = Browser(core)
+    one.request("session=SECRETVALUE1")
+    two = Browser(core)
+    two.request("session=SECRETVALUE2")
+    stored = {key: value for key, value, _ in backend.sets}
+    assert len(stored) == 2
+    for key, value in stored.items():
+        assert "SECRETVALUE" not in value
+        assert one.jar["sessionlock"] not in key + value
+        assert two.jar["sessionlock"] not in key + value
+    # A record moved under another identity's key does not open there.
+    (key1, value1), (key2, _) = stored.items()
+    backend.set(key2, value1, None)
+    assert Browser(core, {**two.jar, "session": "x"}).request() == ("x", [])
+    # A tampered record is ignored.
+    backend.set(key1, value1[:-6] + ("A" if value1[-6] != "A" else "B") + value1[-5:], None)
+    assert Browser(core, {**one.jar, "session": "x"}).request() == ("x", [])
+
+
+def test_records_do_not_survive_another_secret() -> None:
+    backend = MemoryBackend()
+    browser = Browser(tracked(backend, secret="s" * 32))
+    browser.request("session=v1")
+    browser.request("session=v2")
+    other = Browser(tracked(backend, secret="t" * 32), {**browser.jar, "session": "v1"})
+    assert other.request()[0] == "v1"
+
+
+# -- through the real middleware and frameworks, in-process --------------------------------
+
+
+def _flask_app() -> Any:
+    import flask
+
+    from sessionlock.wsgi import SessionLockMiddleware
+
+    app = flask.Flask(__name__)
+    app.secret_key = "test-secret-key-" * 2
+
+    @app.get("/incr")
+    def incr() -> str:
+        flask.session["n"] = flask.session.get("n", 0) + 1
+        return str(flask.session["n"])
+
+    @app.get("/read")
+    def read() -> str:
+        return str(flask.session.get("n", 0))
+
+    app.wsgi_app = SessionLockMiddleware(app.wsgi_app, cookie_session="session")  # type: ignore[method-assign]
+    return app
+
+
+def _wsgi_get(app: Any, path: str, jar: dict[str, str]) -> str:
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "testserver",
+        "HTTP_COOKIE": "; ".join(f"{k}={v}" for k, v in jar.items()),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    sent: list[list[tuple[str, str]]] = []
+    result = app(environ, lambda status, headers, exc_info=None: sent.append(headers))
+    try:
+        body = b"".join(result)
+    finally:
+        result.close()
+    _apply(jar, [v for k, v in sent[-1] if k == "Set-Cookie"])
+    return body.decode()
+
+
+def _apply(jar: dict[str, str], set_cookies: list[str]) -> None:
+    for header in set_cookies:
+        cookie = parse_set_cookie(header)
+        assert cookie is not None
+        lifetime = cookie.lifetime(NOW)
+        if lifetime is not None and lifetime <= 0:
+            jar.pop(cookie.name, None)
+        else:
+            jar[cookie.name] = cookie.value
+
+
+def test_flask_in_process_stale_replay_sees_the_latest_state() -> None:
+    app = _flask_app()
+    jar: dict[str, str] = {}
+    assert _wsgi_get(app, "/incr", jar) == "1"
+    old = dict(jar)
+    assert _wsgi_get(app, "/incr", jar) == "2"
+    assert _wsgi_get(app, "/incr", old) == "3"  # the old cookie: the app still starts at 2
+    assert _wsgi_get(app, "/read", jar) == "3"  # and the other copy of the jar converges
+
+
+def _starlette_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.sessions import SessionMiddleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from sessionlock.asgi import SessionLockMiddleware
+
+    async def incr(request: Request) -> PlainTextResponse:
+        request.session["n"] = request.session.get("n", 0) + 1
+        return PlainTextResponse(str(request.session["n"]))
+
+    return Starlette(
+        routes=[Route("/incr", incr)],
+        middleware=[
+            Middleware(SessionLockMiddleware, cookie_session="session"),
+            Middleware(SessionMiddleware, secret_key="test-secret-key-" * 2),
+        ],
+    )
+
+
+async def _asgi_get(app: Any, path: str, jar: dict[str, str]) -> str:
+    headers = [(b"host", b"testserver")]
+    if jar:
+        headers.append((b"cookie", "; ".join(f"{k}={v}" for k, v in jar.items()).encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    sent: list[dict[str, Any]] = []
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    _apply(jar, [v.decode() for k, v in sent[0]["headers"] if k.lower() == b"set-cookie"])
+    return b"".join(m.get("body", b"") for m in sent[1:]).decode()
+
+
+def test_starlette_in_process_stale_replay_sees_the_latest_state() -> None:
+    async def scenario() -> tuple[str, str, str]:
+        app = _starlette_app()
+        jar: dict[str, str] = {}
+        first = await _asgi_get(app, "/incr", jar)
+        old = dict(jar)
+        second = await _asgi_get(app, "/incr", jar)
+        third = await _asgi_get(app, "/incr", old)
+        return first, second, third
+
+    assert asyncio.run(scenario()) == ("1", "2", "3")
+
+
+def test_admission_notes_say_the_browser_was_stale() -> None:
+    core = tracked(MemoryBackend())
+    browser = Browser(core)
+    browser.request("session=v1")
+    old = dict(browser.jar)
+    browser.request("session=v2")
+    environ = Browser(core, old).environ()
+    admission = core.admit(environ)
+    assert isinstance(admission, Admission)
+    core.prepare(admission, environ)
+    assert admission.notes is not None
+    state: Any = admission.notes["cookies"]
+    assert list(state.stale) == ["session"]
