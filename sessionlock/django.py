@@ -1,0 +1,252 @@
+"""Django: the session lock before ``SessionMiddleware``, the rules after it.
+
+    # settings.py
+    INSTALLED_APPS = [..., "sessionlock.django.SessionLockConfig"]   # system checks
+    MIDDLEWARE = [
+        "django.middleware.security.SecurityMiddleware",
+        "sessionlock.django.SessionLockMiddleware",       # the lock: before the session
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        # ...
+        "sessionlock.django.SessionRulesMiddleware",      # the rules: after the session
+    ]
+    SESSIONLOCK = {
+        "backend": "file:///var/lib/myproject/locks",    # any sessionlock.core.Options
+        "key": "cookie:sessionid",                        # database/cache sessions
+        "rules": "exams.session_rules.RULES",             # a Ruleset, a list, or its path
+    }
+
+``SessionLockMiddleware`` takes the session's lock before ``SessionMiddleware`` loads the
+session and releases it once the response has come back through it, i.e. after the session
+was saved. ``SessionRulesMiddleware`` runs the rules on ``request.session`` when the view
+returns, and ``SessionMiddleware``'s ``process_response``, outside it, saves the result. Both
+are sync and async capable. ``SESSIONLOCK`` is read lazily, so ``override_settings`` works.
+
+Design note: the lock is a Django middleware so it can be listed, ordered and checked
+(``manage.py check``: ``sessionlock.E001`` ...) like any other. Django's ``signed_cookies``
+engine needs more than a lock (the latest cookie must be handed to the next request): wrap
+the whole application instead, ``SessionLockMiddleware(get_wsgi_application(),
+cookie_session="sessionid")`` from :mod:`sessionlock.wsgi` (or :mod:`sessionlock.asgi`),
+which also covers the middleware listed before it. The rules middleware works with both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from http.cookies import SimpleCookie
+from typing import Any, TypeAlias
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.apps import AppConfig  # type: ignore[import-untyped]
+from django.conf import settings  # type: ignore[import-untyped]
+from django.http import HttpResponse  # type: ignore[import-untyped]
+from django.utils.module_loading import import_string  # type: ignore[import-untyped]
+
+from .core import REFUSED, Admission, Core, Options
+from .errors import ConfigurationError
+from .rules import Ruleset, as_ruleset
+
+__all__ = ["SessionLockConfig", "SessionLockMiddleware", "SessionRulesMiddleware", "conf"]
+
+logger = logging.getLogger("sessionlock")
+
+# Django's request and response objects (untyped without django-stubs).
+Request: TypeAlias = Any
+Response: TypeAlias = Any
+GetResponse: TypeAlias = Callable[[Request], Any]
+
+#: The keys SESSIONLOCK takes: every middleware option, and the rules.
+OPTION_KEYS = frozenset(Options.__annotations__)
+SETTING_KEYS = OPTION_KEYS | {"rules"}
+
+
+class SessionLockConfig(AppConfig):  # type: ignore[misc]
+    """List ``"sessionlock.django.SessionLockConfig"`` in INSTALLED_APPS for the checks."""
+
+    name = "sessionlock"
+    label = "sessionlock"
+    verbose_name = "sessionlock"
+
+    def ready(self) -> None:
+        from . import django_checks  # noqa: F401  (registers the system checks)
+
+
+def conf() -> Mapping[str, Any]:
+    """The ``SESSIONLOCK`` setting, checked: a dict of middleware options and ``rules``."""
+    value = getattr(settings, "SESSIONLOCK", {})
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"SESSIONLOCK must be a dict, got {type(value).__name__}")
+    unknown = set(value) - SETTING_KEYS
+    if unknown:
+        raise ConfigurationError(
+            f"SESSIONLOCK has unknown keys {sorted(unknown)}; known: {sorted(SETTING_KEYS)}"
+        )
+    return value
+
+
+def ruleset_from(value: Any) -> Ruleset:
+    """A Ruleset from SESSIONLOCK['rules']: a Ruleset, a list of rules, or a dotted path."""
+    if isinstance(value, str):
+        try:
+            value = import_string(value)
+        except ImportError as error:
+            raise ConfigurationError(f"SESSIONLOCK['rules'] {value!r}: {error}") from error
+    if not isinstance(value, Ruleset) and not isinstance(value, Iterable):
+        raise ConfigurationError("SESSIONLOCK['rules'] must be a Ruleset, rules, or their path")
+    return as_ruleset(value)
+
+
+class _Lazy:
+    """Rebuilds its value when the SESSIONLOCK object changes (override_settings)."""
+
+    def __init__(self, build: Callable[[Mapping[str, Any]], Any]) -> None:
+        self._build = build
+        self._source: object = None
+        self._value: Any = None
+
+    def get(self) -> Any:
+        source = conf()
+        if source is not self._source:
+            self._value = self._build(source)
+            self._source = source
+        return self._value
+
+
+def _build_core(source: Mapping[str, Any]) -> Core:
+    options = {k: v for k, v in source.items() if k in OPTION_KEYS}
+    if options.get("cookie_session") is not None:
+        raise ConfigurationError(
+            "cookie_session needs the WSGI/ASGI middleware around get_wsgi_application(): "
+            "see sessionlock.django's docstring"
+        )
+    return Core(**options)
+
+
+class SessionLockMiddleware:
+    """The lock: list it before ``django.contrib.sessions.middleware.SessionMiddleware``."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+        self._core = _Lazy(_build_core)
+        self._misplaced_reported = False
+
+    def __call__(self, request: Request) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        core: Core = self._core.get()
+        admission = self._admit(core, request)
+        if admission is None:
+            return self.get_response(request)
+        try:
+            core.enter(admission)
+        except REFUSED as error:
+            return _refusal(core, admission, error)
+        try:
+            core.prepare(admission, request.META)
+            response = self.get_response(request)
+        finally:
+            core.leave(admission)  # SessionMiddleware, inside, has saved the session
+        return _finish(admission, response)
+
+    async def __acall__(self, request: Request) -> Response:
+        core: Core = self._core.get()
+        admission = self._admit(core, request)
+        if admission is None:
+            return await self.get_response(request)
+        try:
+            # Django hands middleware no receive channel: a waiter cannot see its client
+            # leave, and waits until its turn or the timeout.
+            await core.enter_async(admission, _never)
+        except REFUSED as error:
+            return _refusal(core, admission, error)
+        try:
+            core.prepare(admission, request.META)
+            response = await self.get_response(request)
+        finally:
+            await core.leave_async(admission)
+        return _finish(admission, response)
+
+    def _admit(self, core: Core, request: Request) -> Admission | None:
+        if hasattr(request, "session") and not self._misplaced_reported:
+            self._misplaced_reported = True
+            logger.error(
+                "sessionlock.django.SessionLockMiddleware runs after SessionMiddleware: the "
+                "session is saved after the lock is released; list it before "
+                "SessionMiddleware (check sessionlock.E001)"
+            )
+        return core.admit(request.META)
+
+
+class SessionRulesMiddleware:
+    """The rules: list it after ``SessionMiddleware``; runs SESSIONLOCK['rules']."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+        self._rules = _Lazy(lambda source: ruleset_from(source.get("rules", ())))
+        self._misplaced_reported = False
+
+    def __call__(self, request: Request) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        response = self.get_response(request)
+        self._enforce(request, response)
+        return response
+
+    async def __acall__(self, request: Request) -> Response:
+        response = await self.get_response(request)
+        # Rules run only on a session the view accessed, which is loaded already: no
+        # database call happens here, so it is safe on the event loop.
+        self._enforce(request, response)
+        return response
+
+    def _enforce(self, request: Request, response: Response) -> None:
+        session = getattr(request, "session", None)
+        if session is None:
+            if not self._misplaced_reported:
+                self._misplaced_reported = True
+                logger.error(
+                    "sessionlock.django.SessionRulesMiddleware found no request.session: list "
+                    "it after SessionMiddleware (check sessionlock.E002)"
+                )
+            return
+        rules: Ruleset = self._rules.get()
+        report = rules.enforce(session)
+        if report and rules.header is not None:
+            response[rules.header] = rules.header_value(report)
+
+
+async def _never() -> None:
+    await asyncio.Event().wait()
+
+
+def _refusal(core: Core, admission: Admission, error: Exception) -> Response:
+    refusal = core.refuse(admission, error)
+    response = HttpResponse(refusal.body, status=refusal.status)
+    for name, value in refusal.headers:
+        response[name] = value
+    return response
+
+
+def _finish(admission: Admission, response: Response) -> Response:
+    for name, value in admission.response_headers():
+        if name.lower() == "set-cookie":
+            response.cookies.update(SimpleCookie(value))
+        elif name in response:
+            response[name] = f"{response[name]}, {value}"
+        else:
+            response[name] = value
+    return response

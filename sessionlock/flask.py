@@ -1,0 +1,79 @@
+"""Flask: the session lock around the app, and the app's rules run before the session is saved.
+
+    from flask import Flask
+    from sessionlock.flask import SessionLock
+    from sessionlock.rules import index_within, required
+
+    app = Flask(__name__)
+    app.secret_key = "change me"
+    SessionLock(app, rules=[
+        required("selected_question_type", "basic"),
+        index_within("exam_current", "exam_question_ids"),
+    ], backend="memory://")
+
+    # or, with an app factory:
+    lock = SessionLock(rules=[...], backend="file:///var/lib/app/locks")
+    lock.init_app(app)
+
+``app.wsgi_app`` is wrapped with :class:`sessionlock.wsgi.SessionLockMiddleware`, which sits
+outside Flask's session handling: the lock is taken before Flask opens the session and
+released after the response is closed. The rules run as the *last* ``after_request``
+function: Flask's ``process_response`` calls every ``after_request`` function and only then
+``save_session``, so a repair is in the cookie (or server-side store) that goes out.
+Middleware options: see :class:`sessionlock.core.Core`. Removing ``SessionLock(...)`` undoes
+everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from flask import Flask, Response, current_app, session
+
+from .rules import Rule, Ruleset, as_ruleset
+from .wsgi import SessionLockMiddleware
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .core import Options
+
+__all__ = ["SessionLock"]
+
+
+class SessionLock:
+    """A Flask extension: ``SessionLock(app, rules=..., **options)`` or ``init_app(app)``."""
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        rules: Ruleset | Iterable[Rule] = (),
+        **options: Unpack[Options],
+    ) -> None:
+        self.rules = as_ruleset(rules)
+        self.options = options
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Wrap ``app.wsgi_app`` with the lock and register the rules (once per app)."""
+        if "sessionlock" in app.extensions:
+            raise RuntimeError("SessionLock is already initialised on this app")
+        middleware = SessionLockMiddleware(app.wsgi_app, **self.options)
+        app.wsgi_app = middleware  # type: ignore[method-assign]
+        app.extensions["sessionlock"] = middleware
+        if self.rules.rules:
+            # after_request functions run in reverse order of registration: the first one
+            # registered runs last, after every function of the app and its blueprints.
+            app.after_request_funcs.setdefault(None, []).insert(0, self._enforce)
+
+    def _enforce(self, response: Response) -> Response:
+        current = session._get_current_object()  # type: ignore[attr-defined]
+        if current_app.session_interface.is_null_session(current):
+            return response  # no secret key: no session to repair
+        report = self.rules.enforce(current)
+        if report and self.rules.header is not None:
+            response.headers[self.rules.header] = self.rules.header_value(report)
+        return response

@@ -1,0 +1,77 @@
+"""Starlette (and any ASGI app with ``scope["session"]``): rules run before the cookie is written.
+
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.sessions import SessionMiddleware
+    from sessionlock.asgi import SessionLockMiddleware
+    from sessionlock.rules import index_within, required
+    from sessionlock.starlette import SessionRulesMiddleware
+
+    app = Starlette(routes=[], middleware=[                    # first = outermost
+        Middleware(SessionLockMiddleware, backend="memory://"),  # lock outside the session
+        Middleware(SessionMiddleware, secret_key="change me"),
+        Middleware(SessionRulesMiddleware, rules=[             # rules inside it
+            required("selected_question_type", "basic"),
+            index_within("exam_current", "exam_question_ids"),
+        ]),
+    ])
+
+``SessionMiddleware`` loads ``scope["session"]`` as the request starts and writes the cookie
+when ``http.response.start`` passes through its ``send``. This middleware sits inside it and
+runs the rules when the app sends ``http.response.start``, just before that message reaches
+``SessionMiddleware``: the repaired session is the one written. Placed outside the session
+layer (no ``scope["session"]`` when the request arrives) it logs an error once and does
+nothing, since its repairs would come after the cookie was written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from ._types import ASGIApp, Message, Receive, Scope, Send
+from .rules import Rule, Ruleset, as_ruleset
+
+__all__ = ["SessionRulesMiddleware"]
+
+logger = logging.getLogger("sessionlock")
+
+
+class SessionRulesMiddleware:
+    def __init__(self, app: ASGIApp, *, rules: Ruleset | Iterable[Rule]) -> None:
+        self.app = app
+        self.rules = as_ruleset(rules)
+        self._misplaced_reported = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "session" not in scope:
+            self._report_misplaced()
+            await self.app(scope, receive, send)
+            return
+        rules = self.rules
+
+        async def send_repaired(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                session = scope.get("session")
+                if session is not None:
+                    report = rules.enforce(session)
+                    if report and rules.header is not None:
+                        value = rules.header_value(report)
+                        message["headers"] = [
+                            *message.get("headers", ()),
+                            (rules.header.lower().encode("latin-1"), value.encode("latin-1")),
+                        ]
+            await send(message)
+
+        await self.app(scope, receive, send_repaired)
+
+    def _report_misplaced(self) -> None:
+        if not self._misplaced_reported:
+            self._misplaced_reported = True
+            logger.error(
+                "SessionRulesMiddleware found no scope['session']: place it inside "
+                "SessionMiddleware (listed after it), or its rules never run"
+            )
