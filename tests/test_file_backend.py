@@ -176,6 +176,18 @@ def test_sweep_removes_a_crashed_holders_file_and_expired_values(directory: Path
 # -- the unlink race ---------------------------------------------------------------------
 
 
+def _open_count(path: Path) -> int:
+    """How many descriptors of this process name ``path`` (Linux /proc)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+        except OSError:
+            continue
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
 def test_waiter_on_an_unlinked_inode_retries_on_the_current_file(directory: Path) -> None:
     """X holds inode 1; B waits on it; X unlinks, C takes a new inode 2, X unlocks.
 
@@ -189,7 +201,7 @@ def test_waiter_on_an_unlinked_inode_retries_on_the_current_file(directory: Path
     got: list[object] = []
     b_waits = threading.Thread(target=lambda: got.append(backend_b.acquire(KEY, 1.0)))
     b_waits.start()
-    while KEY not in backend_b._contenders:  # B's contender is about to block on inode 1
+    while _open_count(path) < 2:  # until B's contender has opened inode 1
         threading.Event().wait(0.001)
     os.unlink(path)
     c_lease = backend_c.try_acquire(KEY)
