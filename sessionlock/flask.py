@@ -29,7 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from flask import Flask, Response, current_app, session
+from flask import Flask, Response, current_app
+from flask.globals import request_ctx
 
 from .rules import Rule, Ruleset, as_ruleset
 from .wsgi import SessionLockMiddleware
@@ -70,7 +71,12 @@ class SessionLock:
             app.after_request_funcs.setdefault(None, []).insert(0, self._enforce)
 
     def _enforce(self, response: Response) -> Response:
-        current = session._get_current_object()  # type: ignore[attr-defined]
+        ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]
+        # Flask >= 3.1 keeps the session in ``_session`` and marks it accessed (adding
+        # ``Vary: Cookie``) whenever ``ctx.session`` is read: peek without reading.
+        current = getattr(ctx, "_session", None)
+        if current is None:
+            current = ctx.session
         if current_app.session_interface.is_null_session(current):
             return response  # no secret key: no session to repair
         report = self.rules.enforce(current)
