@@ -25,7 +25,9 @@ rules that fired. The framework adapters (:mod:`sessionlock.flask`, :mod:`sessio
 :mod:`sessionlock.starlette`, :mod:`sessionlock.environ`) run a ruleset after the handler
 and before the session is saved.
 
-Rules see the session as a mapping of JSON-like values (what session stores serialize).
+Rules see the session as a mapping of JSON-like values (what session stores serialize),
+through ``in``, ``get``, ``[]``, ``[]=`` and ``keys()`` only: Django's session object is not
+iterable, Beaker's is a proxy.
 A lock prevents new corruption; rules catch sessions corrupted before it (old bugs, requests
 from before the deploy, the back button).
 """
@@ -138,7 +140,7 @@ def has_data(session: Mapping[str, Any]) -> bool:
     The default ``when`` of a :class:`Ruleset`: filling defaults into an empty session would
     create a session for every visitor whose page merely reads it.
     """
-    return any(key not in _BOOKKEEPING for key in session)
+    return any(key not in _BOOKKEEPING for key in session.keys())
 
 
 class Ruleset:
@@ -425,7 +427,7 @@ def _snapshot(session: Session) -> dict[str, Any]:
 
 
 def _changed(before: Mapping[str, Any], session: Session) -> tuple[str, ...]:
-    keys = list(before) + [k for k in session if k not in before]
+    keys = list(before) + [k for k in session.keys() if k not in before]
     changed = []
     for key in keys:
         old, new = before.get(key, _MISSING), session.get(key, _MISSING)
