@@ -208,7 +208,8 @@ def run_to_exit(
 ) -> tuple[int | None, str]:
     """Start ``command`` and read its output until it exits or prints ``until``.
 
-    Returns the exit code (None: still running ``exit_within`` s later, then stopped) and the output.
+    Returns the exit code (None: still running ``exit_within`` s later, then stopped)
+    and the output.
     """
     port = free_port()
     command = [part.replace("{port}", str(port)) for part in command]
