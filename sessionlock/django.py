@@ -202,27 +202,32 @@ class SessionRulesMiddleware:
     def __call__(self, request: Request) -> Any:
         if self.async_mode:
             return self.__acall__(request)
+        self._check_placement(request)
         response = self.get_response(request)
         self._enforce(request, response)
         return response
 
     async def __acall__(self, request: Request) -> Response:
+        self._check_placement(request)
         response = await self.get_response(request)
         # Rules run only on a session the view accessed, which is loaded already: no
         # database call happens here, so it is safe on the event loop.
         self._enforce(request, response)
         return response
 
+    def _check_placement(self, request: Request) -> None:
+        # Inside SessionMiddleware, request.session exists when the request reaches us.
+        if not hasattr(request, "session") and not self._misplaced_reported:
+            self._misplaced_reported = True
+            logger.error(
+                "sessionlock.django.SessionRulesMiddleware found no request.session: list "
+                "it after SessionMiddleware (check sessionlock.E002)"
+            )
+
     def _enforce(self, request: Request, response: Response) -> None:
         session = getattr(request, "session", None)
-        if session is None:
-            if not self._misplaced_reported:
-                self._misplaced_reported = True
-                logger.error(
-                    "sessionlock.django.SessionRulesMiddleware found no request.session: list "
-                    "it after SessionMiddleware (check sessionlock.E002)"
-                )
-            return
+        if session is None or self._misplaced_reported:
+            return  # outside the session layer, a repair would come after the save
         rules: Ruleset = self._rules.get()
         report = rules.enforce(session)
         if report and rules.header is not None:

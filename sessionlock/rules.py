@@ -140,7 +140,7 @@ def has_data(session: Mapping[str, Any]) -> bool:
     The default ``when`` of a :class:`Ruleset`: filling defaults into an empty session would
     create a session for every visitor whose page merely reads it.
     """
-    return any(key not in _BOOKKEEPING for key in session.keys())
+    return any(key not in _BOOKKEEPING for key in session.keys())  # noqa: SIM118 (Django sessions: keys() only)
 
 
 class Ruleset:
@@ -427,7 +427,7 @@ def _snapshot(session: Session) -> dict[str, Any]:
 
 
 def _changed(before: Mapping[str, Any], session: Session) -> tuple[str, ...]:
-    keys = list(before) + [k for k in session.keys() if k not in before]
+    keys = list(before) + [k for k in session.keys() if k not in before]  # noqa: SIM118
     changed = []
     for key in keys:
         old, new = before.get(key, _MISSING), session.get(key, _MISSING)

@@ -4,7 +4,8 @@
         python -m django check
 
 SESSIONLOCK_TEST_ORDER picks the MIDDLEWARE list: "good" (lock, session, rules), "lock-after"
-(lock after SessionMiddleware), "rules-before" (rules before it), "no-session" (rules only).
+(lock after SessionMiddleware), "rules-before" (rules before it), "no-session" (rules only),
+"no-lock" (session and rules: the control of the lock test).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ MIDDLEWARE = {
     "lock-after": [_SESSION, _LOCK, _RULES],
     "rules-before": [_LOCK, _RULES, _SESSION],
     "no-session": [_RULES],
+    "no-lock": [_SESSION, _RULES],
 }[os.environ.get("SESSIONLOCK_TEST_ORDER", "good")]
 
 SESSIONLOCK = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
@@ -17,6 +19,9 @@ def start(request: HttpRequest, count: int) -> HttpResponse:
 
 @csrf_exempt
 def next_(request: HttpRequest) -> HttpResponse:
+    if "hold" in request.GET:  # widen the read-modify-write window for the control
+        request.session.get("exam_current")
+        time.sleep(float(request.GET["hold"]))
     exam_app.next_question(request.session)
     return HttpResponse(exam_app.show(request.session))
 
