@@ -141,13 +141,35 @@ def test_secret_agreed_by_processes_started_separately(directory: Path) -> None:
 # -- bounded files -----------------------------------------------------------------------
 
 
+def _janitors_done() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "sessionlock-file-janitor":
+            thread.join(timeout=60)
+
+
 def test_files_stay_bounded_after_many_distinct_keys(directory: Path) -> None:
     backend = FileBackend(directory)
     for number in range(3000):
         lease = backend.try_acquire(f"{number:032x}")
         assert lease is not None
         backend.release(lease)
+        if number % 250 == 0:
+            assert len(_files(directory)) <= 4 * 256 + 1  # held + idle here, at most
+    _janitors_done()
+    assert len(_files(directory)) <= 4 * 256
+    backend.sweep()
     assert _files(directory) == []
+
+
+def test_a_session_reuses_its_file(directory: Path) -> None:
+    backend = FileBackend(directory)
+    inodes = set()
+    for _ in range(5):
+        lease = backend.try_acquire(KEY)
+        assert lease is not None
+        inodes.add(os.fstat(lease.token).st_ino)
+        backend.release(lease)
+    assert len(inodes) == 1
 
 
 def test_control_files_pile_up_without_the_unlink(directory: Path) -> None:

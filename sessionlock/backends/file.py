@@ -22,12 +22,17 @@ arrived meanwhile, or releases it at once if nobody wants it, then exits. Hence 
 or cancelled acquire never leaks a lock, and threads never pile up: at most one per key that
 is busy in another process right now.
 
-Bounded files. A holder unlinks its file *before* unlocking, so the directory holds about one
-file per key held right now, whatever the number of sessions ever seen. A waiter blocked on
-the old inode then wins a lock on an unlinked file; after every lock the path's inode is
-compared with the open file's (``stat`` vs ``fstat``) and the attempt retried on a mismatch,
-so two holders can never hold two different inodes of one path (filelock#574's trap).
-Files left by a holder that crashed between lock and unlink are removed by :meth:`sweep`.
+Bounded files. Releasing only unlocks: a session's next request reuses its file (creating
+and unlinking a file costs 10x a lock on a journaled file system). Each process remembers the
+keys it released; once more than 256 are idle, or one has been idle 2 s, a short-lived janitor
+thread removes them: it takes the lock with ``LOCK_NB`` (skipping keys in use) and unlinks
+the file *before* unlocking (if it falls behind, releases remove the oldest themselves). So
+the directory holds at most the held keys plus 1024 per process, whatever the number of
+sessions ever seen. A waiter that opened the old inode then
+wins a lock on an unlinked file; after every lock the path's inode is compared with the open
+file's (``stat`` vs ``fstat``) and the attempt retried on a mismatch, so two holders can never
+hold two different inodes of one path (filelock#574's trap). Files left by a crashed process
+are removed by :meth:`sweep`, run when a backend starts.
 
 Safety. The directory is refused (ConfigurationError) if it is a symlink, owned by another
 user, or writable by group or others; it is opened once with ``O_NOFOLLOW`` and every name is
@@ -72,7 +77,11 @@ _TMP = ".tmp-"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 _SWEEP_EVERY = 1024  # value writes between two sweeps of the directory
+_IDLE_FILES = 256  # lock files a process leaves for keys it used lately, at most
+_IDLE_SECONDS = 2.0  # a lock file unused this long here is removed (on the next release)
 _STALE_TMP = 60.0  # seconds after which a temporary file is a crash's leftover
+_JANITOR = "sessionlock-file-janitor"
+_NEVER = 4_102_444_800.0  # 2100-01-01: the mtime of a value without expiry
 
 
 def default_directory() -> str:
@@ -123,12 +132,12 @@ class _TaskSlot(_Slot):
             self._loop.call_soon_threadsafe(self._settle, fd, error)
         except RuntimeError:  # the loop is closed: nobody will take the lock
             if fd is not None:
-                self._backend._unlock_fd(fd, None)
+                self._backend._unlock_fd(fd)
 
     def _settle(self, fd: int | None, error: BaseException | None) -> None:
         if self.future.done():  # the task gave up meanwhile: the lock goes back
             if fd is not None:
-                self._backend._unlock_fd(fd, None)
+                self._backend._unlock_fd(fd)
         elif fd is not None:
             self.future.set_result(fd)
         else:
@@ -162,6 +171,8 @@ class FileBackend(Backend):
         self._mutex = threading.Lock()
         self._contenders: dict[str, _Contender] = {}
         self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
+        self._idle: dict[str, float] = {}  # file name -> when released here, oldest first
+        self._janitor = False
         self._writes = 0
         self._secret: bytes | None = None
         _after_fork.add(self)
@@ -226,7 +237,7 @@ class FileBackend(Backend):
         if not isinstance(fd, int):
             raise ValueError(f"{lease!r} is not a lease of {self!r}")
         lease.token = None  # a second release is a no-op, never a close of a reused fd
-        self._unlock_fd(fd, self._name(lease.key, _LOCK))
+        self._unlock_fd(fd)
 
     def held(self) -> int:
         """How many locks this process holds right now (for tests and benchmarks)."""
@@ -265,7 +276,7 @@ class FileBackend(Backend):
         if not future.done():
             future.cancel()
         elif not future.cancelled() and future.exception() is None:
-            self._unlock_fd(future.result(), None)
+            self._unlock_fd(future.result())
 
     def _contend(self, key: str, contender: _Contender) -> None:
         name = self._name(key, _LOCK)
@@ -286,7 +297,7 @@ class FileBackend(Backend):
                 if done:
                     del self._contenders[key]
             if slot is None:  # everyone gave up while we waited: give the lock back
-                self._unlock_fd(fd, name)
+                self._unlock_fd(fd)
             else:
                 slot.deliver(fd, None)
             if done:
@@ -322,20 +333,79 @@ class FileBackend(Backend):
                 continue
             with self._mutex:
                 self._held[fd] = name
+                self._idle.pop(name, None)
             return fd
 
-    def _unlock_fd(self, fd: int, name: str | None) -> None:
-        """Unlink (so idle keys leave no file), then unlock and close."""
+    def _unlock_fd(self, fd: int) -> None:
+        """Unlock and close; the file stays for the key's next request, until idle."""
+        now = time.monotonic()
         with self._mutex:
-            held_name = self._held.pop(fd, None)
-        name = name or held_name
-        try:
+            name = self._held.pop(fd, None)
             if name is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=self._dir_fd)
+                self._idle.pop(name, None)
+                self._idle[name] = now  # newest last
+            sweep = self._janitor_due(now)
+            # Back-pressure: if the janitor falls behind, each release removes one more.
+            behind = next(iter(self._idle)) if len(self._idle) > 4 * _IDLE_FILES else None
+            if behind is not None:
+                del self._idle[behind]
+        try:
             fcntl.flock(fd, fcntl.LOCK_UN)  # for every copy of the fd, a forked one too
         finally:
             os.close(fd)
+        if behind is not None:
+            self._unlink_if_free(behind)
+        if sweep:
+            threading.Thread(target=self._remove_idle, name=_JANITOR).start()
+
+    def _janitor_due(self, now: float) -> bool:
+        # Called under the mutex: many idle files, or an old one, and no janitor running.
+        if self._janitor or not self._idle:
+            return False
+        oldest = next(iter(self._idle.values()))
+        self._janitor = len(self._idle) > _IDLE_FILES or oldest < now - _IDLE_SECONDS
+        return self._janitor
+
+    def _remove_idle(self) -> None:
+        """Unlink the files of keys idle here: the oldest beyond the cap, and the old ones."""
+        try:
+            now = time.monotonic()
+            with self._mutex:
+                excess = max(0, len(self._idle) - _IDLE_FILES // 2)
+                names = [
+                    name
+                    for index, (name, released) in enumerate(self._idle.items())
+                    if index < excess or released < now - _IDLE_SECONDS
+                ]
+                for name in names:
+                    del self._idle[name]
+            for name in names:
+                self._unlink_if_free(name)
+        finally:
+            with self._mutex:
+                self._janitor = False
+
+    def _unlink_if_free(self, name: str) -> bool:
+        """Lock ``name`` if nobody holds it, then unlink it *before* unlocking.
+
+        A process that opened the old inode meanwhile wins a lock on an unlinked file; the
+        inode re-check in :meth:`_lock` sends it to the current file.
+        """
+        try:
+            fd = self._lock(name, blocking=False)
+        except BackendUnavailable:
+            return False
+        if fd is None:
+            return False
+        with self._mutex:
+            self._held.pop(fd, None)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self._dir_fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        return True
 
     # -- values ------------------------------------------------------------------------
 
@@ -355,7 +425,10 @@ class FileBackend(Backend):
         return value
 
     def set(self, key: str, value: str, ttl: float | None) -> None:
-        expires = "-" if ttl is None else repr(self._clock() + ttl)
+        deadline = None if ttl is None else self._clock() + ttl
+        expires = "-" if deadline is None else repr(deadline)
+        # The expiry is also the file's mtime, so the sweep finds expired files by stat alone.
+        mtime = _NEVER if deadline is None else deadline
         name = self._name(key, _VALUE)
         tmp = f"{_TMP}{secrets.token_hex(8)}"
         try:
@@ -367,6 +440,8 @@ class FileBackend(Backend):
             )
             with os.fdopen(fd, "w", encoding="utf-8") as file:
                 file.write(f"{expires}\n{value}")
+                file.flush()
+                os.utime(file.fileno(), (mtime, mtime))
             os.replace(tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -408,16 +483,13 @@ class FileBackend(Backend):
 
     def _sweep_lock(self, name: str) -> int:
         # A file nobody holds: lock it (the protocol's own way) and unlink it.
-        try:
-            fd = self._lock(name, blocking=False)
-        except BackendUnavailable:
-            return 0
-        if fd is None:
-            return 0
-        self._unlock_fd(fd, name)
-        return 1
+        with self._mutex:
+            self._idle.pop(name, None)
+        return 1 if self._unlink_if_free(name) else 0
 
     def _sweep_value(self, name: str, now: float) -> int:
+        if os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False).st_mtime > now:
+            return 0  # not expired yet, by the mtime set with it
         try:
             fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._dir_fd)
         except OSError:
@@ -451,6 +523,8 @@ class FileBackend(Backend):
         # (LOCK_UN would release the parent's lock), and forget the parent's contenders.
         self._mutex = threading.Lock()
         self._contenders = {}
+        self._idle = {}
+        self._janitor = False
         for fd in self._held:
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -1,0 +1,386 @@
+"""The file backend: cross-process wake latency, overhead, bounded files, gunicorn throughput.
+
+    .venv/bin/python -m benchmarks.bench_file            # full run (a few minutes)
+    .venv/bin/python -m benchmarks.bench_file --quick    # seconds: checks that it works
+
+1. Wake latency across processes: a holder process releases, a waiter process already
+   blocked on the same key runs; time from just before the release to the waiter's first
+   instruction (CLOCK_MONOTONIC is shared by processes). Ours (``Core.enter`` over
+   ``FileBackend``, threads; and ``enter_async``, tasks) vs a raw blocking ``flock`` hand-off
+   (the floor) vs ``filelock.FileLock`` with its defaults (it polls every 50 ms).
+2. Uncontended cost per request, in process: ``Core.enter/leave`` and a WSGI request through
+   the middleware, file backend vs memory backend.
+3. 100 000 distinct keys locked and released (10 000 with --quick): files left in the
+   directory; and as many values written with a TTL: files left.
+4. Distinct sessions through gunicorn (2 workers, gthread), wrapped (file backend) vs bare,
+   a minimal app: requests per second, ratio (target >= 0.9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import http.client
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from benchmarks._table import median, parse_args, percentile, print_table
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+KEY = "0123456789abcdef0123456789abcdef"
+SETTLE = 0.002  # seconds the holder waits so the waiter is surely blocked in the kernel
+
+
+def hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The minimal WSGI app that gunicorn serves in part 4."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+# -- 1. wake latency ------------------------------------------------------------------------
+
+
+class Variant:
+    """A lock both processes can take: hold/release in the holder, wait in the waiter."""
+
+    def setup(self, directory: str) -> None: ...
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def wait(self) -> None:
+        """Block until the lock is ours (the timestamp is taken right after)."""
+
+    def done(self) -> None:
+        """Give the lock back after a sample."""
+
+
+class RawFlock(Variant):
+    def setup(self, directory: str) -> None:
+        self.fd = os.open(os.path.join(directory, "raw.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+
+    def hold(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    wait = hold
+    done = release
+
+
+class FileLockDefaults(Variant):
+    def setup(self, directory: str) -> None:
+        import filelock
+
+        self.lock = filelock.FileLock(os.path.join(directory, "filelock.lock"))
+
+    def hold(self) -> None:
+        self.lock.acquire()
+
+    def release(self) -> None:
+        self.lock.release()
+
+    wait = hold
+    done = release
+
+
+class Ours(Variant):
+    def setup(self, directory: str) -> None:
+        from sessionlock.core import Core
+
+        self.core = Core(backend=f"file://{directory}/ours", key="header:X-S", timeout=60.0)
+
+    def _admission(self) -> Any:
+        return self.core.admit({"REQUEST_METHOD": "GET", "HTTP_X_S": "bench-session"})
+
+    def hold(self) -> None:
+        self.admission = self._admission()
+        self.core.enter(self.admission)
+
+    def release(self) -> None:
+        self.core.leave(self.admission)
+
+    wait = hold
+    done = release
+
+
+class OursAsync(Ours):
+    def setup(self, directory: str) -> None:
+        super().setup(directory)
+        self.loop = asyncio.new_event_loop()
+
+    def wait(self) -> None:
+        self.admission = self._admission()
+        never: asyncio.Future[None] = self.loop.create_future()
+        self.loop.run_until_complete(self.core.enter_async(self.admission, lambda: never))
+
+    def done(self) -> None:
+        self.loop.run_until_complete(self.core.leave_async(self.admission))
+
+
+VARIANTS: dict[str, type[Variant]] = {
+    "raw flock hand-off": RawFlock,
+    "ours, threads": Ours,
+    "ours, asyncio": OursAsync,
+    "filelock.FileLock defaults": FileLockDefaults,
+}
+
+
+def _waiter(name: str, directory: str, samples: int, pipe: Connection) -> None:
+    variant = VARIANTS[name]()
+    variant.setup(directory)
+    pipe.send("ready")
+    latencies = []
+    for _ in range(samples):
+        pipe.recv()  # the holder holds: start waiting
+        pipe.send("waiting")
+        variant.wait()
+        woke = time.monotonic_ns()
+        released = pipe.recv()
+        latencies.append((woke - released) / 1000)
+        variant.done()
+        pipe.send("done")
+    pipe.send(latencies)
+
+
+def wake_latency(name: str, directory: str, samples: int) -> list[float]:
+    variant = VARIANTS[name]()
+    variant.setup(directory)
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    waiter = context.Process(target=_waiter, args=(name, directory, samples, theirs))
+    waiter.start()
+    assert ours.recv() == "ready"
+    for _ in range(samples):
+        variant.hold()
+        ours.send("hold")
+        assert ours.recv() == "waiting"
+        time.sleep(SETTLE)  # the waiter blocks in the kernel (or its poll) meanwhile
+        released = time.monotonic_ns()
+        variant.release()
+        ours.send(released)
+        assert ours.recv() == "done"
+    latencies: list[float] = ours.recv()
+    waiter.join()
+    return latencies
+
+
+def part_wake(directory: str, quick: bool) -> None:
+    print("\n1. Cross-process wake latency (µs, release -> waiter runs)")
+    rows = []
+    results: dict[str, list[float]] = {}
+    for name in VARIANTS:
+        samples = (20 if quick else 100) if "filelock" in name else (100 if quick else 1000)
+        results[name] = wake_latency(name, directory, samples)
+    raw = median(results["raw flock hand-off"])
+    for name, values in results.items():
+        p50, p99 = median(values), percentile(values, 99)
+        rows.append([name, len(values), f"{p50:.0f}", f"{p99:.0f}", f"{p50 / raw:.2f}x"])
+    print_table(["variant", "samples", "p50 µs", "p99 µs", "p50 vs raw"], rows)
+
+
+# -- 2. uncontended overhead --------------------------------------------------------------
+
+
+def part_overhead(directory: str, quick: bool) -> None:
+    from sessionlock.core import Core
+    from sessionlock.wsgi import SessionLockMiddleware
+
+    print("\n2. Uncontended cost per request, in process (µs, median of rounds)")
+    rounds, per_round = (5, 2000) if quick else (15, 10000)
+    backends = {"memory": "memory://", "file": f"file://{directory}/overhead"}
+    cores = {name: Core(backend=url, key="header:X-S") for name, url in backends.items()}
+    apps = {
+        name: SessionLockMiddleware(hello, backend=url, key="header:X-S")
+        for name, url in backends.items()
+    }
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "HTTP_X_S": "bench-session"}
+
+    def enter_leave(core: Core) -> float:
+        start = time.perf_counter()
+        for _ in range(per_round):
+            admission = core.admit(environ)
+            assert admission is not None
+            core.enter(admission)
+            core.leave(admission)
+        return (time.perf_counter() - start) / per_round * 1e6
+
+    def request(app: Any) -> float:
+        start = time.perf_counter()
+        for _ in range(per_round):
+            result = app(dict(environ), lambda *args: None)
+            for _chunk in result:
+                pass
+            result.close()
+        return (time.perf_counter() - start) / per_round * 1e6
+
+    timings: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):  # interleaved, so load hits both alike
+        for name in backends:
+            timings.setdefault(("Core.enter + leave", name), []).append(enter_leave(cores[name]))
+            timings.setdefault(("WSGI request, minimal app", name), []).append(request(apps[name]))
+    rows = []
+    for what in ("Core.enter + leave", "WSGI request, minimal app"):
+        memory, file = median(timings[what, "memory"]), median(timings[what, "file"])
+        rows.append(
+            [what, f"{memory:.1f}", f"{file:.1f}", f"+{file - memory:.1f}", f"{file / memory:.2f}x"]
+        )
+    print_table(["path", "memory µs", "file µs", "file - memory", "file/memory"], rows)
+
+
+# -- 3. bounded files ---------------------------------------------------------------------
+
+
+def part_files(directory: str, quick: bool) -> None:
+    from sessionlock.backends.file import FileBackend
+
+    print("\n3. Files left after many distinct keys")
+    count = 10_000 if quick else 100_000
+    rows = []
+    backend = FileBackend(os.path.join(directory, "churn"))
+    start = time.perf_counter()
+    for number in range(count):
+        lease = backend.try_acquire(f"{number:032x}")
+        assert lease is not None
+        backend.release(lease)
+    spent = time.perf_counter() - start
+    for thread in threading.enumerate():
+        if thread.name == "sessionlock-file-janitor":
+            thread.join()
+    left = len([n for n in os.listdir(backend.directory) if n.endswith(".lock")])
+    rows.append([f"{count} keys locked + released", left, f"{spent / count * 1e6:.1f}"])
+    backend.sweep()
+    left = len([n for n in os.listdir(backend.directory) if n.endswith(".lock")])
+    rows.append(["  then sweep() (as at the next start)", left, ""])
+
+    now = [1_000_000.0]
+    values = FileBackend(os.path.join(directory, "values"), clock=lambda: now[0])
+    start = time.perf_counter()
+    for number in range(count):
+        values.set(f"{number:032x}", "latest cookie", 60.0)
+        now[0] += 1.0  # one write a second: a value lives 60 writes
+    spent = time.perf_counter() - start
+    left = len([n for n in os.listdir(values.directory) if n.endswith(".value")])
+    rows.append([f"{count} values set, TTL 60 s", left, f"{spent / count * 1e6:.1f}"])
+    print_table(["workload", "files left", "µs per key"], rows)
+
+
+# -- 4. gunicorn throughput ---------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _gunicorn(app: str) -> Iterator[int]:
+    port = _free_port()
+    command = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    command += ["--worker-class", "gthread", "--threads", "4", "--log-level", "warning", app]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                http_get(port, "probe")
+                break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("gunicorn did not start")
+            time.sleep(0.05)
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def http_get(port: int, sid: str, conn: http.client.HTTPConnection | None = None) -> None:
+    own = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    own.request("GET", "/", headers={"Cookie": f"sid={sid}"})
+    response = own.getresponse()
+    response.read()
+    assert response.status == 200
+    if conn is None:
+        own.close()
+
+
+def _client(port: int, sid: str, seconds: float, out: Any) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    done, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        http_get(port, sid, conn)
+        done += 1
+    conn.close()
+    out.put(done)
+
+
+def load(port: int, seconds: float, clients: int = 8) -> float:
+    """Requests per second from ``clients`` processes, each its own session."""
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    pool = [
+        context.Process(target=_client, args=(port, f"session-{n}-{port}", seconds, out))
+        for n in range(clients)
+    ]
+    for process in pool:
+        process.start()
+    total = sum(out.get(timeout=seconds + 60) for _ in pool)
+    for process in pool:
+        process.join()
+    return total / seconds
+
+
+def part_gunicorn(directory: str, quick: bool) -> None:
+    print("\n4. Distinct sessions through gunicorn -w 2 gthread, minimal app (requests/s)")
+    rounds, seconds = (2, 1.0) if quick else (6, 3.0)
+    wrapped_app = (
+        f'sessionlock.gunicorn:wrap("benchmarks.bench_file:hello",'
+        f' backend="file://{directory}/gunicorn", key="cookie:sid")'
+    )
+    bare_rates, wrapped_rates, ratios = [], [], []
+    with _gunicorn("benchmarks.bench_file:hello") as bare, _gunicorn(wrapped_app) as wrapped:
+        load(bare, 0.5)
+        load(wrapped, 0.5)  # warm up both
+        for index in range(rounds):
+            order = [(bare, bare_rates), (wrapped, wrapped_rates)]
+            for port, rates in order if index % 2 == 0 else order[::-1]:
+                rates.append(load(port, seconds))
+            ratios.append(wrapped_rates[-1] / bare_rates[-1])
+    print_table(
+        ["variant", "req/s (median)", "ratio"],
+        [
+            ["bare", f"{median(bare_rates):.0f}", "1.00x"],
+            ["wrapped, file backend", f"{median(wrapped_rates):.0f}", f"{median(ratios):.2f}x"],
+        ],
+    )
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
+    with tempfile.TemporaryDirectory() as directory:
+        os.chmod(directory, 0o700)
+        part_wake(directory, args.quick)
+        part_overhead(directory, args.quick)
+        part_files(directory, args.quick)
+        part_gunicorn(directory, args.quick)
+
+
+if __name__ == "__main__":
+    main()
