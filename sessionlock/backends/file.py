@@ -27,12 +27,12 @@ and unlinking a file costs 10x a lock on a journaled file system). Each process 
 keys it released; once more than 256 are idle, or one has been idle 2 s, a short-lived janitor
 thread removes them: it takes the lock with ``LOCK_NB`` (skipping keys in use) and unlinks
 the file *before* unlocking (if it falls behind, releases remove the oldest themselves). So
-the directory holds at most the held keys plus 1024 per process, whatever the number of
-sessions ever seen. A waiter that opened the old inode then
-wins a lock on an unlinked file; after every lock the path's inode is compared with the open
-file's (``stat`` vs ``fstat``) and the attempt retried on a mismatch, so two holders can never
-hold two different inodes of one path (filelock#574's trap). Files left by a crashed process
-are removed by :meth:`sweep`, run when a backend starts.
+the directory holds the held keys plus at most 1024 idle ones per process, whatever the
+number of sessions ever seen. A waiter that opened the old inode then wins a lock on an
+unlinked file; after every lock the path's inode is compared with the open file's (``stat``
+vs ``fstat``) and the attempt retried on a mismatch, so two holders can never hold two
+different inodes of one path (filelock#574's trap). Files left by a crashed process are
+removed by :meth:`sweep`, run when a backend starts.
 
 Safety. The directory is refused (ConfigurationError) if it is a symlink, owned by another
 user, or writable by group or others; it is opened once with ``O_NOFOLLOW`` and every name is
@@ -356,7 +356,7 @@ class FileBackend(Backend):
         if behind is not None:
             self._unlink_if_free(behind)
         if sweep:
-            threading.Thread(target=self._remove_idle, name=_JANITOR).start()
+            threading.Thread(target=self._remove_idle, name=_JANITOR, daemon=True).start()
 
     def _janitor_due(self, now: float) -> bool:
         # Called under the mutex: many idle files, or an old one, and no janitor running.
