@@ -36,9 +36,11 @@ removed by :meth:`sweep`, run when a backend starts.
 
 Safety. The directory is refused (ConfigurationError) if it is a symlink, owned by another
 user, or writable by group or others; it is opened once with ``O_NOFOLLOW`` and every name is
-resolved relative to that descriptor. Lock files are opened with ``O_CLOEXEC`` and only while
-held; a process forked while holding one closes its inherited copy at once, so a child never
-keeps a parent's session locked.
+resolved relative to that descriptor. Lock files are opened with ``O_CLOEXEC``; besides the
+held ones, a process keeps (unlocked) the descriptors of the 64 keys it used last, so a
+session's next request skips ``open()``. A process forked while holding locks closes its
+inherited copies at once, so a child never keeps a parent's session locked; a gunicorn
+master, which serves no request, holds none.
 
 The hashing secret is created once per directory (``.secret``, mode 0600, published by an
 atomic ``link``), so every process using the directory hashes a session to the same lock
@@ -78,6 +80,7 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 _SWEEP_EVERY = 1024  # value writes between two sweeps of the directory
 _IDLE_FILES = 256  # lock files a process leaves for keys it used lately, at most
+_OPEN_FILES = 64  # unlocked descriptors kept open for the keys used last, per process
 _IDLE_SECONDS = 2.0  # a lock file unused this long here is removed (on the next release)
 _STALE_TMP = 60.0  # seconds after which a temporary file is a crash's leftover
 _JANITOR = "sessionlock-file-janitor"
@@ -172,6 +175,10 @@ class FileBackend(Backend):
         self._contenders: dict[str, _Contender] = {}
         self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
         self._idle: dict[str, float] = {}  # file name -> when released here, oldest first
+        # Unlocked descriptors kept for the keys used last (name -> fd, inode), and the
+        # inodes of held ones: a session's next request skips open() and fstat().
+        self._open: dict[str, tuple[int, tuple[int, int]]] = {}
+        self._inodes: dict[int, tuple[int, int]] = {}
         self._janitor = False
         self._writes = 0
         self._secret: bytes | None = None
@@ -308,14 +315,21 @@ class FileBackend(Backend):
         flags = fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB
         dir_fd = self._dir_fd
         while True:
-            try:
-                fd = os.open(name, _OPEN_LOCK, 0o600, dir_fd=dir_fd)
-            except OSError as exc:
-                raise _unavailable(exc) from exc
+            with self._mutex:  # a descriptor this process keeps open for the key, if any
+                cached = self._open.pop(name, None)
+            if cached is not None:
+                fd, inode = cached
+            else:
+                try:
+                    fd = os.open(name, _OPEN_LOCK, 0o600, dir_fd=dir_fd)
+                except OSError as exc:
+                    raise _unavailable(exc) from exc
+                mine = os.fstat(fd)
+                inode = (mine.st_ino, mine.st_dev)
             try:
                 fcntl.flock(fd, flags)
             except BlockingIOError:
-                os.close(fd)
+                self._keep_open(name, fd, inode)
                 return None
             except BaseException:
                 os.close(fd)
@@ -327,20 +341,33 @@ class FileBackend(Backend):
             except FileNotFoundError:
                 os.close(fd)
                 continue
-            mine = os.fstat(fd)
-            if (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev):
+            if (now.st_ino, now.st_dev) != inode:
                 os.close(fd)
                 continue
             with self._mutex:
                 self._held[fd] = name
+                self._inodes[fd] = inode
                 self._idle.pop(name, None)
             return fd
 
+    def _keep_open(self, name: str, fd: int, inode: tuple[int, int]) -> None:
+        """Keep ``fd`` (unlocked) for the key's next request; close the oldest beyond 64."""
+        with self._mutex:
+            previous = self._open.pop(name, None)
+            self._open[name] = (fd, inode)
+            oldest = next(iter(self._open.items())) if len(self._open) > _OPEN_FILES else None
+            if oldest is not None:
+                del self._open[oldest[0]]
+        for extra in (previous, oldest and oldest[1]):
+            if extra:
+                os.close(extra[0])
+
     def _unlock_fd(self, fd: int) -> None:
-        """Unlock and close; the file stays for the key's next request, until idle."""
+        """Unlock; the file (and its descriptor) stay for the key's next request, until idle."""
         now = time.monotonic()
         with self._mutex:
             name = self._held.pop(fd, None)
+            inode = self._inodes.pop(fd, None)
             if name is not None:
                 self._idle.pop(name, None)
                 self._idle[name] = now  # newest last
@@ -351,7 +378,12 @@ class FileBackend(Backend):
                 del self._idle[behind]
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)  # for every copy of the fd, a forked one too
-        finally:
+        except BaseException:
+            os.close(fd)
+            raise
+        if name is not None and inode is not None:
+            self._keep_open(name, fd, inode)
+        else:
             os.close(fd)
         if behind is not None:
             self._unlink_if_free(behind)
@@ -399,6 +431,7 @@ class FileBackend(Backend):
             return False
         with self._mutex:
             self._held.pop(fd, None)
+            self._inodes.pop(fd, None)
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=self._dir_fd)
@@ -508,6 +541,11 @@ class FileBackend(Backend):
 
     def close(self) -> None:
         _after_fork.discard(self)
+        with self._mutex:
+            kept, self._open = list(self._open.values()), {}
+        for fd, _ in kept:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         with contextlib.suppress(OSError):
             os.close(self._dir_fd)
 
@@ -525,6 +563,11 @@ class FileBackend(Backend):
         self._contenders = {}
         self._idle = {}
         self._janitor = False
+        self._inodes = {}
+        for fd, _ in self._open.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._open = {}
         for fd in self._held:
             with contextlib.suppress(OSError):
                 os.close(fd)
