@@ -56,7 +56,6 @@ class SessionLockMiddleware:
             await send({"type": "http.response.start", **start})
             await send({"type": "http.response.body", "body": refusal.body})
             return
-        core.prepare(admission, scope)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -64,6 +63,7 @@ class SessionLockMiddleware:
             await send(message)
 
         try:
+            core.prepare(admission, scope)  # under the lease: a failure here releases too
             await self.app(scope, inbox.receive if inbox.kept else receive, send_with_headers)
         finally:
             await core.leave_async(admission)

@@ -42,7 +42,6 @@ class SessionLockMiddleware:
             refusal = core.refuse(admission, error)
             start_response(refusal.status_line, list(refusal.headers))
             return [refusal.body]
-        core.prepare(admission, environ)
 
         def start_with_headers(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -50,6 +49,7 @@ class SessionLockMiddleware:
             return start_response(status, core.finish(admission, headers), exc_info)
 
         try:
+            core.prepare(admission, environ)  # under the lease: a failure here releases too
             result = self.app(environ, start_with_headers)
         except BaseException:
             core.leave(admission)
