@@ -21,6 +21,9 @@ cookie is bound to. A request presenting no identity gets a fresh one and so can
 handed anyone's cookie. Stored records are sealed (encrypted and authenticated) with a key
 derived from the raw identity, which itself is never stored: the backend holds no usable
 credential, and a record cannot be moved to another identity or cookie name.
+
+Requests exempted from the lock (``exempt=``) are not tracked: never exempt a route that
+writes the session, or the next request is handed the older recorded cookie.
 """
 
 from __future__ import annotations
