@@ -121,9 +121,16 @@ class Core:
         secret: str | bytes | None = None,
         cookie_session: str | Sequence[str] | None = None,
     ) -> None:
-        if timeout is not None and not timeout > 0:
-            raise ConfigurationError(f"timeout must be seconds > 0 or None, got {timeout!r}")
-        if not isinstance(max_waiters, int) or max_waiters < 0:
+        if timeout is not None and (
+            not isinstance(timeout, (int, float))
+            or isinstance(timeout, bool)
+            or not 0 < timeout < float("inf")  # inf would overflow the lock primitive
+        ):
+            raise ConfigurationError(
+                f"timeout must be a finite number of seconds > 0, or None (wait forever), "
+                f"got {timeout!r}"
+            )
+        if not isinstance(max_waiters, int) or isinstance(max_waiters, bool) or max_waiters < 0:
             raise ConfigurationError(f"max_waiters must be an int >= 0, got {max_waiters!r}")
         if isinstance(backend, str):
             backend = from_url(backend)
@@ -318,6 +325,10 @@ def _exemption(
         return exempt
     if isinstance(exempt, str):
         exempt = (exempt,)
+    if not isinstance(exempt, Collection) or isinstance(exempt, (bytes, bytearray)):
+        raise ConfigurationError(f"exempt takes strings or a predicate, got {exempt!r}")
+    if not all(isinstance(e, str) for e in exempt):
+        raise ConfigurationError(f"exempt entries must be strings, got {sorted(map(repr, exempt))}")
     prefixes = tuple(e for e in exempt if e.startswith("/"))
     methods = frozenset(e for e in exempt if not e.startswith("/"))
     unknown = methods - _METHODS

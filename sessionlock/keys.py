@@ -193,6 +193,8 @@ def from_spec(spec: str | KeySource) -> KeySource:
 
 def derive_secret(secret: str | bytes) -> bytes:
     """A BLAKE2b key (at most 64 bytes) from a secret of any length."""
+    if not isinstance(secret, (str, bytes, bytearray)):  # bytes(100) would be 100 zero bytes
+        raise ConfigurationError(f"secret must be a str or bytes, got {type(secret).__name__}")
     raw = secret.encode() if isinstance(secret, str) else bytes(secret)
     if len(raw) < 16:
         raise ConfigurationError("secret must be at least 16 bytes long")

@@ -47,7 +47,10 @@ class _ThreadWaiter(_Waiter):
         self._lock.release()
 
     def wait(self, timeout: float | None) -> bool:
-        return self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+        if timeout is None:
+            return self._lock.acquire()
+        # Beyond TIMEOUT_MAX (days of years) the primitive raises OverflowError.
+        return self._lock.acquire(timeout=min(max(timeout, 0.0), threading.TIMEOUT_MAX))
 
 
 _W = TypeVar("_W", bound=_Waiter)
