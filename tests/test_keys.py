@@ -76,7 +76,9 @@ def test_asgi_split_cookie_headers_are_joined() -> None:
     ("wsgi", "asgi", "expected"),
     [
         pytest.param({"X_SESSION_TOKEN": "tok"}, [(b"x-session-token", b"tok")], "tok", id="plain"),
-        pytest.param({"X_SESSION_TOKEN": "  tok "}, [(b"x-session-token", b" tok ")], "tok", id="trim"),
+        pytest.param(
+            {"X_SESSION_TOKEN": "  tok "}, [(b"x-session-token", b" tok ")], "tok", id="trim"
+        ),
         pytest.param({"X_SESSION_TOKEN": "   "}, [(b"x-session-token", b"  ")], None, id="blank"),
         pytest.param({}, [], None, id="absent"),
         pytest.param({}, [(b"X-Session-Token", b"tok")], "tok", id="asgi-case-insensitive"),
@@ -337,9 +339,7 @@ def test_hostile_wsgi_input_never_breaks_the_middleware(
 def test_hostile_asgi_input_never_breaks_the_middleware(
     spec: str, value: bytes, token: bytes, raw: bool
 ) -> None:
-    cookie = (
-        value if raw else b"sid=" + value + b"; sessionlock=" + value + b"; __Host-x=" + value
-    )
+    cookie = value if raw else b"sid=" + value + b"; sessionlock=" + value + b"; __Host-x=" + value
     headers = through_asgi(spec, cookie, token)
     check_headers(headers, [value.decode("latin-1"), token.decode("latin-1")])
 
