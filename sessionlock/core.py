@@ -273,6 +273,9 @@ class Core:
 
     def prepare(self, admission: Admission, request: Request) -> None:
         """Called by the shells under the lease, just before the app runs."""
+        from .order import check as check_order  # a session layer outside the lock?
+
+        check_order(self, request)
         if self.cookies is not None:
             self.cookies.prepare(admission, request)
 
