@@ -45,9 +45,11 @@ class SessionLockMiddleware:
         if admission is None:
             await self.app(scope, receive, send)
             return
-        inbox = _Inbox(receive)
+        inbox = None
         try:
-            await core.enter_async(admission, inbox.until_disconnect)
+            if not core.try_enter(admission):
+                inbox = _Inbox(receive)
+                await core.enter_async(admission, inbox.until_disconnect)
         except ClientGone:
             return  # nobody is left to answer
         except REFUSED as error:
@@ -64,9 +66,14 @@ class SessionLockMiddleware:
 
         try:
             core.prepare(admission, scope)  # under the lease: a failure here releases too
-            await self.app(scope, inbox.receive if inbox.kept else receive, send_with_headers)
+            if inbox is not None and inbox.kept:
+                receive = inbox.receive
+            await self.app(scope, receive, send_with_headers)
         finally:
-            await core.leave_async(admission)
+            if core.releases_inline:
+                core.leave(admission)
+            else:
+                await core.leave_async(admission)
 
 
 class _Inbox:

@@ -16,6 +16,7 @@ from . import keys
 from ._types import Request
 from .backends import DEFAULT_URL, Backend, Lease, from_url
 from .errors import BackendUnavailable, ClientGone, ConfigurationError, LockTimeout, QueueFull
+from .order import check as check_order
 from .queue import KeyedQueue, TaskWaiter
 
 __all__ = ["Admission", "Core", "Options", "Refusal"]
@@ -37,6 +38,9 @@ class Options(TypedDict, total=False):
     cookie_session: str | Sequence[str] | None
 
 
+_NO_WAIT = ("Server-Timing", 'sessionlock;dur=0.0;desc="session lock wait"')
+
+
 class Admission:
     """One request's state: its hashed key, and what to add to its response."""
 
@@ -52,8 +56,11 @@ class Admission:
         self.notes: dict[str, object] | None = None
 
     def response_headers(self) -> list[tuple[str, str]]:
-        timing = f'sessionlock;dur={self.waited * 1000:.1f};desc="session lock wait"'
-        headers = [("Server-Timing", timing)]
+        if self.waited < 0.00005:  # rounds to 0.0 ms: the uncontended case, preformatted
+            headers = [_NO_WAIT]
+        else:
+            timing = f'sessionlock;dur={self.waited * 1000:.1f};desc="session lock wait"'
+            headers = [("Server-Timing", timing)]
         if self.set_identity is not None:
             headers.append(("Set-Cookie", self.set_identity))
         return headers
@@ -143,6 +150,11 @@ class Core:
         self.is_exempt = _exemption(exempt)
         self.secret = keys.derive_secret(secret) if secret is not None else backend.secret()
         self.queue = KeyedQueue()
+        # Recent keys' digests: the hash is the largest fixed cost of an uncontended request.
+        # In process memory only, where the raw keys already are; never written anywhere.
+        self._digests: dict[str, str] = {}
+        # A backend that keeps the default release_async releases without awaiting.
+        self.releases_inline = type(backend).release_async is Backend.release_async
         self.cookies: CookieTracker | None = None
         if cookie_session is not None:
             from .cookies import SessionCookies
@@ -166,7 +178,12 @@ class Core:
             if found is None:
                 return None
             raw = found
-        return Admission(keys.hash_key(self.secret, raw), set_identity)
+        digest = self._digests.get(raw)
+        if digest is None:
+            if len(self._digests) >= _DIGEST_CACHE:
+                self._digests.clear()
+            digest = self._digests[raw] = keys.hash_key(self.secret, raw)
+        return Admission(digest, set_identity)
 
     # -- waiting: threads ----------------------------------------------------------------
 
@@ -196,6 +213,18 @@ class Core:
             self.queue.release(lease.key)
 
     # -- waiting: tasks ------------------------------------------------------------------
+
+    def try_enter(self, admission: Admission) -> bool:
+        """Take the session at once if nobody holds it; never wait (the ASGI fast path)."""
+        key = admission.key
+        if not self.queue.try_acquire(key):
+            return False
+        lease = self.backend.try_acquire(key)
+        if lease is None:  # another process holds it: wait the long way
+            self.queue.release(key)
+            return False
+        self._entered(admission, lease)
+        return True
 
     async def enter_async(
         self, admission: Admission, until_gone: Callable[[], Awaitable[object]]
@@ -273,9 +302,7 @@ class Core:
 
     def prepare(self, admission: Admission, request: Request) -> None:
         """Called by the shells under the lease, just before the app runs."""
-        from .order import check as check_order  # a session layer outside the lock?
-
-        check_order(self, request)
+        check_order(self, request)  # a session layer outside the lock is reported once
         if self.cookies is not None:
             self.cookies.prepare(admission, request)
 
@@ -314,6 +341,8 @@ class Core:
             return None
         return max(0.0, self.timeout - (time.perf_counter() - admission.started))
 
+
+_DIGEST_CACHE = 4096
 
 #: What the shells turn into a refusal rather than an error.
 REFUSED = (LockTimeout, QueueFull, BackendUnavailable)

@@ -60,10 +60,12 @@ def _cookie_header(request: Request) -> str | None:
         value = request.get("HTTP_COOKIE")
         return value if isinstance(value, str) else None
     # HTTP/2 may split cookies over several headers; they join with "; ".
-    found = [v for k, v in request.get("headers", ()) if k == b"cookie"]
-    if not found:
-        return None
-    return "; ".join(v.decode("latin-1") for v in found)
+    header = None
+    for name, value in request.get("headers", ()):
+        if name == b"cookie":
+            text = value.decode("latin-1")
+            header = text if header is None else f"{header}; {text}"
+    return header
 
 
 def read_cookie(request: Request, name: str) -> str | None:
@@ -135,28 +137,30 @@ class Identity:
         self.name = name
         self.max_age = max_age
         self.secure = secure
+        attributes = f"; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax"
+        # (cookie name, Set-Cookie attributes) for plain and secure requests, made once.
+        self._plain = (name, attributes)
+        self._secured = (f"__Host-{name}", f"{attributes}; Secure")
 
     def __call__(self, request: Request) -> str | None:
         """The identity the request carries, or None when absent or malformed."""
-        value = read_cookie(request, self._name_for(request))
+        value = read_cookie(request, self._form(request)[0])
         return value if value is not None and self._VALUE.fullmatch(value) else None
 
     def resolve(self, request: Request) -> tuple[str, str | None]:
         """The request's identity, and a Set-Cookie value when a new one was issued."""
-        value = self(request)
-        if value is not None:
+        name, attributes = self._form(request)
+        value = read_cookie(request, name)
+        if value is not None and self._VALUE.fullmatch(value):
             return value, None
         value = secrets.token_urlsafe(32)
-        secure = self._secure(request)
-        attributes = f"; Max-Age={self.max_age}; Path=/; HttpOnly; SameSite=Lax"
-        name = self._name_for(request)
-        return value, f"{name}={value}{attributes}{'; Secure' if secure else ''}"
+        return value, f"{name}={value}{attributes}"
+
+    def _form(self, request: Request) -> tuple[str, str]:
+        return self._secured if self._secure(request) else self._plain
 
     def _secure(self, request: Request) -> bool:
         return self.secure if self.secure is not None else _scheme(request) == "https"
-
-    def _name_for(self, request: Request) -> str:
-        return f"__Host-{self.name}" if self._secure(request) else self.name
 
     def __repr__(self) -> str:
         return f"identity({self.name!r})"

@@ -102,6 +102,14 @@ class KeyedQueue:
         with self._mutex:
             return len(self._keys.get(key) or ())
 
+    def try_acquire(self, key: str) -> bool:
+        """Take ``key`` if nobody holds it; never wait, never queue."""
+        with self._mutex:
+            if key in self._keys:
+                return False
+            self._keys[key] = None
+            return True
+
     def acquire(self, key: str, *, timeout: float | None, max_waiters: int) -> None:
         """Block this thread until it holds ``key``; raise QueueFull or LockTimeout."""
         with self._mutex:

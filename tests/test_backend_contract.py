@@ -273,8 +273,9 @@ def _spawn() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-def _counting_process(url: str, counter: str, rounds: int, locked: bool) -> None:
+def _counting_process(url: str, counter: str, rounds: int, locked: bool, start: Any) -> None:
     core = Core(backend=url, key="header:X-S", timeout=60.0)
+    start.wait(60)  # every process counts at once, whatever its spawn delay
     for _ in range(rounds):
         admission = _admission(core)
         if locked:
@@ -293,8 +294,9 @@ def _run_counting(
 ) -> int:
     counter.write_text("0")
     context = _spawn()
+    start = context.Barrier(processes)
     pool = [
-        context.Process(target=_counting_process, args=(url, str(counter), rounds, locked))
+        context.Process(target=_counting_process, args=(url, str(counter), rounds, locked, start))
         for _ in range(processes)
     ]
     for process in pool:
