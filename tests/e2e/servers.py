@@ -10,14 +10,19 @@ below); readiness is a TCP connect that succeeds, checked until a generous deadl
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -97,3 +102,42 @@ def uvicorn(app: str, *extra: str) -> list[str]:
 
 def waitress(app: str, *extra: str) -> list[str]:
     return ["waitress-serve", "--listen=127.0.0.1:{port}", *extra, app]
+
+
+def fetch(base_url: str, method: str, path: str, sid: str, *, timeout: float = 60) -> Any:
+    """One request with cookie ``sid`` on its own connection: (status, JSON or raw body)."""
+    parts = urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    try:
+        conn.request(method, path, headers={"Cookie": f"sid={sid}", "Connection": "close"})
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status == 200:
+        return 200, json.loads(body)
+    return response.status, body
+
+
+def in_parallel(jobs: list[Callable[[], Any]], *, timeout: float = 180) -> list[Any]:
+    """Run the jobs in threads released together by a barrier; their results, in order."""
+    barrier = threading.Barrier(len(jobs))
+    results: list[Any] = [None] * len(jobs)
+    errors: list[BaseException] = []
+
+    def run(index: int, job: Callable[[], Any]) -> None:
+        try:
+            barrier.wait(timeout=60)
+            results[index] = job()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i, job)) for i, job in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    assert not any(thread.is_alive() for thread in threads), "a client thread hung"
+    if errors:
+        raise errors[0]
+    return results

@@ -13,19 +13,15 @@ which it could not if their requests were serialized.
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.e2e.apps import SessionStats, init_db, read_stats
-from tests.e2e.servers import gunicorn, running_server, uvicorn, waitress
+from tests.e2e.servers import fetch, gunicorn, in_parallel, running_server, uvicorn, waitress
 
 pytestmark = pytest.mark.e2e
 
@@ -68,41 +64,10 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServ
 
 
 def request(base_url: str, method: str, path: str, sid: str) -> Any:
-    """One request on its own connection; the decoded JSON answer (status must be 200)."""
-    parts = urlsplit(base_url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
-    try:
-        conn.request(method, path, headers={"Cookie": f"sid={sid}", "Connection": "close"})
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    assert response.status == 200, (response.status, body)
-    return json.loads(body)
-
-
-def in_parallel(jobs: list[Callable[[], Any]]) -> list[Any]:
-    """Run the jobs in threads released together by a barrier; their results, in order."""
-    barrier = threading.Barrier(len(jobs))
-    results: list[Any] = [None] * len(jobs)
-    errors: list[BaseException] = []
-
-    def run(index: int, job: Callable[[], Any]) -> None:
-        try:
-            barrier.wait(timeout=60)
-            results[index] = job()
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i, job)) for i, job in enumerate(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads), "a client thread hung"
-    if errors:
-        raise errors[0]
-    return results
+    """One request; the decoded JSON answer (status must be 200)."""
+    status, body = fetch(base_url, method, path, sid)
+    assert status == 200, (status, body)
+    return body
 
 
 def increments(base_url: str, sid: str) -> Callable[[], None]:

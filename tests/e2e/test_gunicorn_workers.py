@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import os
 import re
 import signal
@@ -29,7 +28,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.e2e.apps import init_db, read_stats
-from tests.e2e.servers import BIN, ROOT, free_port, gunicorn, running_server
+from tests.e2e.servers import BIN, ROOT, fetch, free_port, gunicorn, in_parallel, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -63,44 +62,6 @@ def env_for(db: Path) -> dict[str, str]:
     return {"SESSIONLOCK_TEST_DB": str(db), "SESSIONLOCK_TEST_WRAP": "0"}
 
 
-def request(base_url: str, method: str, path: str, sid: str, *, timeout: float = 60) -> Any:
-    """One request on its own connection: (status, decoded JSON or raw body)."""
-    parts = urlsplit(base_url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-    try:
-        conn.request(method, path, headers={"Cookie": f"sid={sid}", "Connection": "close"})
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    if response.status == 200:
-        return 200, json.loads(body)
-    return response.status, body
-
-
-def in_parallel(jobs: list[Callable[[], Any]]) -> list[Any]:
-    barrier = threading.Barrier(len(jobs))
-    results: list[Any] = [None] * len(jobs)
-    errors: list[BaseException] = []
-
-    def run(index: int, job: Callable[[], Any]) -> None:
-        try:
-            barrier.wait(timeout=60)
-            results[index] = job()
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i, job)) for i, job in enumerate(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=180)
-    assert not any(thread.is_alive() for thread in threads), "a client thread hung"
-    if errors:
-        raise errors[0]
-    return results
-
-
 def hammer(base_urls: list[str], sid: str) -> None:
     """CLIENTS threads, each INCREMENTS increments of one session, spread over the servers."""
 
@@ -108,7 +69,7 @@ def hammer(base_urls: list[str], sid: str) -> None:
         def run() -> None:
             for step in range(INCREMENTS):
                 base_url = base_urls[(number + step) % len(base_urls)]
-                status, body = request(base_url, "POST", "/incr", sid)
+                status, body = fetch(base_url, "POST", "/incr", sid)
                 assert status == 200, (status, body)
 
         return run
@@ -263,7 +224,7 @@ def test_control_memory_backend_under_one_worker_serves(db: Path) -> None:
     command = gunicorn(factory(BARE, backend="memory://", key="cookie:sid"), "--threads", "4")
     with running_server(command, env=env_for(db)) as (url, _):
         sid = uuid.uuid4().hex
-        assert request(url, "POST", "/incr", sid)[0] == 200
+        assert fetch(url, "POST", "/incr", sid)[0] == 200
 
 
 # -- a crashed holder ---------------------------------------------------------------------
@@ -307,13 +268,13 @@ def test_sigkill_of_the_holder_lets_the_session_go_on(tmp_path: Path, db: Path, 
         held: list[Any] = []
         holder = threading.Thread(
             target=lambda: held.append(
-                _swallow(lambda: request(url, "GET", "/meet?room=never&n=2&timeout=90", sid))
+                _swallow(lambda: fetch(url, "GET", "/meet?room=never&n=2&timeout=90", sid))
             )
         )
         holder.start()
         _until(lambda: _flock_holders(lock_dir)[0] is not None)
         waiters = [
-            threading.Thread(target=lambda: held.append(request(url, "POST", "/incr", sid)))
+            threading.Thread(target=lambda: held.append(fetch(url, "POST", "/incr", sid)))
             for _ in range(2)
         ]
         for thread in waiters:
@@ -364,7 +325,7 @@ def test_uvicorn_client_that_disconnects_while_waiting_frees_its_place(
         results: list[Any] = []
         holder = threading.Thread(
             target=lambda: results.append(
-                request(url, "GET", f"/meet?room={room}&n=2&timeout=90", sid)
+                fetch(url, "GET", f"/meet?room={room}&n=2&timeout=90", sid)
             )
         )
         holder.start()
@@ -372,7 +333,7 @@ def test_uvicorn_client_that_disconnects_while_waiting_frees_its_place(
         leaving = _send_only(url, "/incr", sid)
         time.sleep(0.5)  # let the server queue it: a waiting request has nothing to observe
         # The queue (max_waiters=1) is full now: the control, a third request is refused.
-        assert request(url, "POST", "/incr", sid)[0] == 429
+        assert fetch(url, "POST", "/incr", sid)[0] == 429
         leaving.close()
 
         # Once the server has seen the disconnect, a new request may wait in its place
@@ -381,7 +342,7 @@ def test_uvicorn_client_that_disconnects_while_waiting_frees_its_place(
 
         def admitted() -> bool:
             waiting = threading.Thread(
-                target=lambda: results.append(request(url, "POST", "/incr", sid))
+                target=lambda: results.append(fetch(url, "POST", "/incr", sid))
             )
             waiting.start()
             waiting.join(timeout=2)
@@ -391,7 +352,7 @@ def test_uvicorn_client_that_disconnects_while_waiting_frees_its_place(
             return False
 
         _until(admitted)
-        request(url, "GET", f"/meet?room={room}&n=2&timeout=90", other)  # the holder leaves
+        fetch(url, "GET", f"/meet?room={room}&n=2&timeout=90", other)  # the holder leaves
         holder.join(timeout=60)
         for thread in threads:
             thread.join(timeout=60)
