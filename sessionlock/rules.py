@@ -319,16 +319,14 @@ def type_of(
     if not callable(default) and not _is_instance(default, kinds):
         raise ConfigurationError(f"type_of({key!r}): default {default!r} is not a {kind!r}")
 
-    def detect(session: Session) -> str | None:
-        value = session.get(key, _MISSING)
-        if value is _MISSING or _is_instance(value, kinds):
-            return None
-        return f"{key} is a {type(value).__name__}, not {' or '.join(k.__name__ for k in kinds)}"
-
-    def repair(session: Session) -> None:
-        session[key] = _default(default)
-
-    return Rule(name or f"type_of:{key}", detect, repair)
+    wanted = " or ".join(k.__name__ for k in kinds)
+    return _value_rule(
+        name or f"type_of:{key}",
+        key,
+        lambda value: _is_instance(value, kinds),
+        lambda value: f"{key} is a {type(value).__name__}, not {wanted}",
+        default,
+    )
 
 
 def one_of(key: str, values: Collection[Any], default: Any, *, name: str | None = None) -> Rule:
@@ -340,16 +338,34 @@ def one_of(key: str, values: Collection[Any], default: Any, *, name: str | None 
     if not callable(default) and not _is_one_of(default, allowed):
         raise ConfigurationError(f"one_of({key!r}): default {default!r} is not one of the values")
 
+    return _value_rule(
+        name or f"one_of:{key}",
+        key,
+        lambda value: _is_one_of(value, allowed),
+        lambda value: f"{key} is not one of the allowed values",
+        default,
+    )
+
+
+def _value_rule(
+    name: str,
+    key: str,
+    accepts: Callable[[Any], bool],
+    problem: Callable[[Any], str],
+    default: Any,
+) -> Rule:
+    """A rule on one key's value when present: ``default`` replaces a value not accepted."""
+
     def detect(session: Session) -> str | None:
         value = session.get(key, _MISSING)
-        if value is _MISSING or _is_one_of(value, allowed):
+        if value is _MISSING or accepts(value):
             return None
-        return f"{key} is not one of the allowed values"
+        return problem(value)
 
     def repair(session: Session) -> None:
         session[key] = _default(default)
 
-    return Rule(name or f"one_of:{key}", detect, repair)
+    return Rule(name, detect, repair)
 
 
 def index_within(index_key: str, list_key: str, *, name: str | None = None) -> Rule:
