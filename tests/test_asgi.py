@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from sessionlock import keys
 from sessionlock.asgi import SessionLockMiddleware
-from sessionlock.queue import KeyedQueue
+from tests.queue_probe import probe
 
 WAIT = 10.0  # liveness guard for awaited events; never reached when the code is right
 SID = "raw-session-id-0123456789abcdef"
@@ -69,24 +69,8 @@ class Gate:
         await asyncio.wait_for(until(), WAIT)
 
 
-class GateQueue(KeyedQueue):
-    """The middleware's queue, reporting each request it puts in line."""
-
-    def __init__(self, gate: Gate) -> None:
-        super().__init__()
-        self.gate = gate
-
-    def _enqueue(self, key: str, max_waiters: int, kind: Any) -> Any:
-        waiter = super()._enqueue(key, max_waiters, kind)
-        if waiter is not None:
-            self.gate.note("queued")
-        return waiter
-
-
 def observed(middleware: SessionLockMiddleware) -> Gate:
-    gate = Gate()
-    middleware.core.queue = GateQueue(gate)
-    return gate
+    return probe(middleware, Gate())
 
 
 def wrap(app: ASGIApp, **options: Any) -> SessionLockMiddleware:
@@ -624,7 +608,7 @@ def test_concurrent_requests_of_one_session_lose_no_update(locked: bool) -> None
             await hello(scope, receive, send)
 
         middleware = by_cookie(app)
-        middleware.core.queue = GateQueue(gate)
+        probe(middleware, gate)
         target: ASGIApp = middleware if locked else app
         peers = [Client() for _ in range(requests)]
         await asyncio.gather(
@@ -658,7 +642,7 @@ def test_different_sessions_run_concurrently(sids: tuple[str, str], peak: int) -
             await hello(scope, receive, send)
 
         middleware = by_cookie(app)
-        middleware.core.queue = GateQueue(gate)
+        probe(middleware, gate)
         peers = [Client() for _ in sids]
         await asyncio.gather(
             *(

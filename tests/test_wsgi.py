@@ -21,8 +21,8 @@ from wsgiref.validate import validator
 import pytest
 
 from sessionlock import keys
-from sessionlock.queue import KeyedQueue
 from sessionlock.wsgi import SessionLockMiddleware
+from tests.queue_probe import probe
 
 WAIT = 10.0  # liveness guard for event waits; never reached when the code is right
 SID = "raw-session-id-0123456789abcdef"
@@ -65,24 +65,8 @@ class Gate:
             assert self.cond.wait_for(predicate, WAIT), "never happened"
 
 
-class GateQueue(KeyedQueue):
-    """The middleware's queue, reporting each request it puts in line."""
-
-    def __init__(self, gate: Gate) -> None:
-        super().__init__()
-        self.gate = gate
-
-    def _enqueue(self, key: str, max_waiters: int, kind: Any) -> Any:
-        waiter = super()._enqueue(key, max_waiters, kind)
-        if waiter is not None:
-            self.gate.note("queued")
-        return waiter
-
-
 def observed(middleware: SessionLockMiddleware) -> Gate:
-    gate = Gate()
-    middleware.core.queue = GateQueue(gate)
-    return gate
+    return probe(middleware, Gate())
 
 
 def environ_for(
@@ -637,7 +621,7 @@ def test_concurrent_requests_of_one_session_lose_no_update(locked: bool) -> None
     gate = Gate()
     app = counter_app(gate, store, requests)
     middleware = wrap(validator(app), key="cookie:sid", timeout=WAIT)
-    middleware.core.queue = GateQueue(gate)
+    probe(middleware, gate)
     target: App = middleware if locked else app
     threads = [
         in_thread(lambda: call(target, environ_for(cookie=f"sid={SID}"))) for _ in range(requests)
@@ -671,7 +655,7 @@ def test_different_sessions_run_concurrently(sids: tuple[str, str], peak: int) -
         return hello(environ, start_response)
 
     middleware = wrap(validator(app), key="cookie:sid")
-    middleware.core.queue = GateQueue(gate)
+    probe(middleware, gate)
     threads = [
         in_thread(lambda sid=sid: call(middleware, environ_for(cookie=f"sid={sid}")))
         for sid in sids
