@@ -16,6 +16,7 @@ from .errors import (
     QueueFull,
     SessionLockError,
 )
+from .release import release_session
 
 __version__ = "0.1.0"
 
@@ -31,4 +32,5 @@ __all__ = [
     "SessionLockError",
     "__version__",
     "from_url",
+    "release_session",
 ]

@@ -9,20 +9,23 @@
     app.add_middleware(SessionLockMiddleware)   # added last = outermost: outside the session
 
 The lock is taken before the app runs (so before any session layer inside it loads) and
-released when the app returns: after the last body message and any background task. A
-waiting request never blocks the event loop, and leaves the queue if its client
-disconnects. Websocket and lifespan scopes pass through untouched. Options: see
-:class:`sessionlock.core.Core`.
+released when ``http.response.start`` passes through it, which session layers send only
+after saving (Starlette's ``SessionMiddleware`` and starsessions write there). The body,
+streaming and background tasks run outside the lock, so the user's next page does not wait
+for them. With ``release="end"`` it is held until the app returns. A waiting request never
+blocks the event loop, and leaves the queue if its client disconnects. Websocket and
+lifespan scopes pass through untouched. Options: see :class:`sessionlock.core.Core`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .core import REFUSED, Admission, Core, Options
+from .core import REFUSED, RELEASE, Admission, Core, Options
 from .errors import ClientGone
 
 if TYPE_CHECKING:
@@ -58,10 +61,14 @@ class SessionLockMiddleware:
             await send({"type": "http.response.start", **start})
             await send({"type": "http.response.body", "body": refusal.body})
             return
+        scope[RELEASE] = _early_release(core, admission)
+        at_head = core.release_at_head
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = _finish(core, admission, message.get("headers", ()))
+                if at_head:  # the session is saved: the next request may load it
+                    await _leave(core, admission)
             await send(message)
 
         try:
@@ -70,10 +77,26 @@ class SessionLockMiddleware:
                 receive = inbox.receive
             await self.app(scope, receive, send_with_headers)
         finally:
-            if core.releases_inline:
-                core.leave(admission)
-            else:
-                await core.leave_async(admission)
+            await _leave(core, admission)  # the backstop: no response, an error, "end"
+
+
+async def _leave(core: Core, admission: Admission) -> None:
+    if core.releases_inline:
+        core.leave(admission)
+    else:
+        await core.leave_async(admission)
+
+
+def _early_release(core: Core, admission: Admission) -> object:
+    """The callable behind :func:`sessionlock.release_session`, from any thread."""
+    if core.releases_inline:
+        return lambda: core.leave(admission)
+    loop = asyncio.get_running_loop()
+
+    def release() -> None:  # a backend that releases over the network: on the loop
+        asyncio.run_coroutine_threadsafe(core.leave_async(admission), loop)
+
+    return release
 
 
 class _Inbox:
@@ -111,4 +134,5 @@ def _finish(
 
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    # ASGI header names are lower case (servers and Falcon's test client check it).
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]

@@ -9,18 +9,30 @@ carry the same old cookie, so even serialized, the second starts from the old st
 Set-Cookie erases the first one's change. Under the session's lease this module
 
 - records every Set-Cookie of the tracked name(s) the app issues (value and attributes,
-  deletion included) in the backend, for as long as the cookie lives (capped: ``max_ttl``);
-- hands the app that latest cookie when the request carries another value (the request's
-  ``Cookie`` header is rewritten; a deleted cookie is removed from it), keeping the
-  original header under ``sessionlock.original_cookie`` in the environ or scope;
-- re-sends the latest Set-Cookie when the app did not set one, so the browser converges.
+  deletion included) in the backend, for as long as the cookie lives (capped: ``max_ttl``),
+  with the *lineage* of the values issued before it;
+- re-issues the middleware's identity cookie with a new *generation* alongside, so every
+  later request says which state of its jar it was sent with (a browser applies both
+  Set-Cookies of one response together);
+- hands the app the latest cookie only when the request is a **stale replay**: its
+  generation is older than the record's, and it carries exactly the value (or the absence)
+  that was current at that generation. The request's ``Cookie`` header is rewritten; the
+  original stays under ``sessionlock.original_cookie``;
+- re-sends the latest Set-Cookie (and the current generation) to a stale browser when the
+  app set none, so it converges.
+
+A jar the client changed itself (a test's ``session_transaction()`` or ``delete_cookie()``,
+another session's cookie swapped in) is not a replay: it reaches the app as sent. A cookie
+is never substituted where the browser would not have sent it: ``Secure`` ones only to
+https, host-only ones only to the host that set them, ``Domain`` ones to matching hosts,
+``Path`` ones below their path.
 
 The lock key must be the middleware's identity cookie (:func:`sessionlock.keys.identity`,
 the default): it stays the same while the session cookie changes, and it is what a stored
 cookie is bound to. A request presenting no identity gets a fresh one and so can never be
 handed anyone's cookie. Stored records are sealed (encrypted and authenticated) with a key
 derived from the raw identity, which itself is never stored: the backend holds no usable
-credential, and a record cannot be moved to another identity or cookie name.
+credential, and a record cannot be moved to another identity.
 
 Requests exempted from the lock (``exempt=``) are not tracked: never exempt a route that
 writes the session, or the next request is handed the older recorded cookie.
@@ -31,14 +43,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from . import cookieheader
 from ._types import Request
 from .backends.base import Backend
 from .errors import ConfigurationError
@@ -52,9 +66,6 @@ __all__ = [
     "SessionCookies",
     "SetCookie",
     "parse_set_cookie",
-    "request_cookie_header",
-    "rewrite_cookie_header",
-    "set_request_cookie_header",
 ]
 
 logger = logging.getLogger("sessionlock")
@@ -66,7 +77,7 @@ logger = logging.getLogger("sessionlock")
 DEFAULT_MAX_TTL = 24 * 3600.0
 
 _NOTE = "cookies"
-_ORIGINAL = "sessionlock.original_cookie"
+_LINEAGE = 16  # earlier values remembered per name: how far back a replay is recognized
 _MAX_PAIR = 4096  # RFC 6265bis: name + value at most 4096 bytes
 _MAX_HEADER = 8192
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -146,75 +157,39 @@ def parse_set_cookie(header: str) -> SetCookie | None:
     return SetCookie(header, name, value, attributes)
 
 
-# -- the request's Cookie header ---------------------------------------------------------------
-
-
-def request_cookie_header(request: Request) -> str | None:
-    """The request's Cookie header (ASGI: several ``cookie`` headers joined by "; ")."""
-    if "REQUEST_METHOD" in request:
-        value = request.get("HTTP_COOKIE")
-        return value if isinstance(value, str) else None
-    found = [v for k, v in request.get("headers", ()) if k.lower() == b"cookie"]
-    return "; ".join(v.decode("latin-1") for v in found) if found else None
-
-
-def set_request_cookie_header(request: Request, header: str | None) -> None:
-    """Replace the request's Cookie header; the scope's header list is replaced, not edited.
-
-    The original is kept under ``sessionlock.original_cookie`` (first rewrite only).
-    """
-    request.setdefault(_ORIGINAL, request_cookie_header(request))
-    if "REQUEST_METHOD" in request:
-        if header is None:
-            request.pop("HTTP_COOKIE", None)
-        else:
-            request["HTTP_COOKIE"] = header
-        return
-    headers = [(k, v) for k, v in request.get("headers", ()) if k.lower() != b"cookie"]
-    if header is not None:
-        headers.append((b"cookie", header.encode("latin-1")))
-    request["headers"] = headers
-
-
-def cookie_values(header: str | None, name: str) -> list[str]:
-    """Every value the Cookie header carries for ``name``, as sent (quotes kept)."""
-    if not header or name not in header:
-        return []
-    values = []
-    for pair in header.split(";"):
-        key, sep, value = pair.partition("=")
-        if sep and key.strip() == name:
-            values.append(value.strip())
-    return values
-
-
-def rewrite_cookie_header(header: str | None, name: str, value: str | None) -> str | None:
-    """``header`` with every ``name`` pair replaced by one ``name=value`` (None: removed).
-
-    The other pairs keep their text and order; the new pair takes the first old one's place.
-    """
-    pairs = [p.strip() for p in header.split(";")] if header else []
-    kept: list[str] = []
-    placed = value is None
-    for pair in pairs:
-        if not pair:
-            continue
-        key, sep, _ = pair.partition("=")
-        if sep and key.strip() == name:
-            if not placed:
-                kept.append(f"{name}={value}")
-                placed = True
-            continue
-        kept.append(pair)
-    if not placed:
-        kept.append(f"{name}={value}")
-    return "; ".join(kept) or None
+# -- where the request goes ------------------------------------------------------------------
 
 
 def _request_path(request: Request) -> str:
     if "REQUEST_METHOD" in request:
         return str(request.get("SCRIPT_NAME", "")) + str(request.get("PATH_INFO", "")) or "/"
     return str(request.get("root_path", "")) + str(request.get("path", "")) or "/"
+
+
+def _request_host(request: Request) -> str:
+    """The host the browser addressed, lower-cased, without the port."""
+    if "REQUEST_METHOD" in request:
+        host = request.get("HTTP_HOST") or request.get("SERVER_NAME") or ""
+    else:
+        host = ""
+        for name, value in request.get("headers", ()):
+            if name == b"host":
+                host = value.decode("latin-1")
+                break
+        else:
+            server = request.get("server")
+            host = str(server[0]) if server else ""
+    host = str(host).strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        return host.partition("]")[0] + "]"
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _is_https(request: Request) -> bool:
+    scheme = (
+        request.get("wsgi.url_scheme") if "REQUEST_METHOD" in request else request.get("scheme")
+    )
+    return scheme in ("https", "wss")
 
 
 # -- sealed records --------------------------------------------------------------------------
@@ -229,16 +204,20 @@ class _Seal:
 
     __slots__ = ("_enc", "_mac", "store_key")
 
-    def __init__(self, secret: bytes, identity: str, name: str) -> None:
+    def __init__(self, secret: bytes, identity: str, names: Sequence[str]) -> None:
         material = hashlib.blake2b(
-            name.encode() + b"\0" + identity.encode("utf-8", "surrogatepass"),
+            "\0".join(names).encode() + b"\1" + identity.encode("utf-8", "surrogatepass"),
             key=secret,
-            person=b"sessionlock.ck",
+            person=b"sessionlock.ck2",
         ).digest()
         self._enc, self._mac = material[:32], material[32:]
         # Hex, like every key a backend sees; unrelated to the lock key of the identity.
         digest = hashlib.blake2b(material, digest_size=16, person=b"sessionlock.ckid")
         self.store_key = digest.hexdigest()
+
+    def fingerprint(self, value: str) -> str:
+        """A short keyed digest of a cookie value: the lineage never holds a value itself."""
+        return hashlib.blake2b(value.encode("latin-1"), key=self._mac, digest_size=8).hexdigest()
 
     def _stream(self, nonce: bytes, size: int) -> bytes:
         blocks = (
@@ -274,15 +253,62 @@ class _Seal:
         )
 
 
-class _Record:
-    """The latest Set-Cookie of one name for one identity, and when it was issued."""
+class _Entry:
+    """One tracked name: its latest Set-Cookie, and which value was current at which generation.
 
-    __slots__ = ("cookie", "deleted", "issued")
+    ``lineage`` lists (generation it became current, fingerprint or None for "no cookie"),
+    oldest first. ``complete``: the lineage goes back to the identity's start, when the
+    browser had no such cookie; False once truncated, or when the record was lost meanwhile.
+    """
 
-    def __init__(self, cookie: SetCookie, issued: float, deleted: bool) -> None:
+    __slots__ = ("complete", "cookie", "host", "issued", "lineage", "until")
+
+    def __init__(
+        self,
+        cookie: SetCookie,
+        issued: float,
+        host: str,
+        lineage: list[tuple[int, str | None]],
+        complete: bool,
+        until: float,
+    ) -> None:
         self.cookie = cookie
         self.issued = issued
-        self.deleted = deleted
+        self.host = host
+        self.lineage = lineage
+        self.complete = complete
+        self.until = until
+
+    @property
+    def deleted(self) -> bool:
+        lifetime = self.cookie.lifetime(self.issued)
+        return lifetime is not None and lifetime <= 0
+
+    @property
+    def latest(self) -> str | None:
+        """The value a current browser sends (None: it sends none)."""
+        return None if self.deleted else self.cookie.value
+
+    def current_at(self, generation: int) -> tuple[bool, str | None]:
+        """(known, fingerprint or None) of the value current at ``generation``."""
+        for since, fingerprint in reversed(self.lineage):
+            if since <= generation:
+                return True, fingerprint
+        return self.complete, None
+
+    def reaches(self, request: Request) -> bool:
+        """Whether a browser would send this cookie with ``request`` (RFC 6265 5.4)."""
+        attributes = self.cookie.attributes
+        if "secure" in attributes and not _is_https(request):
+            return False
+        host = _request_host(request)
+        domain = attributes.get("domain", "").strip().lstrip(".").lower()
+        if domain:
+            if host != domain and not host.endswith("." + domain):
+                return False
+        elif host != self.host:
+            return False
+        return self.cookie.path_matches(_request_path(request))
 
     def resend(self, now: float) -> str:
         """The Set-Cookie to send again, its Max-Age shortened by the time elapsed."""
@@ -295,15 +321,57 @@ class _Record:
             f" Max-Age={left}" if i and _MAX_AGE_ATTR.match(p) else p for i, p in enumerate(parts)
         )
 
+    def dump(self) -> dict[str, Any]:
+        return {
+            "h": self.cookie.header,
+            "t": self.issued,
+            "host": self.host,
+            "l": self.lineage,
+            "c": self.complete,
+            "u": self.until,
+        }
+
+    @classmethod
+    def load(cls, data: Any) -> _Entry | None:
+        try:
+            cookie = parse_set_cookie(data["h"])
+            lineage = [(int(g), None if f is None else str(f)) for g, f in data["l"]]
+            if cookie is None or not lineage:
+                return None
+            return cls(
+                cookie,
+                float(data["t"]),
+                str(data["host"]),
+                lineage,
+                bool(data["c"]),
+                float(data["u"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+class _Record:
+    """Everything tracked for one identity: the jar's generation and an entry per name."""
+
+    __slots__ = ("entries", "generation")
+
+    def __init__(self, generation: int, entries: dict[str, _Entry]) -> None:
+        self.generation = generation
+        self.entries = entries
+
 
 class _State:
-    """One request's cookie tracking: its seals, and the names the browser is stale on."""
+    """One request's cookie tracking, from prepare (under the lease) to finish."""
 
-    __slots__ = ("seals", "stale")
+    __slots__ = ("generation", "identity", "record", "request", "seal", "stale")
 
-    def __init__(self, seals: dict[str, _Seal]) -> None:
-        self.seals = seals
-        self.stale: dict[str, _Record] = {}
+    def __init__(self, seal: _Seal, identity: str, generation: int, request: Request) -> None:
+        self.seal = seal
+        self.identity = identity
+        self.generation = generation  # the jar generation the request was sent with
+        self.request = request
+        self.record: _Record | None = None
+        self.stale: dict[str, _Entry] = {}  # names whose latest cookie was substituted
 
 
 # -- the tracker -----------------------------------------------------------------------------
@@ -341,7 +409,7 @@ class SessionCookies:
                 "a signed session cookie changes on every write and cannot name the lock, "
                 "and stored cookies are only handed back to the identity they were issued to"
             )
-        if {key.name, f"__Host-{key.name}"} & set(names):
+        if set(key.names) & set(names):
             raise ConfigurationError(
                 f"the identity cookie {key.name!r} cannot also be a tracked session cookie"
             )
@@ -355,27 +423,37 @@ class SessionCookies:
         self._clock = clock
 
     def prepare(self, admission: Admission, request: Request) -> None:
-        """Hand the app the latest cookie issued to this identity, if the browser is behind."""
+        """Hand the app the latest cookie, if the request is a stale replay of its jar."""
         fresh = admission.set_identity is not None
         identity = _cookie_value(admission.set_identity) if fresh else self._identity(request)
         if identity is None:  # cannot happen with Identity; never guess one
             return
-        state = _State({name: _Seal(self._secret, identity, name) for name in self.names})
+        generation = 0 if fresh else self._identity.generation(request)
+        state = _State(_Seal(self._secret, identity, self.names), identity, generation, request)
         if admission.notes is None:
             admission.notes = {}
         admission.notes[_NOTE] = state
         if fresh:  # a brand-new identity has nothing stored, by construction
             return
-        header = request_cookie_header(request)
-        for name, seal in state.seals.items():
-            record = self._load(seal)
-            if record is None or not record.cookie.path_matches(_request_path(request)):
+        record = state.record = self._load(state.seal)
+        if record is None or generation >= record.generation:
+            return  # the jar is current: whatever it carries is the client's own doing
+        header = cookieheader.get(request)
+        rewritten = header
+        for name, entry in record.entries.items():
+            known, expected = entry.current_at(generation)
+            if not known or not entry.reaches(request):
                 continue
-            latest = None if record.deleted else record.cookie.value
-            if cookie_values(header, name) != ([] if latest is None else [latest]):
-                header = rewrite_cookie_header(header, name, latest)
-                set_request_cookie_header(request, header)
-                state.stale[name] = record
+            sent = cookieheader.values(rewritten, name)
+            held = state.seal.fingerprint(sent[0]) if len(sent) == 1 else None
+            if len(sent) > 1 or held != expected:
+                continue  # not what this jar held then: the client changed it; as sent
+            latest = entry.latest
+            if sent != ([] if latest is None else [latest]):
+                rewritten = cookieheader.rewrite(rewritten, name, latest)
+                state.stale[name] = entry
+        if rewritten is not header:
+            cookieheader.replace(request, rewritten)
 
     def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Record the app's Set-Cookie for tracked names; re-send the latest if it set none."""
@@ -388,34 +466,73 @@ class SessionCookies:
             if field.lower() != "set-cookie":
                 continue
             name = value.partition("=")[0].strip()
-            if name in state.seals:
+            if name in self.names:
                 issued[name] = parse_set_cookie(value)  # the last one wins, as in browsers
         now = self._clock()
-        for name, seal in state.seals.items():
-            if name in issued:
-                self._store(admission, seal, issued[name], now)
-            elif name in state.stale:
-                headers = [*headers, ("Set-Cookie", state.stale[name].resend(now))]
+        record = state.record
+        generation = record.generation if record is not None else state.generation
+        if issued:
+            record = self._record(admission, state, issued, now)
+            generation = record.generation
+        for name, entry in state.stale.items():
+            if name not in issued:
+                headers = [*headers, ("Set-Cookie", entry.resend(now))]
+        if generation > state.generation:  # the browser learns which jar state it now has
+            admission.set_identity = self._identity.issue(state.request, state.identity, generation)
         return headers
 
     # -- records -------------------------------------------------------------------------
 
-    def _store(
-        self, admission: Admission, seal: _Seal, cookie: SetCookie | None, now: float
-    ) -> None:
-        if cookie is None:
-            # Unsafe to keep or re-send: forget, so requests see what the browser sends.
-            logger.warning(
-                "session %s: a tracked Set-Cookie was malformed or oversized; not tracked",
-                admission.key[:12],
-                extra={"sessionlock_key": admission.key[:12]},
-            )
+    def _record(
+        self, admission: Admission, state: _State, issued: dict[str, SetCookie | None], now: float
+    ) -> _Record:
+        """Store what the app issued; the record's generation grows when a value changes."""
+        # A record lost meanwhile (expired) restarts from the browser's generation, and
+        # cannot say what the browser held before: incomplete.
+        record = state.record or _Record(state.generation, {})
+        start = state.record is None and state.generation == 0
+        generation = max(record.generation, state.generation) + 1
+        changed = False
+        for name, cookie in issued.items():
+            entry = record.entries.get(name)
+            if cookie is None:
+                # Unsafe to keep or re-send: forget, so requests see what the browser sends.
+                logger.warning(
+                    "session %s: a tracked Set-Cookie was malformed or oversized; not tracked",
+                    admission.key[:12],
+                    extra={"sessionlock_key": admission.key[:12]},
+                )
+                changed |= record.entries.pop(name, None) is not None
+                continue
+            lifetime = cookie.lifetime(now)
+            deleted = lifetime is not None and lifetime <= 0
+            ttl = self.max_ttl if lifetime is None or deleted else min(lifetime, self.max_ttl)
+            fingerprint = None if deleted else state.seal.fingerprint(cookie.value)
+            host = _request_host(state.request)
+            if entry is None:
+                lineage: list[tuple[int, str | None]] = []
+                entry = _Entry(cookie, now, host, lineage, start or state.record is not None, 0)
+                record.entries[name] = entry
+            if not entry.lineage or entry.lineage[-1][1] != fingerprint:
+                entry.lineage.append((generation, fingerprint))
+                changed = True
+                if len(entry.lineage) > _LINEAGE:
+                    del entry.lineage[0]
+                    entry.complete = False
+            entry.cookie, entry.issued, entry.host, entry.until = cookie, now, host, now + ttl
+        if changed:
+            record.generation = generation
+        self._store(state.seal, record, now)
+        return record
+
+    def _store(self, seal: _Seal, record: _Record, now: float) -> None:
+        live = {name: e for name, e in record.entries.items() if e.until > now}
+        if not live:
             self.backend.delete(seal.store_key)
             return
-        lifetime = cookie.lifetime(now)
-        deleted = lifetime is not None and lifetime <= 0
-        ttl = self.max_ttl if lifetime is None or deleted else min(lifetime, self.max_ttl)
-        plain = f"1\n{now:.3f}\n{cookie.header}".encode("ascii")
+        ttl = max(e.until for e in live.values()) - now
+        data = {"v": 2, "g": record.generation, "e": {n: e.dump() for n, e in live.items()}}
+        plain = json.dumps(data, separators=(",", ":")).encode("ascii")
         self.backend.set(seal.store_key, seal.seal(plain), ttl)
 
     def _load(self, seal: _Seal) -> _Record | None:
@@ -426,15 +543,20 @@ class SessionCookies:
         if plain is None:
             return None
         try:
-            version, issued, header = plain.decode("ascii").split("\n", 2)
-            cookie = parse_set_cookie(header)
-            when = float(issued)
-        except (UnicodeDecodeError, ValueError):
+            data = json.loads(plain)
+            if data["v"] != 2:
+                return None
+            generation = int(data["g"])
+            raw = dict(data["e"])
+        except (ValueError, KeyError, TypeError):
             return None
-        if version != "1" or cookie is None:
-            return None
-        lifetime = cookie.lifetime(when)
-        return _Record(cookie, when, deleted=lifetime is not None and lifetime <= 0)
+        now = self._clock()
+        entries = {}
+        for name, item in raw.items():
+            entry = _Entry.load(item)
+            if entry is not None and name in self.names and entry.until > now:
+                entries[name] = entry
+        return _Record(generation, entries)
 
 
 def _cookie_value(set_cookie: str | None) -> str | None:

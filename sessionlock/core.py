@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Protocol, TypedDict
+from typing import Literal, Protocol, TypedDict
 
 from . import keys
 from ._types import Request
@@ -19,7 +20,7 @@ from .errors import BackendUnavailable, ClientGone, ConfigurationError, LockTime
 from .order import check as check_order
 from .queue import KeyedQueue, TaskWaiter
 
-__all__ = ["Admission", "Core", "Options", "Refusal"]
+__all__ = ["HELD", "RELEASE", "Admission", "Core", "Options", "Refusal"]
 
 logger = logging.getLogger("sessionlock")
 
@@ -36,8 +37,13 @@ class Options(TypedDict, total=False):
     exempt: Collection[str] | Callable[[Request], bool] | None
     secret: str | bytes | None
     cookie_session: str | Sequence[str] | None
+    release: Literal["head", "end"]
 
 
+#: Where a shell puts the request's early-release callable (see :mod:`sessionlock.release`).
+RELEASE = "sessionlock.release"
+#: The (backend, key) pairs that layers outside this one hold for the request.
+HELD = "sessionlock.held"
 _NO_WAIT = ("Server-Timing", 'sessionlock;dur=0.0;desc="session lock wait"')
 
 
@@ -115,6 +121,11 @@ class Core:
     cookie_session: the name(s) of a signed-cookie session's cookie (Flask's and
                  Starlette's ``"session"``): each request gets the latest one issued to its
                  browser (see :mod:`sessionlock.cookies`). Needs the identity key.
+    release:     ``"head"`` (default): the session is released as soon as the response's
+                 status and headers go out, when every framework has saved its session;
+                 body streaming, ``close()`` and background tasks run outside the lock.
+                 ``"end"``: held until the response is complete, for apps that write
+                 server-side session state while streaming.
     """
 
     def __init__(
@@ -127,6 +138,7 @@ class Core:
         exempt: Collection[str] | Callable[[Request], bool] | None = None,
         secret: str | bytes | None = None,
         cookie_session: str | Sequence[str] | None = None,
+        release: Literal["head", "end"] = "head",
     ) -> None:
         if timeout is not None and (
             not isinstance(timeout, (int, float))
@@ -139,6 +151,8 @@ class Core:
             )
         if not isinstance(max_waiters, int) or isinstance(max_waiters, bool) or max_waiters < 0:
             raise ConfigurationError(f"max_waiters must be an int >= 0, got {max_waiters!r}")
+        if release not in ("head", "end"):
+            raise ConfigurationError(f"release must be 'head' or 'end', got {release!r}")
         if isinstance(backend, str):
             backend = from_url(backend)
         elif not isinstance(backend, Backend):
@@ -148,6 +162,14 @@ class Core:
         self.timeout = timeout
         self.max_waiters = max_waiters
         self.is_exempt = _exemption(exempt)
+        self.release_at_head = release == "head"
+        # The identity cookie is ours: removed from the header the app sees.
+        self._identity = self.key_source if isinstance(self.key_source, keys.Identity) else None
+        # Marks this layer's hold in the request, so a nested layer on the same backend and
+        # key passes through instead of waiting for itself.
+        self._mark = id(backend)
+        # Early release may come from another thread than the shell's own release.
+        self._leaving = threading.Lock()
         self.secret = keys.derive_secret(secret) if secret is not None else backend.secret()
         self.queue = KeyedQueue()
         # Recent keys' digests: the hash is the largest fixed cost of an uncontended request.
@@ -167,12 +189,15 @@ class Core:
 
     def admit(self, request: Request) -> Admission | None:
         """The request's admission, or None when it passes through unserialized."""
+        identity = self._identity
+        if identity is not None:
+            identity.strip(request)
         if self.is_exempt is not None and self.is_exempt(request):
             return None
         source = self.key_source
         set_identity = None
-        if isinstance(source, keys.Identity):
-            raw, set_identity = source.resolve(request)
+        if identity is not None:
+            raw, set_identity = identity.resolve(request)
         else:
             found = source(request)
             if found is None:
@@ -183,6 +208,9 @@ class Core:
             if len(self._digests) >= _DIGEST_CACHE:
                 self._digests.clear()
             digest = self._digests[raw] = keys.hash_key(self.secret, raw)
+        held = request.get(HELD)
+        if held is not None and (self._mark, digest) in held:
+            return None  # nested inside a layer holding this very session: already serialized
         return Admission(digest, set_identity)
 
     # -- waiting: threads ----------------------------------------------------------------
@@ -203,8 +231,12 @@ class Core:
         self._entered(admission, lease)
 
     def leave(self, admission: Admission) -> None:
-        """Release the lease and hand the turn to the next request of the session."""
-        lease, admission.lease = admission.lease, None
+        """Release the lease and hand the turn to the next request of the session.
+
+        Idempotent and thread-safe: the response head, an early release, the app's return
+        and ``close()`` may each call it; the first one releases.
+        """
+        lease = self._take(admission)
         if lease is None:
             return
         try:
@@ -290,7 +322,7 @@ class Core:
                 self.backend.release(lease)
 
     async def leave_async(self, admission: Admission) -> None:
-        lease, admission.lease = admission.lease, None
+        lease = self._take(admission)
         if lease is None:
             return
         try:
@@ -303,15 +335,19 @@ class Core:
     def prepare(self, admission: Admission, request: Request) -> None:
         """Called by the shells under the lease, just before the app runs."""
         check_order(self, request)  # a session layer outside the lock is reported once
+        request[HELD] = (*request.get(HELD, ()), (self._mark, admission.key))
         if self.cookies is not None:
             self.cookies.prepare(admission, request)
 
     def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Called by the shells under the lease as the response starts: its final headers."""
-        headers = [*headers, *admission.response_headers()]
-        if self.cookies is not None:
+        """Called by the shells as the response starts: its final headers.
+
+        Cookie tracking records only under the lease: after an early release the next
+        request may already run, and its record must not be overwritten by an older one.
+        """
+        if self.cookies is not None and admission.lease is not None:
             headers = self.cookies.finish(admission, headers)
-        return headers
+        return [*headers, *admission.response_headers()]
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -331,6 +367,11 @@ class Core:
             extra={"sessionlock_key": admission.key[:12], "sessionlock_status": refusal.status},
         )
         return refusal
+
+    def _take(self, admission: Admission) -> Lease | None:
+        with self._leaving:
+            lease, admission.lease = admission.lease, None
+        return lease
 
     def _entered(self, admission: Admission, lease: Lease) -> None:
         admission.lease = lease

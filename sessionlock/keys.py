@@ -22,6 +22,7 @@ import secrets
 from collections.abc import Callable
 from typing import TypeAlias
 
+from . import cookieheader
 from ._types import Request
 from .errors import ConfigurationError
 
@@ -55,32 +56,9 @@ def read_header(request: Request, name: str) -> str | None:
     return ", ".join(v.decode("latin-1") for v in found)
 
 
-def _cookie_header(request: Request) -> str | None:
-    if "REQUEST_METHOD" in request:
-        value = request.get("HTTP_COOKIE")
-        return value if isinstance(value, str) else None
-    # HTTP/2 may split cookies over several headers; they join with "; ".
-    header = None
-    for name, value in request.get("headers", ()):
-        if name == b"cookie":
-            text = value.decode("latin-1")
-            header = text if header is None else f"{header}; {text}"
-    return header
-
-
 def read_cookie(request: Request, name: str) -> str | None:
-    """The first cookie called ``name``, leniently parsed: a malformed pair is skipped."""
-    header = _cookie_header(request)
-    if not header or name not in header:
-        return None
-    for pair in header.split(";"):
-        key, sep, value = pair.partition("=")
-        if sep and key.strip() == name:
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            return value or None
-    return None
+    """The first cookie called ``name`` the app sees, leniently parsed (malformed pairs skipped)."""
+    return cookieheader.read(cookieheader.get(request), name)
 
 
 def _scheme(request: Request) -> str:
@@ -120,9 +98,15 @@ class Identity:
     cannot name a lock; this one never changes. It holds 256 random bits from
     :mod:`secrets`, is HttpOnly, SameSite=Lax, Path=/, and on https Secure with the
     ``__Host-`` prefix, so a sibling subdomain cannot plant one.
+
+    With cookie sessions it also carries a *generation* (``<identity>.<n>``), re-issued with
+    every tracked session cookie: a browser updates both from one response, so a request's
+    generation tells which state of its jar it was sent with (see :mod:`sessionlock.cookies`).
+    The lock key is the identity alone. The app never sees this cookie: the middleware
+    removes it from the Cookie header the app receives.
     """
 
-    _VALUE = re.compile(r"[A-Za-z0-9_-]{43}")
+    _VALUE = re.compile(r"([A-Za-z0-9_-]{43})(?:\.([1-9][0-9]{0,11}))?")
 
     def __init__(
         self,
@@ -141,20 +125,54 @@ class Identity:
         # (cookie name, Set-Cookie attributes) for plain and secure requests, made once.
         self._plain = (name, attributes)
         self._secured = (f"__Host-{name}", f"{attributes}; Secure")
+        self.names = (name, self._secured[0])
 
     def __call__(self, request: Request) -> str | None:
         """The identity the request carries, or None when absent or malformed."""
-        value = read_cookie(request, self._form(request)[0])
-        return value if value is not None and self._VALUE.fullmatch(value) else None
+        found = self._parse(request)
+        return found[0] if found is not None else None
 
     def resolve(self, request: Request) -> tuple[str, str | None]:
         """The request's identity, and a Set-Cookie value when a new one was issued."""
-        name, attributes = self._form(request)
-        value = read_cookie(request, name)
-        if value is not None and self._VALUE.fullmatch(value):
-            return value, None
+        found = self._parse(request)
+        if found is not None:
+            return found[0], None
         value = secrets.token_urlsafe(32)
-        return value, f"{name}={value}{attributes}"
+        return value, self.issue(request, value)
+
+    def generation(self, request: Request) -> int:
+        """The jar generation the request carries (0: none, or a brand-new identity)."""
+        found = self._parse(request)
+        return found[1] if found is not None else 0
+
+    def issue(self, request: Request, identity: str, generation: int = 0) -> str:
+        """The Set-Cookie value that gives the browser ``identity`` at ``generation``."""
+        name, attributes = self._form(request)
+        value = f"{identity}.{generation}" if generation else identity
+        return f"{name}={value}{attributes}"
+
+    def strip(self, request: Request) -> None:
+        """Remove this cookie from the header the app sees (the original is kept)."""
+        header = cookieheader.get(request)
+        if header is None or self.name not in header:  # the common case: one substring test
+            return
+        stripped: str | None = header
+        for name in self.names:
+            if cookieheader.values(stripped, name):
+                stripped = cookieheader.rewrite(stripped, name, None)
+        if stripped is not header:
+            cookieheader.replace(request, stripped)
+
+    def _parse(self, request: Request) -> tuple[str, int] | None:
+        header = cookieheader.original(request)
+        value = cookieheader.read(header, self._form(request)[0])
+        if value is None:
+            return None
+        match = self._VALUE.fullmatch(value)
+        if match is None:
+            return None
+        identity, generation = match.groups()
+        return identity, int(generation) if generation else 0
 
     def _form(self, request: Request) -> tuple[str, str]:
         return self._secured if self._secure(request) else self._plain

@@ -6,18 +6,23 @@
     application = SessionLockMiddleware(get_wsgi_application())     # Django
 
 Put it *outside* the session layer: the lock is taken before the app loads the session and
-released after the response iterable is closed, so the session's load-modify-save never
-overlaps another request's. Requests of different sessions never wait for each other.
-A request that waits past ``timeout`` gets a 503, one beyond ``max_waiters`` a 429, each
-with ``Retry-After``. Options: see :class:`sessionlock.core.Core`.
+released when the app calls ``start_response``, which every session layer does only after
+saving (Flask in ``process_response``, Django's ``SessionMiddleware``, Beaker in its own
+``start_response``). The body, ``close()`` and whatever runs after run outside the lock, so
+a client that never closes its response (Werkzeug's test client) holds nothing. With
+``release="end"`` the lock is held until the server closes the response. Requests of
+different sessions never wait for each other. A request that waits past ``timeout`` gets a
+503, one beyond ``max_waiters`` a 429, each with ``Retry-After``. Options: see
+:class:`sessionlock.core.Core`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .core import REFUSED, Core, Options
+from .core import REFUSED, RELEASE, Core, Options
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -42,19 +47,30 @@ class SessionLockMiddleware:
             refusal = core.refuse(admission, error)
             start_response(refusal.status_line, list(refusal.headers))
             return [refusal.body]
+        release = partial(core.leave, admission)
+        environ[RELEASE] = release  # sessionlock.release_session(): the app is done early
+        at_head = core.release_at_head
 
         def start_with_headers(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
-            return start_response(status, core.finish(admission, headers), exc_info)
+            headers = core.finish(admission, headers)
+            try:
+                return start_response(status, headers, exc_info)
+            finally:
+                if at_head:  # the session is saved: the next request may load it
+                    release()
 
         try:
             core.prepare(admission, environ)  # under the lease: a failure here releases too
             result = self.app(environ, start_with_headers)
         except BaseException:
-            core.leave(admission)
+            release()
             raise
-        return _release_on_close(result, environ, lambda: core.leave(admission))
+        if admission.lease is None:  # released at the head already: nothing left to hold
+            return result
+        # release="end", or an app that starts its response lazily (a generator)
+        return _release_on_close(result, environ, release)
 
 
 def _release_on_close(

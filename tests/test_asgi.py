@@ -183,14 +183,23 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hello"})
 
 
-def held_app(leave: asyncio.Event, entered: list[str] | None = None) -> ASGIApp:
-    """An app that answers at once, then stays (as a background task would) until ``leave``."""
+def held_app(
+    leave: asyncio.Event, entered: list[str] | None = None, *, inside: asyncio.Event | None = None
+) -> ASGIApp:
+    """An app whose first request works on the session (no response yet) until ``leave``.
+
+    ``inside`` is set when that request is in the app: its session is held from then on.
+    Later requests answer at once.
+    """
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if entered is not None:
             entered.append(scope["path"])
+        if inside is None or not inside.is_set():
+            if inside is not None:
+                inside.set()
+            await leave.wait()
         await hello(scope, receive, send)
-        await leave.wait()
 
     return app
 
@@ -219,7 +228,8 @@ def test_websocket_and_lifespan_scopes_pass_through_untouched(kind: str) -> None
     async def main() -> None:
         seen: list[tuple[Any, Any, Any]] = []
         leave = asyncio.Event()
-        holder_app = held_app(leave)
+        inside = asyncio.Event()
+        holder_app = held_app(leave, inside=inside)
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] == "http":
@@ -230,7 +240,7 @@ def test_websocket_and_lifespan_scopes_pass_through_untouched(kind: str) -> None
         middleware = by_cookie(app, timeout=0.01)
         holder = Client()
         held = start(middleware, scope_for(cookie=f"sid={SID}"), holder)
-        await holder.complete.wait()  # the session is held now
+        await inside.wait()  # the session is held now
         scope = {"type": kind, "headers": [(b"cookie", f"sid={SID}".encode())]}
         if kind == "websocket":
             scope.update(path="/ws", scheme="ws")
@@ -260,26 +270,27 @@ def test_websocket_and_lifespan_scopes_pass_through_untouched(kind: str) -> None
 @pytest.mark.parametrize(
     "locked", [pytest.param(True, id="middleware"), pytest.param(False, id="control-bare")]
 )
-def test_the_lock_is_held_until_the_app_returns(locked: bool) -> None:
-    """The response is complete, but the app still runs: the next request waits for it."""
+def test_the_lock_is_held_until_the_response_starts(locked: bool) -> None:
+    """The app works on the session: the next request waits until its response starts."""
 
     async def main() -> None:
         leave = asyncio.Event()
+        inside = asyncio.Event()
         entered: list[str] = []
-        app = held_app(leave, entered)
+        app = held_app(leave, entered, inside=inside)
         middleware = by_cookie(app)
         gate = observed(middleware)
         target: ASGIApp = middleware if locked else app
         first, second = Client(), Client()
         one = start(target, scope_for("/1", cookie=f"sid={SID}"), first)
-        await first.complete.wait()
+        await inside.wait()  # the session is held now
         two = start(target, scope_for("/2", cookie=f"sid={SID}"), second)
         if locked:
             await gate.wait_for(lambda: gate.queued == 1)
             assert entered == ["/1"]  # the second waits in line...
             leave.set()
             await one
-            await asyncio.wait_for(second.complete.wait(), WAIT)  # ...until the first returned
+            await asyncio.wait_for(second.complete.wait(), WAIT)  # ...until the first answered
         else:
             await asyncio.wait_for(second.complete.wait(), WAIT)  # control: ran meanwhile
             assert not one.done()
@@ -358,11 +369,12 @@ def test_an_exception_in_prepare_releases() -> None:
 def test_a_cancellation_releases(where: str) -> None:
     async def main() -> None:
         leave = asyncio.Event()
-        middleware = by_cookie(held_app(leave))
+        inside = asyncio.Event()
+        middleware = by_cookie(held_app(leave, inside=inside))
         gate = observed(middleware)
         first, second = Client(), Client()
         one = start(middleware, scope_for("/1", cookie=f"sid={SID}"), first)
-        await first.complete.wait()
+        await inside.wait()  # the session is held now
         two = start(middleware, scope_for("/2", cookie=f"sid={SID}"), second)
         await gate.wait_for(lambda: gate.queued == 1)
         victim = one if where == "in-app" else two
@@ -390,12 +402,13 @@ def test_a_cancellation_releases(where: str) -> None:
 def test_a_client_that_disconnects_while_waiting_leaves_the_queue() -> None:
     async def main() -> None:
         leave = asyncio.Event()
+        inside = asyncio.Event()
         entered: list[str] = []
-        middleware = by_cookie(held_app(leave, entered))
+        middleware = by_cookie(held_app(leave, entered, inside=inside))
         gate = observed(middleware)
         first, second = Client(), Client()
         one = start(middleware, scope_for("/1", cookie=f"sid={SID}"), first)
-        await first.complete.wait()
+        await inside.wait()  # the session is held now
         two = start(middleware, scope_for("/2", cookie=f"sid={SID}"), second)
         await gate.wait_for(lambda: gate.queued == 1)
         second.disconnect()
@@ -424,8 +437,9 @@ def test_body_chunks_read_while_waiting_reach_the_app_intact(
 ) -> None:
     async def main() -> None:
         leave = asyncio.Event()
+        inside = asyncio.Event()
         received: list[Message] = []
-        holder_app = held_app(leave)
+        holder_app = held_app(leave, inside=inside)
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["path"] == "/1":
@@ -442,7 +456,7 @@ def test_body_chunks_read_while_waiting_reach_the_app_intact(
         gate = observed(middleware)
         first, second = Client(), Client(body=[])
         one = start(middleware, scope_for("/1", cookie=f"sid={SID}"), first)
-        await first.complete.wait()
+        await inside.wait()  # the session is held now
         two = start(middleware, scope_for("/2", cookie=f"sid={SID}"), second)
         await gate.wait_for(lambda: gate.queued == 1)
         chunks = before + after
@@ -488,11 +502,12 @@ def test_timeout_503_and_full_queue_429_logged_without_the_session_id(
 
     async def main() -> None:
         leave = asyncio.Event()
-        middleware = by_cookie(held_app(leave), timeout=0.01, max_waiters=1)
+        inside = asyncio.Event()
+        middleware = by_cookie(held_app(leave, inside=inside), timeout=0.01, max_waiters=1)
         gate = observed(middleware)
         first = Client()
         one = start(middleware, scope_for("/1", cookie=f"sid={SID}"), first)
-        await first.complete.wait()
+        await inside.wait()  # the session is held now
         check_refusal(await call(middleware, scope_for("/2", cookie=f"sid={SID}")), 503)
         assert middleware.core.queue.waiting(hashed(middleware, SID)) == 0
         middleware.core.timeout = None  # the next waiter stays in line
@@ -534,7 +549,8 @@ def test_exempt_requests_run_unserialized(
 ) -> None:
     async def main() -> None:
         leave = asyncio.Event()
-        holder_app = held_app(leave)
+        inside = asyncio.Event()
+        holder_app = held_app(leave, inside=inside)
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["path"] == "/hold":
@@ -545,7 +561,7 @@ def test_exempt_requests_run_unserialized(
         middleware = by_cookie(app, timeout=0.01, exempt=exempt)
         first = Client()
         one = start(middleware, scope_for("/hold", method="PUT", cookie=f"sid={SID}"), first)
-        await first.complete.wait()
+        await inside.wait()  # the session is held now
         peer = await call(middleware, scope_for(path, method=method, cookie=f"sid={SID}"))
         assert peer.status == (200 if is_exempt else 503)
         leave.set()
@@ -661,7 +677,9 @@ def test_different_sessions_run_concurrently(sids: tuple[str, str], peak: int) -
 # -- Starlette ------------------------------------------------------------------------------
 
 
-def starlette_app(log: list[str], release_background: asyncio.Event, locked: bool) -> Starlette:
+def starlette_app(log: list[str], release_background: asyncio.Event, release: str) -> Starlette:
+    """A page with a background task; ``release``: the middleware's option, or "bare"."""
+
     async def page(request: StarletteRequest) -> PlainTextResponse:
         n = request.query_params["n"]
         log.append(f"handler-{n}")
@@ -675,8 +693,10 @@ def starlette_app(log: list[str], release_background: asyncio.Event, locked: boo
         return PlainTextResponse("ok", background=BackgroundTask(background))
 
     app = Starlette(routes=[Route("/", page)])
-    if locked:
-        app.add_middleware(SessionLockMiddleware, key="cookie:sid", backend="memory://")
+    if release != "bare":
+        app.add_middleware(
+            SessionLockMiddleware, key="cookie:sid", backend="memory://", release=release
+        )
     return app
 
 
@@ -690,34 +710,44 @@ def lock_in(app: Starlette) -> SessionLockMiddleware:
 
 
 @pytest.mark.parametrize(
-    "locked", [pytest.param(True, id="middleware"), pytest.param(False, id="control-bare")]
+    ("release", "overlap"),
+    [
+        pytest.param("head", True, id="default-released-at-the-head"),
+        pytest.param("end", False, id="release-end-holds-through-the-task"),
+        pytest.param("bare", True, id="control-bare"),
+    ],
 )
-def test_starlette_background_task_stays_inside_the_lock(locked: bool) -> None:
+def test_starlette_background_task_runs_outside_the_lock(release: str, overlap: bool) -> None:
+    """The user's next page does not wait for the previous page's background task."""
+
     async def main() -> None:
         log: list[str] = []
-        release = asyncio.Event()
-        app = starlette_app(log, release, locked)
-        gate = observed(lock_in(app)) if locked else None
+        done = asyncio.Event()
+        app = starlette_app(log, done, release)
+        lock = lock_in(app) if release != "bare" else None
+        gate = observed(lock) if lock is not None else None
         first, second = Client(), Client()
         one = start(app, scope_for(cookie=f"sid={SID}", query=b"n=1"), first)
         await first.complete.wait()  # the response is out; its background task still runs
         assert first.status == 200
         assert log == ["handler-1", "background-start-1"]
         two = start(app, scope_for(cookie=f"sid={SID}", query=b"n=2"), second)
-        if gate is not None:
-            await gate.wait_for(lambda: gate.queued == 1)
-            assert "handler-2" not in log
-            release.set()
+        if overlap:
+            await asyncio.wait_for(second.complete.wait(), WAIT)  # ran meanwhile
+            assert "background-end-1" not in log
         else:
-            await asyncio.wait_for(second.complete.wait(), WAIT)  # control: ran meanwhile
-            release.set()
+            assert gate is not None
+            await gate.wait_for(lambda: gate.queued == 1)
+            assert "handler-2" not in log  # waits for the task
+        done.set()
         await one
         await two
         assert second.status == 200
-        order = ["handler-1", "background-start-1", "background-end-1"]
-        if gate is not None:
-            assert log == [*order, "handler-2", "background-start-2", "background-end-2"]
-        else:
+        if overlap:
             assert log.index("handler-2") < log.index("background-end-1")
+        else:
+            assert log.index("background-end-1") < log.index("handler-2")
+        if lock is not None:
+            assert len(lock.core.queue) == 0
 
     run(main())

@@ -15,16 +15,13 @@ from typing import Any
 
 import pytest
 
-from sessionlock import ConfigurationError, keys
+from sessionlock import ConfigurationError, cookieheader, keys
 from sessionlock.backends import Backend, from_url
 from sessionlock.backends.memory import MemoryBackend
 from sessionlock.cookies import (
     DEFAULT_MAX_TTL,
     SessionCookies,
     parse_set_cookie,
-    request_cookie_header,
-    rewrite_cookie_header,
-    set_request_cookie_header,
 )
 from sessionlock.core import Admission, Core
 
@@ -145,15 +142,15 @@ def test_path_matches(cookie_path: str, request_path: str, sent: bool) -> None:
 def test_rewrite_cookie_header(
     header: str | None, value: str | None, rewritten: str | None
 ) -> None:
-    assert rewrite_cookie_header(header, "session", value) == rewritten
+    assert cookieheader.rewrite(header, "session", value) == rewritten
 
 
 def test_wsgi_header_rewrite_keeps_the_original() -> None:
     environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "HTTP_COOKIE": "a=1; session=old"}
-    set_request_cookie_header(environ, "a=1; session=new")
+    cookieheader.replace(environ, "a=1; session=new")
     assert environ["HTTP_COOKIE"] == "a=1; session=new"
     assert environ["sessionlock.original_cookie"] == "a=1; session=old"
-    set_request_cookie_header(environ, None)
+    cookieheader.replace(environ, None)
     assert "HTTP_COOKIE" not in environ
     assert environ["sessionlock.original_cookie"] == "a=1; session=old"
 
@@ -161,11 +158,11 @@ def test_wsgi_header_rewrite_keeps_the_original() -> None:
 def test_asgi_header_rewrite_replaces_the_list_not_the_shared_one() -> None:
     shared = [(b"host", b"x"), (b"cookie", b"a=1"), (b"cookie", b"session=old")]
     scope: dict[str, Any] = {"type": "http", "headers": shared}
-    assert request_cookie_header(scope) == "a=1; session=old"  # HTTP/2 split cookies join
-    set_request_cookie_header(scope, "a=1; session=new")
+    assert cookieheader.get(scope) == "a=1; session=old"  # HTTP/2 split cookies join
+    cookieheader.replace(scope, "a=1; session=new")
     assert scope["headers"] == [(b"host", b"x"), (b"cookie", b"a=1; session=new")]
     assert shared == [(b"host", b"x"), (b"cookie", b"a=1"), (b"cookie", b"session=old")]
-    set_request_cookie_header(scope, None)
+    cookieheader.replace(scope, None)
     assert scope["headers"] == [(b"host", b"x")]
     assert scope["sessionlock.original_cookie"] == "a=1; session=old"
 
@@ -235,9 +232,14 @@ class Browser:
     def __init__(self, core: Core, jar: dict[str, str] | None = None) -> None:
         self.core = core
         self.jar: dict[str, str] = dict(jar or {})
+        self.host = "testserver"
+        self.https = False
 
     def environ(self, path: str = "/") -> dict[str, Any]:
         environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": path}
+        environ.update(
+            HTTP_HOST=self.host, **{"wsgi.url_scheme": "https" if self.https else "http"}
+        )
         if self.jar:
             environ["HTTP_COOKIE"] = "; ".join(f"{k}={v}" for k, v in self.jar.items())
         return environ
@@ -249,12 +251,16 @@ class Browser:
         environ = self.environ(path)
         admission = self.core.admit(environ)
         assert admission is not None
-        self.core.prepare(admission, environ)
-        seen = keys.read_cookie(environ, "session")
-        app_headers = [("Content-Type", "text/plain")]
-        if set_cookie is not None:
-            app_headers.append(("Set-Cookie", set_cookie))
-        headers = self.core.finish(admission, app_headers)
+        self.core.enter(admission)
+        try:
+            self.core.prepare(admission, environ)
+            seen = keys.read_cookie(environ, "session")
+            app_headers = [("Content-Type", "text/plain")]
+            if set_cookie is not None:
+                app_headers.append(("Set-Cookie", set_cookie))
+            headers = self.core.finish(admission, app_headers)
+        finally:
+            self.core.leave(admission)
         sent = [v for k, v in headers if k == "Set-Cookie"]
         if apply:
             for header in sent:
@@ -268,6 +274,11 @@ class Browser:
         return seen, sent
 
 
+def session_cookies(sent: list[str]) -> list[str]:
+    """The tracked cookie's Set-Cookies among ``sent`` (the identity's are checked apart)."""
+    return [header for header in sent if header.startswith("session=")]
+
+
 def tracked(backend: Backend, **options: Any) -> Core:
     core = Core(backend=backend, cookie_session="session", **options)
     assert isinstance(core.cookies, SessionCookies)
@@ -278,15 +289,14 @@ def test_stale_cookie_is_replaced_and_the_browser_converges(backend: Backend) ->
     browser = Browser(tracked(backend))
     browser.request("session=v1; Path=/; HttpOnly")
     old = dict(browser.jar)
-    assert browser.request("session=v2; Path=/; HttpOnly") == (
-        "v1",
-        ["session=v2; Path=/; HttpOnly"],
-    )
+    seen, sent = browser.request("session=v2; Path=/; HttpOnly")
+    assert (seen, session_cookies(sent)) == ("v1", ["session=v2; Path=/; HttpOnly"])
     stale = Browser(browser.core, old)  # a request still carrying v1, e.g. from another tab
     seen, sent = stale.request()
     assert seen == "v2"
-    assert sent == ["session=v2; Path=/; HttpOnly"]
+    assert session_cookies(sent) == ["session=v2; Path=/; HttpOnly"]
     assert stale.jar["session"] == "v2"
+    assert stale.jar["sessionlock"] == browser.jar["sessionlock"]  # the current generation
     assert stale.request() == ("v2", [])  # converged: nothing rewritten, nothing re-sent
 
 
@@ -297,7 +307,7 @@ def test_app_set_cookie_wins_over_the_resend(backend: Backend) -> None:
     browser.request("session=v2")
     seen, sent = Browser(browser.core, old).request("session=v3")
     assert seen == "v2"
-    assert sent == ["session=v3"]
+    assert session_cookies(sent) == ["session=v3"]
     assert Browser(browser.core, old).request()[0] == "v3"
 
 
@@ -310,7 +320,7 @@ def test_deletion_is_tracked_and_removes_the_cookie_from_stale_requests(backend:
     stale = Browser(browser.core, old)
     seen, sent = stale.request()
     assert seen is None
-    assert sent == [FLASK_DELETE]
+    assert session_cookies(sent) == [FLASK_DELETE]
     assert "session" not in stale.jar
     assert stale.request() == (None, [])
 
@@ -321,6 +331,79 @@ def test_starlette_style_deletion_by_past_expires(backend: Backend) -> None:
     old = dict(browser.jar)
     browser.request(STARLETTE_DELETE)
     assert Browser(browser.core, old).request()[0] is None
+
+
+@pytest.mark.parametrize(
+    ("edit", "seen"),
+    [
+        pytest.param({"session": "edited"}, "edited", id="session-transaction-edits-it"),
+        pytest.param({"session": None}, None, id="delete-cookie"),
+        pytest.param({"session": "someone-elses"}, "someone-elses", id="swapped-in"),
+    ],
+)
+def test_a_jar_the_client_changed_itself_reaches_the_app_as_sent(
+    backend: Backend, edit: dict[str, str | None], seen: str | None
+) -> None:
+    """What a test (or a user) does to its own, current jar is not a stale replay."""
+    browser = Browser(tracked(backend))
+    browser.request("session=v1")
+    browser.request("session=v2")
+    for name, value in edit.items():
+        if value is None:
+            browser.jar.pop(name)
+        else:
+            browser.jar[name] = value
+    assert browser.request() == (seen, [])
+    # Control: the same jar state sent with an older generation is a replay and replaced.
+    lineage_start = Browser(browser.core, {"sessionlock": browser.jar["sessionlock"][:43]})
+    assert lineage_start.request()[0] == "v2"
+
+
+def test_a_stale_generation_with_a_value_never_issued_is_not_replaced(backend: Backend) -> None:
+    browser = Browser(tracked(backend))
+    browser.request("session=v1")
+    old = dict(browser.jar)
+    browser.request("session=v2")
+    assert Browser(browser.core, {**old, "session": "forged"}).request()[0] == "forged"
+    assert Browser(browser.core, old).request()[0] == "v2"  # control: v1 was issued, replaced
+
+
+def test_requests_racing_the_first_session_cookie_see_it(backend: Backend) -> None:
+    """Two requests sent before any session cookie existed: the second sees the first's."""
+    browser = Browser(tracked(backend))
+    browser.request()  # the identity, no session yet
+    before = dict(browser.jar)
+    browser.request("session=v1")
+    late = Browser(browser.core, before)  # sent with the jar as it was before v1
+    assert late.request()[0] == "v1"
+
+
+@pytest.mark.parametrize(
+    ("set_cookie", "https", "host", "replaced"),
+    [
+        pytest.param("session=v; Secure", True, "example.com", True, id="secure-over-https"),
+        pytest.param("session=v; Secure", False, "example.com", False, id="secure-never-to-http"),
+        pytest.param("session=v", False, "example.com", True, id="host-only-same-host"),
+        pytest.param("session=v", False, "other.example.com", False, id="host-only-other-host"),
+        pytest.param(
+            "session=v; Domain=example.com", False, "app.example.com", True, id="domain-subdomain"
+        ),
+        pytest.param("session=v; Domain=example.com", False, "example.org", False, id="domain-no"),
+    ],
+)
+def test_a_cookie_is_substituted_only_where_the_browser_would_send_it(
+    set_cookie: str, https: bool, host: str, replaced: bool
+) -> None:
+    core = tracked(MemoryBackend())
+    browser = Browser(core)
+    browser.host, browser.https = "example.com", https
+    browser.request()
+    before = dict(browser.jar)
+    browser.request(set_cookie)
+    late = Browser(core, before)
+    late.host, late.https = host, https
+    seen = late.request()[0]
+    assert seen == ("v" if replaced else None)
 
 
 def test_a_request_without_identity_never_gets_a_stored_cookie(backend: Backend) -> None:
@@ -378,7 +461,8 @@ def test_resend_shortens_max_age_by_the_time_elapsed() -> None:
     old = dict(browser.jar)
     browser.request("session=v2; Path=/; Max-Age=1000; HttpOnly")
     now[0] += 400
-    assert Browser(core, old).request()[1] == ["session=v2; Path=/; Max-Age=600; HttpOnly"]
+    sent = Browser(core, old).request()[1]
+    assert session_cookies(sent) == ["session=v2; Path=/; Max-Age=600; HttpOnly"]
 
 
 def test_records_are_sealed_and_bound_to_identity_and_name() -> None:

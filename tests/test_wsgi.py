@@ -140,10 +140,28 @@ def hello(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     return [b"hello"]
 
 
+HOLD = "tests.hold"
+
+
+def holdable(app: App) -> App:
+    """``app``, except that a request carrying ``environ[HOLD] = (inside, leave)`` works on its
+    session (no response started) from ``inside`` until ``leave``: its lock stays held."""
+
+    def held(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        hold = environ.get(HOLD)
+        if hold is not None:
+            inside, leave = hold
+            inside.set()
+            assert leave.wait(WAIT)
+        return app(environ, start_response)
+
+    return held
+
+
 def wrap(app: App, **options: Any) -> SessionLockMiddleware:
     """The middleware over the in-process backend: these are unit tests of the core."""
     options.setdefault("backend", "memory://")
-    return SessionLockMiddleware(app, **options)
+    return SessionLockMiddleware(holdable(app), **options)
 
 
 def by_cookie(app: App, **options: Any) -> SessionLockMiddleware:
@@ -246,9 +264,15 @@ def open_stream(app: App, environ: dict[str, Any]) -> tuple[Iterator[bytes], Any
 
 
 @pytest.mark.parametrize(
-    "locked", [pytest.param(True, id="middleware"), pytest.param(False, id="control-bare")]
+    ("release", "waits"),
+    [
+        pytest.param("head", False, id="default-released-at-start-response"),
+        pytest.param("end", True, id="release-end-holds-until-close"),
+        pytest.param("bare", False, id="control-bare"),
+    ],
 )
-def test_a_streaming_response_holds_the_lock_until_close(locked: bool) -> None:
+def test_a_response_left_open_holds_nothing_by_default(release: str, waits: bool) -> None:
+    """Werkzeug's test client never closes a response it was not asked to: nothing may hang."""
     entered: list[threading.Event] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
@@ -259,25 +283,25 @@ def test_a_streaming_response_holds_the_lock_until_close(locked: bool) -> None:
         yield b"a"
         yield b"b"
 
-    middleware = wrap(app, key="cookie:sid")
+    middleware = wrap(app, key="cookie:sid", release="head" if release == "bare" else release)
     gate = observed(middleware)
-    target: App = middleware if locked else app
+    target: App = app if release == "bare" else middleware
     environ = environ_for(cookie=f"sid={SID}")
     iterator, first = open_stream(target, environ)
-    assert next(iterator) == b"b"  # fully iterated, but not closed yet
+    assert next(iterator) == b"b"  # fully iterated, but not closed
     thread, out = in_thread(lambda: call(target, environ_for(cookie=f"sid={SID}")))
-    if locked:
+    if waits:
         gate.wait_for(lambda: gate.queued == 1)
         assert len(entered) == 1  # the second request waits in line
         first.close()
         thread.join(WAIT)
-        assert len(entered) == 2
-        assert len(middleware.core.queue) == 0
     else:
-        thread.join(WAIT)  # control: the second ran to the end with the first still open
+        thread.join(WAIT)  # the second ran to the end with the first still open
         assert len(entered) == 2
         first.close()
+    assert len(entered) == 2
     assert out[0].code == 200
+    assert len(middleware.core.queue) == 0
 
 
 class Boom(Exception):
@@ -396,7 +420,8 @@ class SlottedWrapper:
         self.filelike.close()
 
 
-def test_the_file_wrapper_is_returned_as_itself_and_its_close_releases() -> None:
+@pytest.mark.parametrize("release", ["head", "end"])
+def test_the_file_wrapper_is_returned_as_itself(release: str) -> None:
     made: list[Any] = []
     handle = io.BytesIO(b"file body")
 
@@ -405,13 +430,14 @@ def test_the_file_wrapper_is_returned_as_itself_and_its_close_releases() -> None
         made.append(environ["wsgi.file_wrapper"](handle))
         return made[0]  # type: ignore[no-any-return]
 
-    middleware = wrap(app, key="cookie:sid")
+    middleware = wrap(app, key="cookie:sid", release=release)
     environ = environ_for(cookie=f"sid={SID}")
     environ["wsgi.file_wrapper"] = FileWrapper
     result: Any = middleware(environ, lambda *a: None)
     assert result is made[0]  # the server can still use sendfile
     assert b"".join(result) == b"file body"
-    assert middleware.core.queue.holds(hashed(middleware, SID))
+    # release="end": held until the server closes it, through the wrapper's own close
+    assert middleware.core.queue.holds(hashed(middleware, SID)) is (release == "end")
     result.close()
     assert handle.closed  # the app's close still runs
     assert len(middleware.core.queue) == 0
@@ -424,7 +450,7 @@ def test_a_file_wrapper_with_slots_is_wrapped_and_still_releases() -> None:
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](handle)  # type: ignore[no-any-return]
 
-    middleware = wrap(app, key="cookie:sid")
+    middleware = wrap(app, key="cookie:sid", release="end")
     environ = environ_for(cookie=f"sid={SID}")
     environ["wsgi.file_wrapper"] = SlottedWrapper
     result: Any = middleware(environ, lambda *a: None)
@@ -437,11 +463,25 @@ def test_a_file_wrapper_with_slots_is_wrapped_and_still_releases() -> None:
 # -- refusals -------------------------------------------------------------------------------
 
 
-def holding(middleware: SessionLockMiddleware, cookie: str) -> Any:
-    """A response of ``cookie``'s session left open: its lock stays held."""
-    result = middleware(environ_for(method="PUT", cookie=cookie), lambda *a: None)
-    assert middleware.core.queue.holds(hashed(middleware, cookie.partition("=")[2]))
-    return result
+class Held:
+    """A request of ``cookie``'s session kept inside the app until :meth:`close`."""
+
+    def __init__(self, middleware: SessionLockMiddleware, cookie: str) -> None:
+        inside, self.leave = threading.Event(), threading.Event()
+        environ = environ_for(method="PUT", cookie=cookie)
+        environ[HOLD] = (inside, self.leave)
+        self.thread, self.out = in_thread(lambda: call(middleware, environ))
+        assert inside.wait(WAIT)
+        assert middleware.core.queue.holds(hashed(middleware, cookie.partition("=")[2]))
+
+    def close(self) -> None:
+        self.leave.set()
+        self.thread.join(WAIT)
+        assert self.out[0].code == 200
+
+
+def holding(middleware: SessionLockMiddleware, cookie: str) -> Held:
+    return Held(middleware, cookie)
 
 
 def check_refusal(response: Response, code: int) -> None:
