@@ -78,6 +78,7 @@ DEFAULT_MAX_TTL = 24 * 3600.0
 
 _NOTE = "cookies"
 _LINEAGE = 16  # earlier values remembered per name: how far back a replay is recognized
+_MAX_GENERATION = 10**12  # the identity cookie carries at most 12 digits
 _MAX_PAIR = 4096  # RFC 6265bis: name + value at most 4096 bytes
 _MAX_HEADER = 8192
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -477,7 +478,7 @@ class SessionCookies:
         for name, entry in state.stale.items():
             if name not in issued:
                 headers = [*headers, ("Set-Cookie", entry.resend(now))]
-        if generation > state.generation:  # the browser learns which jar state it now has
+        if generation != state.generation:  # the browser learns which jar state it now has
             admission.set_identity = self._identity.issue(state.request, state.identity, generation)
         return headers
 
@@ -489,9 +490,10 @@ class SessionCookies:
         """Store what the app issued; the record's generation grows when a value changes."""
         # A record lost meanwhile (expired) restarts from the browser's generation, and
         # cannot say what the browser held before: incomplete.
-        record = state.record or _Record(state.generation, {})
+        # A generation the client claims is trusted only to restart a lost record.
+        record = state.record or _Record(min(state.generation, _MAX_GENERATION), {})
         start = state.record is None and state.generation == 0
-        generation = max(record.generation, state.generation) + 1
+        generation = record.generation + 1
         changed = False
         for name, cookie in issued.items():
             entry = record.entries.get(name)

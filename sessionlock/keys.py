@@ -106,7 +106,7 @@ class Identity:
     removes it from the Cookie header the app receives.
     """
 
-    _VALUE = re.compile(r"([A-Za-z0-9_-]{43})(?:\.([1-9][0-9]{0,11}))?")
+    _VALUE = re.compile(r"([A-Za-z0-9_-]{43})(?:\.([1-9][0-9]{0,12}))?")
 
     def __init__(
         self,

@@ -656,3 +656,17 @@ def test_admission_notes_say_the_browser_was_stale() -> None:
     assert admission.notes is not None
     state: Any = admission.notes["cookies"]
     assert list(state.stale) == ["session"]
+
+
+def test_a_forged_generation_is_corrected_and_cannot_break_the_identity() -> None:
+    core = tracked(MemoryBackend())
+    browser = Browser(core)
+    browser.request("session=v1")
+    old = dict(browser.jar)
+    browser.request("session=v2")
+    identity = browser.jar["sessionlock"].partition(".")[0]
+    forged = Browser(core, {**browser.jar, "sessionlock": f"{identity}.9999999999999"})
+    seen, _ = forged.request()
+    assert seen == "v2"  # a claimed future jar is taken as current: as sent
+    assert forged.jar["sessionlock"] == f"{identity}.2"  # and put back on the record's count
+    assert Browser(core, old).request()[0] == "v2"  # replays are still recognized
