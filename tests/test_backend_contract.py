@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from sessionlock.backends import Backend
+from sessionlock.asgi import SessionLockMiddleware as ASGISessionLockMiddleware
+from sessionlock.backends import Backend, _shared, close_all, from_url
 from sessionlock.backends.file import FileBackend
 from sessionlock.backends.memory import MemoryBackend
 from sessionlock.core import Admission, Core
@@ -406,3 +407,101 @@ def test_cross_process_async_waiter_does_not_block_the_loop(
 
     asyncio.run(main())
     assert ticks == 20
+
+
+# -- one backend per URL per process -----------------------------------------------------
+
+
+# The spellings of one backend, for each scheme ({d}: a directory under the test's tmp dir).
+SPELLINGS = [
+    pytest.param(["memory://", "memory:///"], id="memory"),
+    pytest.param(
+        ["file://{d}", "file://{d}/", "file://localhost{d}", "file://{d}/./", "file://{d}//"],
+        id="file",
+    ),
+]
+
+
+@pytest.mark.usefixtures("registry")
+@pytest.mark.parametrize("spellings", SPELLINGS)
+def test_from_url_gives_one_backend_per_url(spellings: list[str], tmp_path: Path) -> None:
+    urls = [url.format(d=tmp_path / "locks") for url in spellings]
+    backends = [from_url(url) for url in urls]
+    assert all(backend is backends[0] for backend in backends)
+
+
+@pytest.mark.usefixtures("registry")
+def test_different_directories_get_different_backends(tmp_path: Path) -> None:
+    first, second = from_url(f"file://{tmp_path / 'a'}"), from_url(f"file://{tmp_path / 'b'}")
+    assert first is not second
+    assert from_url(f"file://{tmp_path / 'a'}") is first
+
+
+@pytest.mark.usefixtures("registry")
+def test_concurrent_first_calls_make_one_backend(tmp_path: Path) -> None:
+    """Threads asking for a new URL at once all get the one backend made for it."""
+    url = f"file://{tmp_path / 'locks'}"
+    start = threading.Barrier(8)
+    got: list[Backend] = []
+
+    def ask() -> None:
+        start.wait()
+        got.append(from_url(url))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 8
+    assert len({id(backend) for backend in got}) == 1
+
+
+async def _asgi_app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("not called")
+
+
+@pytest.mark.usefixtures("registry")
+@pytest.mark.parametrize("spellings", SPELLINGS)
+def test_middlewares_on_one_url_share_its_backend(spellings: list[str], tmp_path: Path) -> None:
+    url = spellings[0].format(d=tmp_path / "locks")
+    wsgi = SessionLockMiddleware(lambda environ, start_response: [], backend=url)
+    asgi = ASGISessionLockMiddleware(_asgi_app, backend=url)
+    core = Core(backend=url)
+    assert wsgi.core.backend is asgi.core.backend is core.backend is from_url(url)
+
+
+@pytest.mark.usefixtures("registry")
+@pytest.mark.parametrize("spellings", SPELLINGS)
+def test_close_takes_a_backend_out_and_from_url_makes_a_fresh_working_one(
+    spellings: list[str], tmp_path: Path
+) -> None:
+    url = spellings[0].format(d=tmp_path / "locks")
+    old = from_url(url)
+    old.close()
+    new = from_url(url)
+    assert new is not old
+    assert from_url(url) is new
+    core = _core(new, key="header:X-S", timeout=5.0)
+    admission = _admission(core)
+    core.enter(admission)
+    core.leave(admission)
+    new.set("note-1", "after close", None)
+    assert new.get("note-1") == "after close"
+
+
+@pytest.mark.usefixtures("registry")
+def test_close_all_closes_every_registered_backend(tmp_path: Path) -> None:
+    made = [from_url("memory://"), from_url(f"file://{tmp_path / 'a'}")]
+    assert close_all() == 2
+    assert _shared.registered() == {}
+    again = [from_url("memory://"), from_url(f"file://{tmp_path / 'a'}")]
+    assert all(new is not old for new, old in zip(again, made))
+
+
+@pytest.mark.usefixtures("registry")
+def test_a_backend_object_passed_directly_is_never_registered(backend: Backend) -> None:
+    before = _shared.registered()
+    core = _core(backend)
+    assert _shared.registered() == before
+    assert all(known is not core.backend for known in _shared.registered().values())

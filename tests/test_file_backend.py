@@ -1,21 +1,30 @@
-"""The file backend's own promises: safe directory, bounded files, inode re-check, fork, URLs."""
+"""The file backend's own promises: safe directory, bounded files, inode re-check, fork, URLs,
+one backend (one directory descriptor) per URL, nothing blocking on the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
+from blockbuster import BlockingError
 
-from sessionlock.backends import DEFAULT_URL, from_url
+from sessionlock.asgi import SessionLockMiddleware as ASGILock
+from sessionlock.backends import DEFAULT_URL, Backend, _shared, from_url
 from sessionlock.backends.file import FileBackend, default_directory
+from sessionlock.backends.memory import MemoryBackend
 from sessionlock.core import Core
-from sessionlock.errors import ConfigurationError
+from sessionlock.errors import BackendUnavailable, ConfigurationError
+from sessionlock.wsgi import SessionLockMiddleware as WSGILock
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -289,3 +298,241 @@ def test_a_forked_child_does_not_keep_the_parents_lock(directory: Path) -> None:
         for fd in (ready_r, ready_w, done_r, done_w):
             os.close(fd)
     assert other is not None  # the child's copy did not keep the session locked
+
+
+# -- descriptors: one backend per directory, closable ------------------------------------
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _asgi_app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [])
+    return [b"ok"]
+
+
+@pytest.mark.usefixtures("registry")
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
+def test_many_middlewares_on_one_directory_open_it_once(directory: Path) -> None:
+    """One middleware per test (Flask's, Django's suites): 2000 of them, one directory fd."""
+    url = f"file://{directory}"
+    made = [WSGILock(_wsgi_app, backend=url)]
+    after_first = _fd_count()
+    for _ in range(1000):
+        made.append(WSGILock(_wsgi_app, backend=url))
+        made.append(ASGILock(_asgi_app, backend=url))  # type: ignore[arg-type]
+    assert _fd_count() == after_first
+    assert len({id(m.core.backend) for m in made}) == 1
+
+
+@pytest.mark.usefixtures("registry")
+def test_the_default_url_and_its_directory_name_one_backend() -> None:
+    assert from_url(DEFAULT_URL) is from_url(f"file://{default_directory()}/")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
+def test_a_closed_backend_refuses_and_still_releases_what_it_held(directory: Path) -> None:
+    directory.mkdir(mode=0o700)
+    baseline = _fd_count()
+    backend = FileBackend(directory)
+    lease = backend.try_acquire(KEY)
+    assert lease is not None
+    kept = backend.try_acquire("f" * 32)
+    assert kept is not None
+    backend.release(kept)  # its descriptor is kept open for the key's next request
+    backend.close()
+    backend.close()  # twice is fine
+    with pytest.raises(BackendUnavailable, match="closed"):
+        backend.try_acquire("e" * 32)
+    other = FileBackend(directory)
+    assert other.try_acquire(KEY) is None  # the lease held at close still holds
+    backend.release(lease)
+    taken = other.try_acquire(KEY)
+    assert taken is not None  # ... and its release released it
+    other.release(taken)
+    other.close()
+    assert _fd_count() == baseline  # nothing left open by either
+
+
+# -- the link-count re-check -------------------------------------------------------------
+
+
+def test_a_kept_descriptor_of_an_unlinked_file_is_no_lock(directory: Path) -> None:
+    """The descriptor kept from a key's last request names an inode that another process
+    unlinked since, and a holder took the new file: the kept one must not count as a lock."""
+    backend = FileBackend(directory)
+    lease = backend.try_acquire(KEY)
+    assert lease is not None
+    backend.release(lease)  # its descriptor is kept open
+    path = directory / f"{KEY}.lock"
+    os.unlink(path)  # another process's janitor, between two requests
+    holder = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        assert backend.try_acquire(KEY) is None
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+    lease = backend.try_acquire(KEY)
+    assert lease is not None
+    assert os.fstat(lease.token).st_ino == os.stat(path).st_ino  # the current file
+    backend.release(lease)
+    backend.close()
+
+
+# -- fork --------------------------------------------------------------------------------
+
+
+def _child_report(pid: int, read_end: int) -> bytes:
+    """What the child wrote before exiting; empty if it did not within a minute (killed)."""
+    ready, _, _ = select.select([read_end], [], [], 60)
+    report = os.read(read_end, 256) if ready else b""
+    if not report:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(read_end)
+    return report
+
+
+def _in_child(write_end: int, work: Callable[[], str]) -> NoReturn:
+    try:
+        report = work()
+    except BaseException as error:  # reported to the parent, which asserts on it
+        report = repr(error)
+    finally:
+        os.write(write_end, report.encode() or b"-")
+        os._exit(0)
+
+
+@pytest.mark.usefixtures("registry")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_goes_on_with_the_registered_backend(directory: Path) -> None:
+    """gunicorn --preload: the master builds the app (and its backend), workers fork."""
+    url = f"file://{directory}"
+    backend = from_url(url)
+    lease = backend.try_acquire(KEY)
+    assert lease is not None
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+
+        def work() -> str:
+            shared = from_url(url) is backend
+            inherited = backend.held()
+            parents = backend.try_acquire(KEY)  # the parent holds it
+            own = backend.try_acquire("f" * 32)
+            if own is not None:
+                backend.release(own)
+            return f"{shared} {inherited} {parents} {own is not None}"
+
+        _in_child(write_end, work)
+    os.close(write_end)
+    report = _child_report(pid, read_end)
+    backend.release(lease)
+    assert report == b"True 0 None True"
+
+
+@pytest.mark.usefixtures("registry")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_while_a_backend_is_being_made_can_make_its_own(directory: Path) -> None:
+    """Another thread is inside the registry when the process forks: the child is not stuck."""
+    building, finish = threading.Event(), threading.Event()
+
+    def slow() -> Backend:
+        building.set()
+        finish.wait(60)
+        return MemoryBackend()
+
+    maker = threading.Thread(target=_shared.shared, args=("slow://", slow))
+    maker.start()
+    assert building.wait(60)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _in_child(write_end, lambda: repr(from_url(f"file://{directory}")))
+    os.close(write_end)
+    finish.set()
+    maker.join(timeout=60)
+    assert _child_report(pid, read_end) == repr(FileBackend(directory)).encode()
+
+
+# -- the event loop ----------------------------------------------------------------------
+
+
+def test_the_no_blocking_fixture_flags_a_blocking_call_on_the_loop(
+    no_blocking: object, directory: Path
+) -> None:
+    """The control of the tests below: blockbuster is active, and flags ``os.stat``."""
+
+    async def stat() -> None:
+        os.stat(directory.parent)
+
+    with pytest.raises(BlockingError, match=r"os\.stat"):
+        asyncio.run(stat())
+    os.stat(directory.parent)  # off the loop it is fine
+
+
+async def _get(middleware: Any, sid: str) -> int:
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "http_version": "1.1",
+        "headers": [(b"cookie", f"sid={sid}".encode())],
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await middleware(scope, receive, send)
+    return int(sent[0]["status"])
+
+
+@pytest.mark.usefixtures("registry", "no_blocking")
+def test_an_uncontended_asgi_request_on_file_does_not_block_the_loop(directory: Path) -> None:
+    """A key's first request (open), then warm ones (kept descriptor): no flagged call."""
+    middleware = ASGILock(_asgi_app, backend=f"file://{directory}", key="cookie:sid")  # type: ignore[arg-type]
+
+    async def requests() -> list[int]:
+        return [await _get(middleware, sid) for sid in ("alice", "alice", "bob", "alice")]
+
+    assert asyncio.run(requests()) == [200] * 4
+
+
+@pytest.mark.usefixtures("no_blocking")
+def test_on_an_event_loop_releases_leave_file_removal_to_the_janitor(directory: Path) -> None:
+    backend = FileBackend(directory)
+    backend._janitor = True  # as if one were running: none starts, idle files pile up
+    keys = 4 * 256 + 50  # beyond the back-pressure threshold
+
+    async def churn() -> None:
+        for number in range(keys):
+            lease = backend.try_acquire(f"{number:032x}")
+            assert lease is not None
+            backend.release(lease)  # an unlink here would raise BlockingError
+
+    asyncio.run(churn())
+    assert len(_files(directory)) == keys  # nothing removed on the loop
+    backend._janitor = False
+    lease = backend.try_acquire(KEY)
+    assert lease is not None
+    backend.release(lease)  # off the loop: back-pressure, and a janitor starts
+    _janitors_done()
+    assert len(_files(directory)) <= 4 * 256
+    backend.close()

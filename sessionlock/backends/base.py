@@ -1,9 +1,12 @@
 """The small interface every backend implements: a lease per key, and a tiny value store.
 
 Policy (FIFO order, timeouts, queue limits) lives once, above the backends, in
-:mod:`sessionlock.queue` and :mod:`sessionlock.core`. Inside one process only the head of a
-key's local queue ever calls :meth:`Backend.acquire`, so a backend never sees two callers of
-the same key from one process at once; it only has to exclude *other* processes or hosts.
+:mod:`sessionlock.queue` and :mod:`sessionlock.core`. Inside one :class:`~sessionlock.core.Core`
+only the head of a key's local queue ever calls :meth:`Backend.acquire`. A backend is shared
+by every middleware of its URL in the process (:func:`sessionlock.backends.from_url`), so
+several Cores may ask it for one key at once. A backend whose lease is ``shared`` excludes
+them from each other as it excludes other processes or hosts; the memory backend's free lease
+leaves each Core to serialize its own requests, as before the registry.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import asyncio
 import secrets
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
+
+from . import _shared
 
 __all__ = ["Backend", "Lease"]
 
@@ -94,5 +99,11 @@ class Backend(ABC):
     def delete(self, key: str) -> None:
         """Forget ``key``'s value; absent keys are fine."""
 
-    def close(self) -> None:  # noqa: B027  (optional hook, nothing to close by default)
-        """Free what the backend holds open."""
+    def close(self) -> None:
+        """Free what the backend holds open, and leave the registry.
+
+        A backend made by :func:`sessionlock.backends.from_url` is shared by every user of its
+        URL in this process: closing it closes it for all of them, and a later ``from_url``
+        makes a fresh one. Subclasses that override this call ``super().close()``.
+        """
+        _shared.forget(self)

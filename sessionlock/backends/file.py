@@ -26,13 +26,13 @@ Bounded files. Releasing only unlocks: a session's next request reuses its file 
 and unlinking a file costs 10x a lock on a journaled file system). Each process remembers the
 keys it released; once more than 256 are idle, or one has been idle 2 s, a short-lived janitor
 thread removes them: it takes the lock with ``LOCK_NB`` (skipping keys in use) and unlinks
-the file *before* unlocking (if it falls behind, releases remove the oldest themselves). So
-the directory holds the held keys plus at most 1024 idle ones per process, whatever the
-number of sessions ever seen. A waiter that opened the old inode then wins a lock on an
-unlinked file; after every lock the path's inode is compared with the open file's (``stat``
-vs ``fstat``) and the attempt retried on a mismatch, so two holders can never hold two
-different inodes of one path (filelock#574's trap). Files left by a crashed process are
-removed by :meth:`sweep`, run when a backend starts.
+the file *before* unlocking (if it falls behind, releases made off an event loop remove the
+oldest themselves). So the directory holds the held keys plus about 1024 idle ones per
+process at most, whatever the number of sessions ever seen. A waiter that opened the old
+inode then wins a lock on an unlinked file; after every lock the open file's link count is
+checked (``fstat``: no path lookup) and the attempt retried on an unlinked one, so two
+holders can never hold two different inodes of one path (filelock#574's trap). Files left
+by a crashed process are removed by :meth:`sweep`, run when a backend starts.
 
 Safety. The directory is refused (ConfigurationError) if it is a symlink, owned by another
 user, or writable by group or others; it is opened once with ``O_NOFOLLOW`` and every name is
@@ -41,6 +41,19 @@ held ones, a process keeps (unlocked) the descriptors of the 64 keys it used las
 session's next request skips ``open()``. A process forked while holding locks closes its
 inherited copies at once, so a child never keeps a parent's session locked; a gunicorn
 master, which serves no request, holds none.
+
+Descriptors. :func:`sessionlock.backends.from_url` makes one backend per directory per
+process, shared by every middleware naming it: one directory descriptor plus at most 64 idle
+lock-file descriptors (and those of the locks held right now), however many middleware
+instances a process builds. :meth:`FileBackend.close` closes them (leases held at that moment
+are still released normally); a closed backend answers BackendUnavailable.
+
+Event loop. An uncontended ASGI request on a key used lately costs ``flock(LOCK_NB)``,
+``fstat`` and ``flock(LOCK_UN)`` on an open descriptor, none of which waits on a disk or on
+another process; a key not among the 64 kept open adds one ``open()`` (``O_CREAT``). Waiting
+happens in the contender thread, removal of idle files in the janitor thread. Not for the
+loop: making a backend (mkdir, open, the sweep; ``secret()`` reads or creates ``.secret``)
+and the value store (a file read, or a write and a rename, on the caller's thread).
 
 The hashing secret is created once per directory (``.secret``, mode 0600, published by an
 atomic ``link``), so every process using the directory hashes a session to the same lock
@@ -65,12 +78,12 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ..errors import BackendUnavailable, ConfigurationError
 from .base import Backend, Lease
 
-__all__ = ["FileBackend", "default_directory"]
+__all__ = ["FileBackend", "default_directory", "from_url", "normalize"]
 
 _LOCK = ".lock"
 _VALUE = ".value"
@@ -175,10 +188,10 @@ class FileBackend(Backend):
         self._contenders: dict[str, _Contender] = {}
         self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
         self._idle: dict[str, float] = {}  # file name -> when released here, oldest first
-        # Unlocked descriptors kept for the keys used last (name -> fd, inode), and the
-        # inodes of held ones: a session's next request skips open() and fstat().
-        self._open: dict[str, tuple[int, tuple[int, int]]] = {}
-        self._inodes: dict[int, tuple[int, int]] = {}
+        # Unlocked descriptors kept for the keys used last (name -> fd): a session's next
+        # request skips open().
+        self._open: dict[str, int] = {}
+        self._closed = False
         self._janitor = False
         self._writes = 0
         self._secret: bytes | None = None
@@ -316,73 +329,76 @@ class FileBackend(Backend):
         dir_fd = self._dir_fd
         while True:
             with self._mutex:  # a descriptor this process keeps open for the key, if any
-                cached = self._open.pop(name, None)
-            if cached is not None:
-                fd, inode = cached
-            else:
+                fd = self._open.pop(name, None)
+            if fd is None:
                 try:
                     fd = os.open(name, _OPEN_LOCK, 0o600, dir_fd=dir_fd)
                 except OSError as exc:
+                    if self._closed:
+                        raise BackendUnavailable(f"{self!r} is closed") from exc
                     raise _unavailable(exc) from exc
-                mine = os.fstat(fd)
-                inode = (mine.st_ino, mine.st_dev)
             try:
                 fcntl.flock(fd, flags)
             except BlockingIOError:
-                self._keep_open(name, fd, inode)
+                self._keep_open(name, fd)
                 return None
             except BaseException:
                 os.close(fd)
                 raise
-            # Locked, but maybe an inode its holder unlinked before unlocking: check that
-            # the path still names this very file, else try again on the current one.
+            # An inode its holder unlinked before unlocking has st_nlink 0: retry on the current
+            # file. Same as stat(path) vs fstat: lock files are only unlinked, never renamed over.
             try:
-                now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
+                unlinked = os.fstat(fd).st_nlink == 0
+            except BaseException:
                 os.close(fd)
-                continue
-            if (now.st_ino, now.st_dev) != inode:
+                raise
+            if unlinked:
                 os.close(fd)
                 continue
             with self._mutex:
                 self._held[fd] = name
-                self._inodes[fd] = inode
                 self._idle.pop(name, None)
             return fd
 
-    def _keep_open(self, name: str, fd: int, inode: tuple[int, int]) -> None:
+    def _keep_open(self, name: str, fd: int) -> None:
         """Keep ``fd`` (unlocked) for the key's next request; close the oldest beyond 64."""
+        extra: list[int] = []
         with self._mutex:
-            previous = self._open.pop(name, None)
-            self._open[name] = (fd, inode)
-            oldest = next(iter(self._open.items())) if len(self._open) > _OPEN_FILES else None
-            if oldest is not None:
-                del self._open[oldest[0]]
-        for extra in (previous, oldest and oldest[1]):
-            if extra:
-                os.close(extra[0])
+            if self._closed:  # a closed backend keeps nothing
+                extra.append(fd)
+            else:
+                previous = self._open.pop(name, None)
+                if previous is not None:
+                    extra.append(previous)
+                self._open[name] = fd
+                if len(self._open) > _OPEN_FILES:
+                    extra.append(self._open.pop(next(iter(self._open))))
+        for unused in extra:
+            os.close(unused)
 
     def _unlock_fd(self, fd: int) -> None:
         """Unlock; the file (and its descriptor) stay for the key's next request, until idle."""
         now = time.monotonic()
+        # Back-pressure: if the janitor falls behind, each release removes one more file;
+        # not on an event loop (an unlink there would block it): the janitor catches up.
+        pressing = asyncio._get_running_loop() is None
         with self._mutex:
             name = self._held.pop(fd, None)
-            inode = self._inodes.pop(fd, None)
             if name is not None:
                 self._idle.pop(name, None)
                 self._idle[name] = now  # newest last
             sweep = self._janitor_due(now)
-            # Back-pressure: if the janitor falls behind, each release removes one more.
-            behind = next(iter(self._idle)) if len(self._idle) > 4 * _IDLE_FILES else None
-            if behind is not None:
+            behind = None
+            if pressing and len(self._idle) > 4 * _IDLE_FILES:
+                behind = next(iter(self._idle))
                 del self._idle[behind]
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)  # for every copy of the fd, a forked one too
         except BaseException:
             os.close(fd)
             raise
-        if name is not None and inode is not None:
-            self._keep_open(name, fd, inode)
+        if name is not None:
+            self._keep_open(name, fd)
         else:
             os.close(fd)
         if behind is not None:
@@ -421,7 +437,7 @@ class FileBackend(Backend):
         """Lock ``name`` if nobody holds it, then unlink it *before* unlocking.
 
         A process that opened the old inode meanwhile wins a lock on an unlinked file; the
-        inode re-check in :meth:`_lock` sends it to the current file.
+        link-count check in :meth:`_lock` sends it to the current file.
         """
         try:
             fd = self._lock(name, blocking=False)
@@ -431,7 +447,6 @@ class FileBackend(Backend):
             return False
         with self._mutex:
             self._held.pop(fd, None)
-            self._inodes.pop(fd, None)
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=self._dir_fd)
@@ -497,8 +512,18 @@ class FileBackend(Backend):
         """
         removed = 0
         now = self._clock()
-        with os.scandir(self._dir_fd) as entries:
-            names = [entry.name for entry in entries]
+        # A directory stream of its own: the backend's descriptor shares its read offset with
+        # every fork of this process (a gunicorn master's workers) and every thread.
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        try:
+            listing = os.open(".", flags, dir_fd=self._dir_fd)
+        except OSError as exc:
+            raise _unavailable(exc) from exc
+        try:
+            with os.scandir(listing) as entries:
+                names = [entry.name for entry in entries]
+        finally:
+            os.close(listing)
         for name in names:
             try:
                 if name.endswith(_LOCK):
@@ -540,14 +565,22 @@ class FileBackend(Backend):
         return 1
 
     def close(self) -> None:
-        _after_fork.discard(self)
+        """Close the directory and the idle descriptors; leave the registry. Idempotent.
+
+        Leases held now stay valid: their release unlocks and closes them. Anything else
+        asked of a closed backend raises BackendUnavailable.
+        """
+        super().close()
         with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
             kept, self._open = list(self._open.values()), {}
-        for fd, _ in kept:
+            dir_fd, self._dir_fd = self._dir_fd, -1  # never an *at() call on a reused number
+        _after_fork.discard(self)
+        for fd in [*kept, dir_fd]:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        with contextlib.suppress(OSError):
-            os.close(self._dir_fd)
 
     def _name(self, key: str, suffix: str) -> str:
         if _SAFE_NAME.fullmatch(key):
@@ -563,8 +596,7 @@ class FileBackend(Backend):
         self._contenders = {}
         self._idle = {}
         self._janitor = False
-        self._inodes = {}
-        for fd, _ in self._open.values():
+        for fd in self._open.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._open = {}
@@ -672,14 +704,30 @@ def _unavailable(error: BaseException | None) -> BaseException:
     return BackendUnavailable(f"file lock failed: {error}")
 
 
+def normalize(url: str) -> str:
+    """One spelling per directory: ``file:///dir`` for ``file://localhost/dir/``, ``file://``.
+
+    Textual only (no symlink is resolved): two spellings that the file system alone makes
+    one directory get two backends, which still exclude each other through the locks.
+    """
+    return "file://" + quote(_directory(url))
+
+
 def from_url(url: str) -> FileBackend:
-    """``file:///absolute/dir`` (``file://`` alone: the default private directory)."""
+    """A new backend on ``file:///absolute/dir`` (``file://`` alone: the default directory).
+
+    :func:`sessionlock.backends.from_url` shares one per directory per process.
+    """
+    return FileBackend(_directory(url))
+
+
+def _directory(url: str) -> str:
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
         raise ConfigurationError(f"file:// takes an absolute path only, got {url!r}")
     path = unquote(parts.path)
     if not path:
-        return FileBackend()
+        return default_directory()
     if not os.path.isabs(path):
         raise ConfigurationError(f"file:// needs an absolute path, got {url!r}")
-    return FileBackend(path)
+    return os.path.normpath(path)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from ..errors import ConfigurationError
 from .base import Backend, Lease
 
-__all__ = ["MemoryBackend"]
+__all__ = ["MemoryBackend", "from_url", "normalize"]
 
 
 class MemoryBackend(Backend):
@@ -76,7 +76,14 @@ class MemoryBackend(Backend):
         self._next_sweep = max(1024, 2 * len(self._values))
 
 
-def from_url(url: str) -> MemoryBackend:
+def normalize(url: str) -> str:
+    """The one spelling of this process's memory backend (``memory://``, ``memory:///``)."""
     if url.rstrip("/") != "memory:":
         raise ConfigurationError(f"memory:// takes no host, path or options, got {url!r}")
+    return "memory://"
+
+
+def from_url(url: str) -> MemoryBackend:
+    """A new memory backend (:func:`sessionlock.backends.from_url` shares one per process)."""
+    normalize(url)
     return MemoryBackend()

@@ -1,0 +1,37 @@
+"""Shared fixtures.
+
+``registry``: the test starts with an empty backend registry (``sessionlock.backends.from_url``
+makes new backends) and what it registered is closed after it; the process's own registry,
+which other tests' middleware may still use, is left alone.
+
+``no_blocking``: blockbuster is active for the test, so a blocking call (``os.stat``, a file
+read, ``time.sleep``, a socket or sqlite call, a wait on a held ``threading.Lock``...) made on
+a thread that runs an event loop raises ``blockbuster.BlockingError`` there. ASGI test
+modules opt in with ``pytestmark = pytest.mark.usefixtures("no_blocking")``.
+
+What it patches is blockbuster's own list (see its ``_get_*_wrapped_functions``): ``os.open``,
+``os.fstat``, ``os.lstat`` and ``fcntl.flock`` are not on it, so a clean run does not prove
+the absence of every system call, only of those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
+
+from sessionlock.backends import _shared, close_all
+
+
+@pytest.fixture
+def no_blocking() -> Iterator[BlockBuster]:
+    with blockbuster_ctx() as blockbuster:
+        yield blockbuster
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(_shared, "_backends", {})
+    yield
+    close_all()
