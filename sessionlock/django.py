@@ -20,7 +20,11 @@
 session and releases it once the response has come back through it, i.e. after the session
 was saved. ``SessionRulesMiddleware`` runs the rules on ``request.session`` when the view
 returns, and ``SessionMiddleware``'s ``process_response``, outside it, saves the result. Both
-are sync and async capable. ``SESSIONLOCK`` is read lazily, so ``override_settings`` works.
+are sync and async capable. Both build what they need from ``SESSIONLOCK`` when Django loads
+them (at handler load, never on an event loop at a request: the lock's backend opens its
+directory then), and rebuild it if the setting object changes, so ``override_settings``
+works; backends are shared per URL (:func:`sessionlock.backends.from_url`), so a rebuild on a
+known URL opens nothing.
 
 Design note: the lock is a Django middleware so it can be listed, ordered and checked
 (``manage.py check``: ``sessionlock.E001`` ...) like any other. Django's ``signed_cookies``
@@ -36,6 +40,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from http.cookies import SimpleCookie
+from types import MappingProxyType
 from typing import Any, TypeAlias
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -73,9 +78,13 @@ class SessionLockConfig(AppConfig):  # type: ignore[misc]
         from . import django_checks  # noqa: F401  (registers the system checks)
 
 
+#: What an absent SESSIONLOCK reads as: one object, so that it does not look changed each time.
+_UNSET: Mapping[str, Any] = MappingProxyType({})
+
+
 def conf() -> Mapping[str, Any]:
     """The ``SESSIONLOCK`` setting, checked: a dict of middleware options and ``rules``."""
-    value = getattr(settings, "SESSIONLOCK", {})
+    value = getattr(settings, "SESSIONLOCK", _UNSET)
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"SESSIONLOCK must be a dict, got {type(value).__name__}")
     unknown = set(value) - SETTING_KEYS
@@ -98,13 +107,18 @@ def ruleset_from(value: Any) -> Ruleset:
     return as_ruleset(value)
 
 
-class _Lazy:
-    """Rebuilds its value when the SESSIONLOCK object changes (override_settings)."""
+class _Built:
+    """Built from SESSIONLOCK at once; rebuilt when the setting object changes.
+
+    Made when Django loads the middleware (handler load, before any request), not at a
+    request on the event loop. A rebuild happens at the request that sees a new setting
+    object (``override_settings``, in tests).
+    """
 
     def __init__(self, build: Callable[[Mapping[str, Any]], Any]) -> None:
         self._build = build
-        self._source: object = None
-        self._value: Any = None
+        self._source = conf()
+        self._value: Any = build(self._source)
 
     def get(self) -> Any:
         source = conf()
@@ -135,7 +149,7 @@ class SessionLockMiddleware:
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
-        self._core = _Lazy(_build_core)
+        self._core = _Built(_build_core)
         self._misplaced_reported = False
 
     def __call__(self, request: Request) -> Any:
@@ -196,7 +210,7 @@ class SessionRulesMiddleware:
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
-        self._rules = _Lazy(lambda source: ruleset_from(source.get("rules", ())))
+        self._rules = _Built(lambda source: ruleset_from(source.get("rules", ())))
         self._misplaced_reported = False
 
     def __call__(self, request: Request) -> Any:

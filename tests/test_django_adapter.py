@@ -1,21 +1,28 @@
-"""Django adapter: system checks by id, misorder logged at runtime, the lock held across save.
+"""Django adapter: system checks by id, misorder logged at runtime, the lock held across save,
+the lock built when Django loads it (never at a request on the event loop).
 
-Django is configured once per process, so each case runs the test project
-(tests/django_project) in its own subprocess: ``manage.py check`` for the checks, a real
-server (gunicorn: sync middleware; uvicorn: async) for the rest.
+Django is configured once per process, so the checks and the servers run the test project
+(tests/django_project) in a subprocess: ``manage.py check`` for the checks, a real server
+(gunicorn: sync middleware; uvicorn: async) for the rest. When the lock is built is seen
+in-process, on the same project settings.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from sessionlock.core import Core
+from sessionlock.errors import ConfigurationError
 from tests.e2e.servers import ROOT, gunicorn, running_server, uvicorn
 
 
@@ -143,3 +150,123 @@ def test_lock_serializes_one_session_and_holds_across_save(db: Path, server: lis
 
     assert run(project_env(db)) == clicks
     assert run(project_env(db, "no-lock")) < clicks
+
+
+# -- in-process: when the middleware builds its lock --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def configured() -> None:
+    """The test project's settings in this process (Django is configured once per process)."""
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        module = importlib.import_module("tests.django_project.settings")
+        settings.configure(
+            **{name: getattr(module, name) for name in dir(module) if name.isupper()}
+        )
+        django.setup()
+
+
+@pytest.fixture
+def builds(configured: None, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Each Core the Django middleware builds: whether an event loop ran on its thread."""
+    import sessionlock.django
+
+    made: list[bool] = []
+
+    class Recorded(Core):
+        def __init__(self, **options: Any) -> None:
+            made.append(asyncio._get_running_loop() is not None)
+            super().__init__(**options)
+
+    monkeypatch.setattr(sessionlock.django, "Core", Recorded)
+    return made
+
+
+def _request(cookie: str = "sessionid", value: str = "abc") -> Any:
+    from django.test import AsyncRequestFactory
+
+    factory = AsyncRequestFactory()
+    factory.cookies[cookie] = value
+    return factory.get("/")
+
+
+async def _view(request: Any) -> Any:
+    from django.http import HttpResponse
+
+    return HttpResponse("ok")
+
+
+def _served(response: Any) -> bool:
+    return "sessionlock" in response.get("Server-Timing", "")
+
+
+@pytest.mark.usefixtures("registry", "no_blocking")
+def test_the_lock_is_built_at_load_never_on_the_event_loop(
+    builds: list[bool], tmp_path: Path
+) -> None:
+    """Under ASGI the first request runs on the loop: the backend (mkdir, open, a directory
+    sweep) must be ready by then. blockbuster flags a build there (os.path.abspath first)."""
+    from django.test import override_settings
+
+    from sessionlock.django import SessionLockMiddleware
+
+    setting = {"backend": f"file://{tmp_path / 'locks'}", "key": "cookie:sessionid"}
+    with override_settings(SESSIONLOCK=setting):
+        middleware = SessionLockMiddleware(_view)  # what Django's handler load does
+        assert builds == [False]
+
+        async def requests() -> list[Any]:
+            return [await middleware(_request()) for _ in range(3)]
+
+        responses = asyncio.run(requests())
+    assert all(_served(response) for response in responses)
+    assert builds == [False]  # no second build, none on the loop
+
+
+@pytest.mark.usefixtures("registry")
+def test_override_settings_of_sessionlock_still_takes_effect(builds: list[bool]) -> None:
+    from django.test import override_settings
+
+    from sessionlock.django import SessionLockMiddleware
+
+    middleware = SessionLockMiddleware(_view)  # the project's SESSIONLOCK: memory://
+
+    def served() -> bool:
+        return _served(asyncio.run(middleware(_request())))
+
+    assert served()
+    with override_settings(SESSIONLOCK={"backend": "memory://", "exempt": ["GET"]}):
+        assert not served()  # the override's exemption applies
+    assert served()  # and is gone with it
+    assert builds == [False, True, True]  # built at load; rebuilt as the setting changed
+
+
+@pytest.mark.usefixtures("registry")
+def test_without_a_sessionlock_setting_the_lock_is_built_once(builds: list[bool]) -> None:
+    """An absent setting must not read as a new one at each request (a rebuild each time)."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    from sessionlock.django import SessionLockMiddleware
+
+    with override_settings():
+        del settings.SESSIONLOCK
+        middleware = SessionLockMiddleware(_view)
+        for _ in range(3):
+            assert _served(asyncio.run(middleware(_request())))
+    assert builds == [False]
+
+
+@pytest.mark.usefixtures("configured")
+def test_a_bad_setting_fails_when_django_loads_the_middleware() -> None:
+    from django.test import override_settings
+
+    from sessionlock.django import SessionLockMiddleware, SessionRulesMiddleware
+
+    with override_settings(SESSIONLOCK={"bogus": 1}):
+        for middleware in (SessionLockMiddleware, SessionRulesMiddleware):
+            with pytest.raises(ConfigurationError, match="unknown keys"):
+                middleware(_view)
