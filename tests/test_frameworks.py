@@ -252,6 +252,7 @@ def test_wsgi_framework_loses_no_update(make_app: Callable[[Store], Any], wrappe
         assert store.counts["alice"] < CALLS, "the control should lose updates"
 
 
+@pytest.mark.usefixtures("no_blocking")  # and blocks no event loop (tests/conftest.py)
 @pytest.mark.parametrize("make_app", ASGI_APPS)
 @pytest.mark.parametrize("wrapped", [True, False], ids=["with-lock", "control-bare"])
 def test_asgi_framework_loses_no_update(make_app: Callable[[Store], Any], wrapped: bool) -> None:

@@ -23,6 +23,8 @@ from sessionlock.asgi import SessionLockMiddleware
 from sessionlock.rules import Ruleset, index_within, required
 from sessionlock.starlette import SessionRulesMiddleware
 
+pytestmark = pytest.mark.usefixtures("no_blocking")  # nothing blocks the loop (tests/conftest.py)
+
 SECRET = "starlette-adapter-test-secret-0123456789"
 RULES = [required("t", "basic"), index_within("i", "ids")]
 
