@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, TypeAlias
 
-from django.test.runner import DiscoverRunner
+from django.test.runner import DiscoverRunner  # type: ignore[import-untyped]
 
 from . import env, stats
 from .outcomes import Outcome, RunRecord
@@ -92,7 +92,7 @@ def _message(err: Any) -> str:
     return "".join(traceback.format_exception_only(kind, value)).strip()
 
 
-class RecordingRunner(DiscoverRunner):
+class RecordingRunner(DiscoverRunner):  # type: ignore[misc]
     """DiscoverRunner whose result records outcomes, written to SESSIONLOCK_SUITE_RESULTS."""
 
     def get_resultclass(self) -> type[unittest.TextTestResult]:
@@ -102,7 +102,8 @@ class RecordingRunner(DiscoverRunner):
     def run_suite(self, suite: unittest.TestSuite, **kwargs: Any) -> unittest.TestResult:
         previous = signal.signal(signal.SIGALRM, _on_alarm)
         try:
-            return super().run_suite(suite, **kwargs)
+            result: unittest.TestResult = super().run_suite(suite, **kwargs)
+            return result
         finally:
             signal.signal(signal.SIGALRM, previous)
             path = os.environ.get(env.RESULTS)

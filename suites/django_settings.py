@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 
-from test_sqlite import *  # noqa: F403  (upstream's settings; tests/ is on sys.path)
+# Upstream's settings: runtests.py runs from tests/, which is on sys.path.
+from test_sqlite import *  # type: ignore[import-not-found]  # noqa: F403
 
 from suites import env
 

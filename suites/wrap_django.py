@@ -29,7 +29,7 @@ class LockFirst:
 
 def install() -> None:
     """Idempotent: the handlers' module sees the lock first from now on."""
-    from django.core.handlers import base
+    from django.core.handlers import base  # type: ignore[import-untyped]
 
     if not isinstance(base.settings, LockFirst):
         base.settings = LockFirst(base.settings)
