@@ -251,7 +251,11 @@ class Core:
         key = admission.key
         if not self.queue.try_acquire(key):
             return False
-        lease = self.backend.try_acquire(key)
+        try:
+            lease = self.backend.try_acquire(key)
+        except BaseException:  # e.g. BackendUnavailable: the turn must not stay taken
+            self.queue.release(key)
+            raise
         if lease is None:  # another process holds it: wait the long way
             self.queue.release(key)
             return False

@@ -91,8 +91,7 @@ def check_setting(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
     try:
         source = conf()
-        core = _build_core(source)
-        core.backend.close()
+        _build_core(source)  # the backend it opens is the shared one of its URL: kept
         ruleset = ruleset_from(source.get("rules", ()))
     except ConfigurationError as error:
         return [Error(f"SESSIONLOCK is invalid: {error}", id="sessionlock.E004")]

@@ -23,9 +23,12 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from sessionlock import keys
+from sessionlock import BackendUnavailable, keys
 from sessionlock.asgi import SessionLockMiddleware
+from sessionlock.backends.memory import MemoryBackend
 from tests.queue_probe import probe
+
+pytestmark = pytest.mark.usefixtures("no_blocking")  # nothing may block the event loop
 
 WAIT = 10.0  # liveness guard for awaited events; never reached when the code is right
 SID = "raw-session-id-0123456789abcdef"
@@ -359,6 +362,27 @@ def test_an_exception_in_prepare_releases() -> None:
         with pytest.raises(Boom):
             await call(middleware, scope_for(cookie=f"sid={SID}"))
         assert len(middleware.core.queue) == 0
+
+    run(main())
+
+
+def test_a_backend_failure_on_the_fast_path_answers_503_and_keeps_nothing() -> None:
+    """A backend that fails once (EMFILE, a closed backend) must not leave the turn taken."""
+
+    class FailsOnce(MemoryBackend):
+        failed = False
+
+        def try_acquire(self, key: str) -> Any:
+            if not self.failed:
+                self.failed = True
+                raise BackendUnavailable("file lock failed: too many open files")
+            return super().try_acquire(key)
+
+    async def main() -> None:
+        middleware = by_cookie(hello, backend=FailsOnce())
+        assert (await call(middleware, scope_for(cookie=f"sid={SID}"))).status == 503
+        assert len(middleware.core.queue) == 0
+        assert (await call(middleware, scope_for(cookie=f"sid={SID}"))).status == 200
 
     run(main())
 
