@@ -6,7 +6,7 @@ app = SessionLockMiddleware(app, backend="memory://", key="cookie:sessionid")
 
 from __future__ import annotations
 
-from .backends import Backend, Lease, from_url
+from .backends import Backend, Lease, close_all, from_url
 from .errors import (
     BackendUnavailable,
     ClientGone,
@@ -31,6 +31,7 @@ __all__ = [
     "QueueFull",
     "SessionLockError",
     "__version__",
+    "close_all",
     "from_url",
     "release_session",
 ]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from http.cookies import SimpleCookie
 from types import MappingProxyType
 from typing import Any, TypeAlias
@@ -49,7 +50,7 @@ from django.conf import settings  # type: ignore[import-untyped]
 from django.http import HttpResponse  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-from .core import REFUSED, Admission, Core, Options
+from .core import REFUSED, RELEASE, Admission, Core, Options
 from .errors import ConfigurationError
 from .rules import Ruleset, as_ruleset
 
@@ -165,6 +166,7 @@ class SessionLockMiddleware:
             return _refusal(core, admission, error)
         try:
             core.prepare(admission, request.META)
+            request.META[RELEASE] = partial(core.leave, admission)  # release_session(request)
             response = self.get_response(request)
         finally:
             core.leave(admission)  # SessionMiddleware, inside, has saved the session
@@ -183,6 +185,7 @@ class SessionLockMiddleware:
             return _refusal(core, admission, error)
         try:
             core.prepare(admission, request.META)
+            request.META[RELEASE] = partial(core.leave, admission)  # thread-safe, idempotent
             response = await self.get_response(request)
         finally:
             await core.leave_async(admission)

@@ -270,3 +270,29 @@ def test_a_bad_setting_fails_when_django_loads_the_middleware() -> None:
         for middleware in (SessionLockMiddleware, SessionRulesMiddleware):
             with pytest.raises(ConfigurationError, match="unknown keys"):
                 middleware(_view)
+
+
+@pytest.mark.usefixtures("registry", "configured")
+@pytest.mark.parametrize(
+    "early", [pytest.param(True, id="early"), pytest.param(False, id="control")]
+)
+def test_a_view_can_release_its_session_early(early: bool) -> None:
+    """``sessionlock.release_session(request)`` in a view: the session is free before it returns."""
+    from django.http import HttpResponse
+
+    from sessionlock import release_session
+    from sessionlock.django import SessionLockMiddleware
+
+    held_in_view: list[bool] = []
+
+    async def view(request: Any) -> Any:
+        if early:
+            assert release_session(request)
+        held_in_view.append(len(middleware._core.get().queue) == 1)
+        return HttpResponse("ok")
+
+    middleware = SessionLockMiddleware(view)
+    response = asyncio.run(middleware(_request()))
+    assert _served(response)
+    assert held_in_view == [not early]
+    assert len(middleware._core.get().queue) == 0
