@@ -44,6 +44,10 @@ class SessionLockMiddleware:
             await self.app(scope, receive, send)
             return
         core = self.core
+        if not isinstance(scope.get("headers"), list):
+            # ASGI promises only an iterable (Falcon's test client passes an iterator of
+            # iterators): read once into a list, so neither we nor the app consume it.
+            scope["headers"] = [(name, value) for name, value in scope.get("headers", ())]
         admission = core.admit(scope)
         if admission is None:
             await self.app(scope, receive, send)

@@ -264,13 +264,6 @@ def test_requests_in_a_row_see_only_their_own_cookies(
 ECHOED = ("host", "user-agent", "x-probe", "cookie")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="sessionlock reads scope['headers'] in place: an iterator (and each pair, also an "
-    "iterator here) is used up before the app runs, which then sees no headers, or only the "
-    "rewritten Cookie; remove this mark when the ASGI shell materializes the headers",
-)
 def test_falcon_asgi_app_receives_every_request_header() -> None:
     """Falcon's client hands the app ``scope["headers"]`` as an iterator (ASGI asks for an
     iterable, no more): reading the identity cookie must not use the headers up."""
