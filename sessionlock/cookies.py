@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import json
 import logging
 import re
@@ -52,10 +51,14 @@ from collections.abc import Callable, Sequence
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 from . import cookieheader
 from ._types import Request
 from .backends.base import Backend
-from .errors import ConfigurationError
+from .backends.memory import MemoryBackend
+from .errors import BackendUnavailable, ConfigurationError
 from .keys import Identity
 
 if TYPE_CHECKING:
@@ -77,6 +80,7 @@ logger = logging.getLogger("sessionlock")
 DEFAULT_MAX_TTL = 24 * 3600.0
 
 _NOTE = "cookies"
+_FORMAT = b"sessionlock.cookies.3"  # bound into every sealed record
 _LINEAGE = 16  # earlier values remembered per name: how far back a replay is recognized
 _MAX_GENERATION = 10**12  # the identity cookie carries at most 12 digits
 _MAX_PAIR = 4096  # RFC 6265bis: name + value at most 4096 bytes
@@ -197,61 +201,50 @@ def _is_https(request: Request) -> bool:
 
 
 class _Seal:
-    """Encrypt-then-MAC with keyed BLAKE2b (a PRF): counter-mode keystream, 128-bit tag.
+    """Keys for one identity's record: where it is filed, how it is sealed, fingerprints.
 
-    Standard library only. Keys come from the backend-wide secret and the raw identity,
-    which is never stored, so a reader of the backend cannot open or forge a record.
+    Records that leave the process (file, Redis) are sealed with ChaCha20-Poly1305 from
+    ``cryptography`` (a maintained AEAD), the format version, the cookie names and the record's
+    own key bound as associated data. Every key derives from the backend-wide secret *and the
+    raw identity*, which is never stored: a reader of the backend can neither open nor forge a
+    record, nor move one to another identity. Records in process memory (``memory://``) are
+    kept as they are: encrypting them would hide nothing from the process that holds them.
     """
 
-    __slots__ = ("_enc", "_mac", "store_key")
+    __slots__ = ("_aad", "_aead", "_mac", "store_key")
 
-    def __init__(self, secret: bytes, identity: str, names: Sequence[str]) -> None:
+    def __init__(self, secret: bytes, identity: str, names: Sequence[str], *, clear: bool) -> None:
         material = hashlib.blake2b(
             "\0".join(names).encode() + b"\1" + identity.encode("utf-8", "surrogatepass"),
             key=secret,
-            person=b"sessionlock.ck2",
+            person=b"sessionlock.ck3",
         ).digest()
-        self._enc, self._mac = material[:32], material[32:]
+        self._mac = material[32:]
         # Hex, like every key a backend sees; unrelated to the lock key of the identity.
         digest = hashlib.blake2b(material, digest_size=16, person=b"sessionlock.ckid")
         self.store_key = digest.hexdigest()
+        self._aead = None if clear else ChaCha20Poly1305(material[:32])
+        self._aad = _FORMAT + b"\0" + "\0".join(names).encode() + b"\0" + self.store_key.encode()
 
     def fingerprint(self, value: str) -> str:
         """A short keyed digest of a cookie value: the lineage never holds a value itself."""
         return hashlib.blake2b(value.encode("latin-1"), key=self._mac, digest_size=8).hexdigest()
 
-    def _stream(self, nonce: bytes, size: int) -> bytes:
-        blocks = (
-            hashlib.blake2b(nonce + i.to_bytes(8, "big"), key=self._enc).digest()
-            for i in range((size + 63) // 64)
-        )
-        return b"".join(blocks)[:size]
-
-    def _tag(self, nonce: bytes, sealed: bytes) -> bytes:
-        return hashlib.blake2b(nonce + sealed, key=self._mac, digest_size=16).digest()
-
     def seal(self, plain: bytes) -> str:
-        nonce = secrets.token_bytes(16)
-        stream = self._stream(nonce, len(plain))
-        sealed = (int.from_bytes(plain, "big") ^ int.from_bytes(stream, "big")).to_bytes(
-            len(plain), "big"
-        )
-        return base64.urlsafe_b64encode(nonce + sealed + self._tag(nonce, sealed)).decode()
+        if self._aead is None:
+            return plain.decode("ascii")
+        nonce = secrets.token_bytes(12)  # random 96-bit nonces: far below the collision bound
+        sealed = self._aead.encrypt(nonce, plain, self._aad)
+        return base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
 
     def open(self, text: str) -> bytes | None:
+        if self._aead is None:
+            return text.encode("ascii", "replace")
         try:
             raw = base64.urlsafe_b64decode(text.encode("ascii"))
-        except (ValueError, UnicodeEncodeError):
+            return self._aead.decrypt(raw[:12], raw[12:], self._aad)
+        except (ValueError, UnicodeEncodeError, InvalidTag):
             return None
-        if len(raw) < 32:
-            return None
-        nonce, sealed, tag = raw[:16], raw[16:-16], raw[-16:]
-        if not hmac.compare_digest(tag, self._tag(nonce, sealed)):
-            return None
-        stream = self._stream(nonce, len(sealed))
-        return (int.from_bytes(sealed, "big") ^ int.from_bytes(stream, "big")).to_bytes(
-            len(sealed), "big"
-        )
 
 
 class _Entry:
@@ -422,6 +415,8 @@ class SessionCookies:
         self._secret = secret
         self._identity = key
         self._clock = clock
+        self._clear = isinstance(backend, MemoryBackend)  # records never leave the process
+        self._failing = False
 
     def prepare(self, admission: Admission, request: Request) -> None:
         """Hand the app the latest cookie, if the request is a stale replay of its jar."""
@@ -430,7 +425,8 @@ class SessionCookies:
         if identity is None:  # cannot happen with Identity; never guess one
             return
         generation = 0 if fresh else self._identity.generation(request)
-        state = _State(_Seal(self._secret, identity, self.names), identity, generation, request)
+        seal = _Seal(self._secret, identity, self.names, clear=self._clear)
+        state = _State(seal, identity, generation, request)
         if admission.notes is None:
             admission.notes = {}
         admission.notes[_NOTE] = state
@@ -529,16 +525,27 @@ class SessionCookies:
 
     def _store(self, seal: _Seal, record: _Record, now: float) -> None:
         live = {name: e for name, e in record.entries.items() if e.until > now}
-        if not live:
-            self.backend.delete(seal.store_key)
-            return
-        ttl = max(e.until for e in live.values()) - now
-        data = {"v": 2, "g": record.generation, "e": {n: e.dump() for n, e in live.items()}}
-        plain = json.dumps(data, separators=(",", ":")).encode("ascii")
-        self.backend.set(seal.store_key, seal.seal(plain), ttl)
+        try:
+            if not live:
+                self.backend.delete(seal.store_key)
+                return
+            ttl = max(e.until for e in live.values()) - now
+            data = {"v": 2, "g": record.generation, "e": {n: e.dump() for n, e in live.items()}}
+            plain = json.dumps(data, separators=(",", ":")).encode("ascii")
+            self.backend.set(seal.store_key, seal.seal(plain), ttl)
+        except BackendUnavailable as error:
+            # The response goes out as the app made it: this write is just not tracked (a
+            # later replay is served as without the middleware). Never a 500 after the app ran.
+            self._failed("record", error)
+        else:
+            self._failing = False
 
     def _load(self, seal: _Seal) -> _Record | None:
-        text = self.backend.get(seal.store_key)
+        try:
+            text = self.backend.get(seal.store_key)
+        except BackendUnavailable as error:
+            self._failed("read", error)
+            return None
         if text is None:
             return None
         plain = seal.open(text)
@@ -559,6 +566,18 @@ class SessionCookies:
             if entry is not None and name in self.names and entry.until > now:
                 entries[name] = entry
         return _Record(generation, entries)
+
+    def _failed(self, what: str, error: BaseException) -> None:
+        """Log a backend failure once, until a write succeeds again (no log flood)."""
+        if not self._failing:
+            self._failing = True
+            logger.warning(
+                "cookie tracking could not %s its record (%s); requests are served untracked "
+                "until the backend recovers",
+                what,
+                error,
+                extra={"sessionlock_degraded": what},
+            )
 
 
 def _cookie_value(set_cookie: str | None) -> str | None:

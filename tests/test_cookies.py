@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sessionlock import ConfigurationError, cookieheader, keys
+from sessionlock import BackendUnavailable, ConfigurationError, cookieheader, keys
 from sessionlock.backends import Backend, from_url
+from sessionlock.backends.file import FileBackend
 from sessionlock.backends.memory import MemoryBackend
 from sessionlock.cookies import (
     DEFAULT_MAX_TTL,
@@ -465,26 +468,71 @@ def test_resend_shortens_max_age_by_the_time_elapsed() -> None:
     assert session_cookies(sent) == ["session=v2; Path=/; Max-Age=600; HttpOnly"]
 
 
-def test_records_are_sealed_and_bound_to_identity_and_name() -> None:
-    backend = Recording()
+class RecordingFile(FileBackend):
+    """A file backend that remembers what was stored."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(directory)
+        self.sets: list[tuple[str, str, float | None]] = []
+
+    def set(self, key: str, value: str, ttl: float | None) -> None:
+        self.sets.append((key, value, ttl))
+        super().set(key, value, ttl)
+
+
+def test_records_are_sealed_and_bound_to_identity(tmp_path: Path) -> None:
+    backend = RecordingFile(str(tmp_path / "locks"))
     core = tracked(backend)
-    one = Browser(core)
-    one.request("session=SECRETVALUE1")
-    two = Browser(core)
-    two.request("session=SECRETVALUE2")
-    stored = {key: value for key, value, _ in backend.sets}
-    assert len(stored) == 2
-    for key, value in stored.items():
+    one, two = Browser(core), Browser(core)
+    one.request("session=SECRETVALUE1a")
+    one_old = dict(one.jar)
+    one.request("session=SECRETVALUE1b")
+    two.request("session=SECRETVALUE2a")
+    two_old = dict(two.jar)
+    two.request("session=SECRETVALUE2b")
+    key_one, key_two = backend.sets[1][0], backend.sets[3][0]
+    value_one = backend.sets[1][1]
+    assert {key for key, _, _ in backend.sets} == {key_one, key_two}
+    for key, value, _ in backend.sets:
         assert "SECRETVALUE" not in value
-        assert one.jar["sessionlock"] not in key + value
-        assert two.jar["sessionlock"] not in key + value
-    # A record moved under another identity's key does not open there.
-    (key1, value1), (key2, _) = stored.items()
-    backend.set(key2, value1, None)
-    assert Browser(core, {**two.jar, "session": "x"}).request() == ("x", [])
-    # A tampered record is ignored.
-    backend.set(key1, value1[:-6] + ("A" if value1[-6] != "A" else "B") + value1[-5:], None)
-    assert Browser(core, {**one.jar, "session": "x"}).request() == ("x", [])
+        for jar in (one.jar, two.jar):
+            assert jar["sessionlock"][:43] not in key + value  # the raw identity: never
+    # Control: an intact record makes a stale replay see the latest value.
+    assert Browser(core, one_old).request()[0] == "SECRETVALUE1b"
+    # Moved under another identity's key, it does not open there: the replay goes as sent.
+    backend.set(key_two, value_one, None)
+    assert Browser(core, two_old).request()[0] == "SECRETVALUE2a"
+    # Tampered anywhere (nonce, ciphertext, tag), it is ignored.
+    for at in (0, len(value_one) // 2, len(value_one) - 3):
+        flipped = "A" if value_one[at] != "A" else "B"
+        backend.set(key_one, value_one[:at] + flipped + value_one[at + 1 :], None)
+        assert Browser(core, one_old).request()[0] == "SECRETVALUE1a"
+    backend.close()
+
+
+def test_memory_records_are_not_encrypted_file_records_are(tmp_path: Path) -> None:
+    """Encrypting what never leaves the process would hide nothing from that process."""
+    memory, on_disk = Recording(), RecordingFile(str(tmp_path / "locks"))
+    for backend in (memory, on_disk):
+        Browser(tracked(backend)).request("session=VISIBLE")
+    assert "VISIBLE" in memory.sets[0][1]
+    assert "VISIBLE" not in on_disk.sets[0][1]
+    on_disk.close()
+
+
+def test_a_backend_that_cannot_store_degrades_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Full(MemoryBackend):
+        def set(self, key: str, value: str, ttl: float | None) -> None:
+            raise BackendUnavailable("no space left on device")
+
+    caplog.set_level(logging.WARNING, logger="sessionlock")
+    browser = Browser(tracked(Full()))
+    for value in ("v1", "v2", "v3"):
+        _, sent = browser.request(f"session={value}")  # never raises: the response goes out
+        assert session_cookies(sent) == [f"session={value}"]
+    assert len([r for r in caplog.records if "could not record" in r.getMessage()]) == 1
 
 
 def test_records_do_not_survive_another_secret() -> None:
