@@ -581,7 +581,8 @@ class SessionCookies:
 
 
 def _cookie_value(set_cookie: str | None) -> str | None:
+    """The raw identity in a freshly issued identity Set-Cookie (``name=<id>.<gen>.<tag>``)."""
     if set_cookie is None:
         return None
-    value = set_cookie.partition("=")[2].partition(";")[0].strip()
+    value = set_cookie.partition("=")[2].partition(".")[0].strip()
     return value or None

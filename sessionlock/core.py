@@ -163,14 +163,16 @@ class Core:
         self.max_waiters = max_waiters
         self.is_exempt = _exemption(exempt)
         self.release_at_head = release == "head"
-        # The identity cookie is ours: removed from the header the app sees.
-        self._identity = self.key_source if isinstance(self.key_source, keys.Identity) else None
         # Marks this layer's hold in the request, so a nested layer on the same backend and
         # key passes through instead of waiting for itself.
         self._mark = id(backend)
         # Early release may come from another thread than the shell's own release.
         self._leaving = threading.Lock()
         self.secret = keys.derive_secret(secret) if secret is not None else backend.secret()
+        if isinstance(self.key_source, keys.Identity):  # signed with the secret workers share
+            self.key_source = self.key_source.bind(self.secret)
+        # The identity cookie is ours: removed from the header the app sees.
+        self._identity = self.key_source if isinstance(self.key_source, keys.Identity) else None
         self.queue = KeyedQueue()
         # Recent keys' digests: the hash is the largest fixed cost of an uncontended request.
         # In process memory only, where the raw keys already are; never written anywhere.

@@ -16,7 +16,9 @@ digest reaches a backend (file names, Redis keys) or a log line.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import re
 import secrets
 from collections.abc import Callable
@@ -40,6 +42,7 @@ __all__ = [
 
 KeySource: TypeAlias = Callable[[Request], "str | None"]
 
+_PERSON = b"sessionlock.idv"  # domain separation of the identity MAC
 _MAX_AGE = 400 * 24 * 3600  # browsers cap cookie lifetimes at 400 days
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: header/cookie names
 
@@ -99,14 +102,19 @@ class Identity:
     :mod:`secrets`, is HttpOnly, SameSite=Lax, Path=/, and on https Secure with the
     ``__Host-`` prefix, so a sibling subdomain cannot plant one.
 
-    With cookie sessions it also carries a *generation* (``<identity>.<n>``), re-issued with
-    every tracked session cookie: a browser updates both from one response, so a request's
-    generation tells which state of its jar it was sent with (see :mod:`sessionlock.cookies`).
-    The lock key is the identity alone. The app never sees this cookie: the middleware
-    removes it from the Cookie header the app receives.
+    Its value is ``<identity>.<generation>.<tag>``: the tag is a keyed BLAKE2b MAC (96 bits)
+    under the middleware's secret, so only identities the server issued are accepted; any
+    other value (invented, truncated, a generation changed) is replaced by a fresh identity,
+    never adopted. The generation is re-issued with every tracked session cookie: a browser
+    updates both from one response, so a request's generation tells which state of its jar it
+    was sent with (see :mod:`sessionlock.cookies`). The lock key is the identity alone. The
+    app never sees this cookie: the middleware removes it from the header the app receives.
+
+    ``secret`` is the MAC key; the middleware binds its own (:meth:`bind`), shared by every
+    worker of a backend. Without one, each instance makes a random key of its own.
     """
 
-    _VALUE = re.compile(r"([A-Za-z0-9_-]{43})(?:\.([1-9][0-9]{0,12}))?")
+    _VALUE = re.compile(r"([A-Za-z0-9_-]{43})\.(0|[1-9][0-9]{0,12})\.([A-Za-z0-9_-]{16})")
 
     def __init__(
         self,
@@ -114,6 +122,7 @@ class Identity:
         *,
         max_age: int = _MAX_AGE,
         secure: bool | None = None,
+        secret: bytes | None = None,
     ) -> None:
         _check_token(name, "identity cookie name")
         if max_age <= 0:
@@ -126,6 +135,11 @@ class Identity:
         self._plain = (name, attributes)
         self._secured = (f"__Host-{name}", f"{attributes}; Secure")
         self.names = (name, self._secured[0])
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
+
+    def bind(self, secret: bytes) -> Identity:
+        """The same identity cookie, verified and signed with ``secret``."""
+        return Identity(self.name, max_age=self.max_age, secure=self.secure, secret=secret)
 
     def __call__(self, request: Request) -> str | None:
         """The identity the request carries, or None when absent or malformed."""
@@ -148,8 +162,14 @@ class Identity:
     def issue(self, request: Request, identity: str, generation: int = 0) -> str:
         """The Set-Cookie value that gives the browser ``identity`` at ``generation``."""
         name, attributes = self._form(request)
-        value = f"{identity}.{generation}" if generation else identity
-        return f"{name}={value}{attributes}"
+        body = f"{identity}.{generation}"
+        return f"{name}={body}.{self._tag(body)}{attributes}"
+
+    def _tag(self, body: str) -> str:
+        digest = hashlib.blake2b(
+            f"{self.name}\0{body}".encode(), key=self._secret, digest_size=12, person=_PERSON
+        ).digest()
+        return base64.urlsafe_b64encode(digest).decode("ascii")
 
     def strip(self, request: Request) -> None:
         """Remove this cookie from the header the app sees (the original is kept)."""
@@ -171,8 +191,10 @@ class Identity:
         match = self._VALUE.fullmatch(value)
         if match is None:
             return None
-        identity, generation = match.groups()
-        return identity, int(generation) if generation else 0
+        identity, generation, tag = match.groups()
+        if not hmac.compare_digest(tag, self._tag(f"{identity}.{generation}")):
+            return None  # never issued by this server: replaced, not adopted
+        return identity, int(generation)
 
     def _form(self, request: Request) -> tuple[str, str]:
         return self._secured if self._secure(request) else self._plain

@@ -349,6 +349,8 @@ def test_a_jar_the_client_changed_itself_reaches_the_app_as_sent(
 ) -> None:
     """What a test (or a user) does to its own, current jar is not a stale replay."""
     browser = Browser(tracked(backend))
+    browser.request()
+    start = dict(browser.jar)  # the identity at generation 0, no session cookie yet
     browser.request("session=v1")
     browser.request("session=v2")
     for name, value in edit.items():
@@ -357,9 +359,8 @@ def test_a_jar_the_client_changed_itself_reaches_the_app_as_sent(
         else:
             browser.jar[name] = value
     assert browser.request() == (seen, [])
-    # Control: the same jar state sent with an older generation is a replay and replaced.
-    lineage_start = Browser(browser.core, {"sessionlock": browser.jar["sessionlock"][:43]})
-    assert lineage_start.request()[0] == "v2"
+    # Control: a jar state this identity really had (no cookie at generation 0) is a replay.
+    assert Browser(browser.core, start).request()[0] == "v2"
 
 
 def test_a_stale_generation_with_a_value_never_issued_is_not_replaced(backend: Backend) -> None:
@@ -417,8 +418,9 @@ def test_a_request_without_identity_never_gets_a_stored_cookie(backend: Backend)
     seen, sent = stranger.request()
     assert seen == "v1"
     assert [s for s in sent if s.startswith("session=")] == []
-    forged = Browser(browser.core, {"session": "v1", "sessionlock": "A" * 43})  # wrong identity
-    assert forged.request() == ("v1", [])
+    forged = Browser(browser.core, {"session": "v1", "sessionlock": "A" * 43})  # never issued
+    seen, sent = forged.request()
+    assert (seen, session_cookies(sent)) == ("v1", [])
 
 
 def test_hostile_app_cookie_is_not_stored_and_the_record_is_forgotten(backend: Backend) -> None:
@@ -706,15 +708,15 @@ def test_admission_notes_say_the_browser_was_stale() -> None:
     assert list(state.stale) == ["session"]
 
 
-def test_a_forged_generation_is_corrected_and_cannot_break_the_identity() -> None:
+def test_a_generation_the_client_changed_gets_a_fresh_identity_and_nothing_else() -> None:
     core = tracked(MemoryBackend())
     browser = Browser(core)
+    browser.request()
+    start = dict(browser.jar)
     browser.request("session=v1")
-    old = dict(browser.jar)
-    browser.request("session=v2")
-    identity = browser.jar["sessionlock"].partition(".")[0]
-    forged = Browser(core, {**browser.jar, "sessionlock": f"{identity}.9999999999999"})
-    seen, _ = forged.request()
-    assert seen == "v2"  # a claimed future jar is taken as current: as sent
-    assert forged.jar["sessionlock"] == f"{identity}.2"  # and put back on the record's count
-    assert Browser(core, old).request()[0] == "v2"  # replays are still recognized
+    identity, _, rest = start["sessionlock"].partition(".")
+    forged = Browser(core, {"sessionlock": f"{identity}.5.{rest.partition('.')[2]}"})
+    seen, sent = forged.request()
+    assert (seen, session_cookies(sent)) == (None, [])  # not adopted: nothing handed
+    assert forged.jar["sessionlock"].partition(".")[0] != identity
+    assert Browser(core, start).request()[0] == "v1"  # control: the issued value is a replay

@@ -9,6 +9,7 @@ carries CR/LF or the raw input back.
 from __future__ import annotations
 
 import asyncio
+import re
 import string
 from typing import Any
 
@@ -99,16 +100,52 @@ def test_header_reads_wsgi_and_asgi_alike(
     assert source(scope(*asgi)) == expected
 
 
-def test_identity_reads_only_well_formed_values_and_issues_new_ones() -> None:
+def test_identity_reads_only_values_it_issued_and_issues_new_ones() -> None:
     identity = keys.identity()
     value, set_cookie = identity.resolve(environ())
     assert set_cookie is not None
-    assert set_cookie.startswith(f"sessionlock={value};")
-    assert identity(environ(cookie=f"sessionlock={value}")) == value
-    assert identity.resolve(scope((b"cookie", f"sessionlock={value}".encode()))) == (value, None)
-    assert identity(environ(cookie="sessionlock=forged")) is None
+    issued = set_cookie.partition(";")[0].partition("=")[2]
+    assert re.fullmatch(rf"{value}\.0\.[A-Za-z0-9_-]{{16}}", issued)
+    assert identity(environ(cookie=f"sessionlock={issued}")) == value
+    assert identity.resolve(scope((b"cookie", f"sessionlock={issued}".encode()))) == (value, None)
     other, _ = identity.resolve(environ())
     assert other != value  # random per visitor
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        pytest.param("forged", id="garbage"),
+        pytest.param("{id}", id="bare-identity-never-issued"),
+        pytest.param("{id}.0.AAAAAAAAAAAAAAAA", id="invented-tag"),
+        pytest.param("{id}.7.{tag}", id="generation-changed"),
+        pytest.param("{other}.0.{tag}", id="tag-moved-to-another-identity"),
+        pytest.param("{id}.0.{tag}x", id="tag-lengthened"),
+    ],
+)
+def test_an_identity_the_server_never_issued_is_replaced_not_adopted(forged: str) -> None:
+    identity = keys.identity()
+    value, set_cookie = identity.resolve(environ())
+    assert set_cookie is not None
+    tag = set_cookie.partition(";")[0].rpartition(".")[2]
+    cookie = forged.format(id=value, tag=tag, other="B" * 43)
+    assert identity(environ(cookie=f"sessionlock={cookie}")) is None
+    fresh, issued = identity.resolve(environ(cookie=f"sessionlock={cookie}"))
+    assert issued is not None
+    assert fresh != value
+    # Control: the value as issued is accepted.
+    assert identity(environ(cookie=set_cookie.partition(";")[0])) == value
+
+
+def test_identities_verify_across_instances_bound_to_one_secret() -> None:
+    """Every worker binds the backend's shared secret: one worker's identity is valid in all."""
+    secret = b"s" * 32
+    one, two = keys.identity().bind(secret), keys.identity().bind(secret)
+    value, set_cookie = one.resolve(environ())
+    assert set_cookie is not None
+    cookie = set_cookie.partition(";")[0]
+    assert two(environ(cookie=cookie)) == value
+    assert keys.identity().bind(b"t" * 32)(environ(cookie=cookie)) is None  # control
 
 
 @pytest.mark.parametrize(
@@ -125,11 +162,14 @@ def test_identity_secure_and_host_prefix(
 ) -> None:
     identity = keys.identity(secure=secure, max_age=60)
     value, set_cookie = identity.resolve(scope(scheme=scheme))
+    assert set_cookie is not None
+    issued = set_cookie.partition(";")[0].partition("=")[2]
     assert set_cookie == (
-        f"{name}={value}; Max-Age=60; Path=/; HttpOnly; SameSite=Lax" + ("; Secure" if flag else "")
+        f"{name}={issued}; Max-Age=60; Path=/; HttpOnly; SameSite=Lax"
+        + ("; Secure" if flag else "")
     )
     # on https, only the __Host- cookie counts: a plain one could be planted by a subdomain
-    plain = (b"cookie", f"sessionlock={value}".encode())
+    plain = (b"cookie", f"sessionlock={issued}".encode())
     assert identity(scope(plain, scheme=scheme)) == (value if name == "sessionlock" else None)
 
 

@@ -33,6 +33,11 @@ SID = "raw-session-id-0123456789abcdef"
 IDENTITY = "I" * 43
 
 
+def issued(core: Any, identity: str = IDENTITY) -> str:
+    """The identity cookie ``core`` would issue for ``identity`` (name=value)."""
+    return str(core.key_source.issue({"REQUEST_METHOD": "GET"}, identity)).partition(";")[0]
+
+
 # -- early release: WSGI ----------------------------------------------------------------------
 
 
@@ -205,8 +210,7 @@ def test_wsgi_a_nested_layer_on_the_same_session_passes_through(
     inner = WSGILock(wsgi.hello, backend=backend, timeout=0.05)
     between = _drop_held(inner) if hide else inner
     outer = WSGILock(between, backend=backend, timeout=0.05)
-    cookie = f"sessionlock={IDENTITY}"
-    response = wsgi.call(outer, wsgi.environ_for(cookie=cookie), validate=False)
+    response = wsgi.call(outer, wsgi.environ_for(cookie=issued(outer.core)), validate=False)
     assert response.code == code
     assert len(outer.core.queue) == len(inner.core.queue) == 0
     backend.close()
@@ -233,7 +237,7 @@ def test_asgi_a_nested_layer_on_the_same_session_passes_through(
             await inner(scope, receive, send)
 
         outer = ASGILock(between, backend=backend, timeout=0.05)
-        peer = await asgi.call(outer, asgi.scope_for(cookie=f"sessionlock={IDENTITY}"))
+        peer = await asgi.call(outer, asgi.scope_for(cookie=issued(outer.core)))
         assert peer.status == code
         assert len(outer.core.queue) == 0
 
@@ -252,12 +256,13 @@ def test_wsgi_app_never_sees_the_identity_cookie() -> None:
         return wsgi.hello(environ, start_response)
 
     middleware = WSGILock(app, backend="memory://")
-    sent = f"a=1; sessionlock={IDENTITY}; b=2"
+    mine = issued(middleware.core)
+    sent = f"a=1; {mine}; b=2"
     response = wsgi.call(middleware, wsgi.environ_for(cookie=sent))
     assert response.all("Set-Cookie") == []  # the identity was recognized: none issued
-    alone = wsgi.call(middleware, wsgi.environ_for(cookie=f"sessionlock={IDENTITY}"))
+    alone = wsgi.call(middleware, wsgi.environ_for(cookie=mine))
     assert alone.all("Set-Cookie") == []
-    assert seen == [("a=1; b=2", sent), (None, f"sessionlock={IDENTITY}")]
+    assert seen == [("a=1; b=2", sent), (None, mine)]
 
 
 def test_asgi_app_never_sees_the_identity_cookie() -> None:
@@ -269,7 +274,7 @@ def test_asgi_app_never_sees_the_identity_cookie() -> None:
             await asgi.hello(scope, receive, send)
 
         middleware = ASGILock(app, backend="memory://")
-        cookie = f"a=1; sessionlock={IDENTITY}; b=2"
+        cookie = f"a=1; {issued(middleware.core)}; b=2"
         peer = await asgi.call(middleware, asgi.scope_for(cookie=cookie))
         assert peer.headers("set-cookie") == []
         assert seen == [[b"a=1; b=2"]]
