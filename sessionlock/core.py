@@ -17,6 +17,7 @@ from . import keys
 from ._types import Request
 from .backends import DEFAULT_URL, Backend, Lease, from_url
 from .errors import BackendUnavailable, ClientGone, ConfigurationError, LockTimeout, QueueFull
+from .fairness import server_threads, waiting_threads_for
 from .order import check as check_order
 from .queue import KeyedQueue, TaskWaiter
 
@@ -34,6 +35,7 @@ class Options(TypedDict, total=False):
     key: str | keys.KeySource
     timeout: float | None
     max_waiters: int
+    max_waiting_threads: int | None
     exempt: Collection[str] | Callable[[Request], bool] | None
     secret: str | bytes | None
     cookie_session: str | Sequence[str] | None
@@ -115,6 +117,13 @@ class Core:
     timeout:     seconds a request may wait for its turn before a 503 (None: forever). The
                  default, 25 s, answers before gunicorn's 30 s worker timeout kills a waiter.
     max_waiters: requests of one session allowed to wait at once; beyond, 429 at once.
+    max_waiting_threads: server threads of this process allowed to wait for their session at
+                 once (WSGI); beyond, 429 at once, so waiting requests never take the
+                 threads other sessions need. None (default): derived from the server's
+                 threads T as ``(T - 1) // 2`` (:mod:`sessionlock.fairness`; 0 for one
+                 thread per process: gunicorn sync) where sessionlock can tell T
+                 (:mod:`sessionlock.gunicorn`, waitress); otherwise no cap. ASGI tasks
+                 cost no thread: they are bounded by ``max_waiters`` only.
     exempt:      path prefixes ("/static/"), methods ("GET"), or a predicate of the
                  environ/scope; exempt requests run at once, unserialized.
     secret:      key for hashing session keys (16+ bytes); default: the backend's.
@@ -135,6 +144,7 @@ class Core:
         key: str | keys.KeySource = "identity",
         timeout: float | None = 25.0,
         max_waiters: int = 16,
+        max_waiting_threads: int | None = None,
         exempt: Collection[str] | Callable[[Request], bool] | None = None,
         secret: str | bytes | None = None,
         cookie_session: str | Sequence[str] | None = None,
@@ -151,6 +161,15 @@ class Core:
             )
         if not isinstance(max_waiters, int) or isinstance(max_waiters, bool) or max_waiters < 0:
             raise ConfigurationError(f"max_waiters must be an int >= 0, got {max_waiters!r}")
+        if max_waiting_threads is not None and (
+            not isinstance(max_waiting_threads, int)
+            or isinstance(max_waiting_threads, bool)
+            or max_waiting_threads < 0
+        ):
+            raise ConfigurationError(
+                f"max_waiting_threads must be an int >= 0, or None (derived from the server),"
+                f" got {max_waiting_threads!r}"
+            )
         if release not in ("head", "end"):
             raise ConfigurationError(f"release must be 'head' or 'end', got {release!r}")
         if isinstance(backend, str):
@@ -161,6 +180,9 @@ class Core:
         self.key_source = keys.from_spec(key)
         self.timeout = timeout
         self.max_waiters = max_waiters
+        # The cap on waiting threads: the option, else derived at the first enter().
+        self.max_waiting_threads = max_waiting_threads
+        self._threads_derived = max_waiting_threads is not None
         self.is_exempt = _exemption(exempt)
         self.release_at_head = release == "head"
         # Marks this layer's hold in the request, so a nested layer on the same backend and
@@ -218,19 +240,40 @@ class Core:
     # -- waiting: threads ----------------------------------------------------------------
 
     def enter(self, admission: Admission) -> None:
-        """Block until the request holds its session (local turn, then backend lease)."""
+        """Block until the request holds its session (local turn, then backend lease).
+
+        A thread waits only while fewer than ``max_waiting_threads`` of the process do
+        (in line here or for the backend); otherwise QueueFull (429) at once.
+        """
         key = admission.key
-        self.queue.acquire(key, timeout=self.timeout, max_waiters=self.max_waiters)
+        cap = self._waiting_threads()
+        waiters = self.max_waiters if cap is None else min(self.max_waiters, cap)
+        self.queue.acquire(key, timeout=self.timeout, max_waiters=waiters, max_threads=cap)
         try:
             lease = self.backend.try_acquire(key)
             if lease is None:
-                lease = self.backend.acquire(key, self._remaining(admission))
+                if not self.queue.reserve_thread(cap):
+                    raise QueueFull(
+                        "the session is busy in another process, and this process's"
+                        f" {cap} waiting threads are taken"
+                    )
+                try:
+                    lease = self.backend.acquire(key, self._remaining(admission))
+                finally:
+                    self.queue.unreserve_thread()
                 if lease is None:
                     raise LockTimeout(f"waited more than {self.timeout} s for the session lock")
         except BaseException:
             self.queue.release(key)
             raise
         self._entered(admission, lease)
+
+    def _waiting_threads(self) -> int | None:
+        if not self._threads_derived:  # once: what the server tells (waitress), else no cap
+            threads = server_threads()
+            self.max_waiting_threads = None if threads is None else waiting_threads_for(threads)
+            self._threads_derived = True
+        return self.max_waiting_threads
 
     def leave(self, admission: Admission) -> None:
         """Release the lease and hand the turn to the next request of the session.

@@ -23,6 +23,11 @@ once, the very lost update the middleware exists to prevent, so :func:`wrap` and
 raise ConfigurationError (gunicorn then reports "Worker failed to boot" and exits) rather
 than serve silently unserialized. Without a ``backend``, the default private directory
 (``file://``) serializes all workers of the host.
+
+Both forms also tell the WSGI middleware how many threads a worker has (sync: 1, gthread:
+``--threads``), from which it derives ``max_waiting_threads`` (see
+:mod:`sessionlock.fairness`): on sync workers a request whose session is busy in another
+worker is answered 429 at once instead of blocking its whole worker process.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backends import DEFAULT_URL, Backend, from_url
 from .errors import ConfigurationError
+from .fairness import waiting_threads_for
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -53,7 +59,11 @@ def wrap(target: str, **options: Unpack[Options]) -> Any:
     if config is None:
         return wrap_app(app, asgi=None, workers=None, **options)
     return wrap_app(
-        app, asgi=_is_asgi_worker(config.worker_class_str), workers=config.workers, **options
+        app,
+        asgi=_is_asgi_worker(config.worker_class_str),
+        workers=config.workers,
+        threads=worker_threads(config),
+        **options,
     )
 
 
@@ -66,16 +76,21 @@ def post_worker_init(**options: Unpack[Options]) -> Any:
         # gunicorn's own ASGI worker keeps the app in ``asgi``, every other in ``wsgi``.
         slot = "asgi" if hasattr(worker, "asgi") else "wsgi"
         app = getattr(worker, slot)
-        setattr(worker, slot, wrap_app(app, asgi=asgi, workers=config.workers, **options))
+        threads = worker_threads(config)
+        wrapped = wrap_app(app, asgi=asgi, workers=config.workers, threads=threads, **options)
+        setattr(worker, slot, wrapped)
 
     return wrap_worker_app
 
 
-def wrap_app(app: Any, *, asgi: bool | None, workers: int | None, **options: Any) -> Any:
+def wrap_app(
+    app: Any, *, asgi: bool | None, workers: int | None, threads: int | None = None, **options: Any
+) -> Any:
     """``app`` in the right middleware, after checking the backend suits ``workers``.
 
     ``asgi=None`` decides from the app (a coroutine function is ASGI); ``workers=None``
-    means unknown, and skips the check.
+    means unknown, and skips the check. ``threads``: a WSGI worker's thread count, from
+    which ``max_waiting_threads`` is derived unless given (None: unknown, not capped).
     """
     backend = options.pop("backend", DEFAULT_URL)
     if isinstance(backend, str):
@@ -88,6 +103,9 @@ def wrap_app(app: Any, *, asgi: bool | None, workers: int | None, **options: Any
 
         return ASGIMiddleware(app, backend=backend, **options)
     from .wsgi import SessionLockMiddleware as WSGIMiddleware
+
+    if threads is not None and options.get("max_waiting_threads") is None:
+        options["max_waiting_threads"] = waiting_threads_for(threads)
 
     return WSGIMiddleware(app, backend=backend, **options)
 
@@ -125,6 +143,20 @@ def is_asgi_app(app: Any) -> bool:
         return True
     call = getattr(app, "__call__", None)  # noqa: B004  (we want the method, not callable())
     return inspect.iscoroutinefunction(call)
+
+
+def worker_threads(config: Any) -> int | None:
+    """Threads per worker process: 1 (sync), ``threads`` (gthread), None (greenlets, other).
+
+    gunicorn runs a sync worker class with ``threads`` > 1 as gthread (its
+    ``worker_class_str`` then says so).
+    """
+    name = str(config.worker_class_str).lower()
+    if name == "sync" or name.endswith("syncworker"):
+        return 1
+    if name == "gthread" or name.endswith("threadworker"):
+        return max(1, int(config.threads))
+    return None
 
 
 def _is_asgi_worker(worker_class: str) -> bool:

@@ -10,12 +10,18 @@ newcomer never barges ahead of a request already waiting: strict FIFO. A key's e
 only while somebody holds or waits for it, so memory does not grow with the sessions seen.
 Waking a thread releases one ``threading.Lock``; waking a task resolves one future: the raw
 primitives, with nothing polled.
+
+Threads that wait are counted per process (:attr:`KeyedQueue.threads_waiting`): a caller
+may cap them (``max_threads``) so that waiting requests never occupy every server thread.
+A process forked from one that held or awaited keys starts with an empty queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import weakref
 from collections import deque
 from typing import TypeVar
 
@@ -25,11 +31,12 @@ __all__ = ["KeyedQueue", "TaskWaiter"]
 
 
 class _Waiter:
-    __slots__ = ("granted", "key")
+    __slots__ = ("granted", "key", "left")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.granted = False
+        self.left = False  # out of line without the turn (timeout, abandon, cancel)
 
     def wake(self) -> None:
         raise NotImplementedError
@@ -85,9 +92,24 @@ class KeyedQueue:
     """FIFO mutual exclusion per key inside one process."""
 
     def __init__(self) -> None:
+        self._reset()
+        _QUEUES.add(self)
+
+    def _reset(self) -> None:
         self._mutex = threading.Lock()
         # Present means held; the deque holds the waiters (None until the first one).
         self._keys: dict[str, deque[_Waiter] | None] = {}
+        #: Threads waiting right now: in line here, or for a backend (:meth:`reserve_thread`).
+        self.threads_waiting = 0
+        # Keys held when this process was forked: their holder's release is a no-op here.
+        self._orphans: frozenset[str] = frozenset()
+
+    def _after_fork_in_child(self) -> None:
+        # The threads that held or awaited these keys did not come along: nobody would ever
+        # release them. The mutex too may have been held by one of them at the fork.
+        orphans = frozenset(self._keys)
+        self._reset()
+        self._orphans = orphans
 
     def __len__(self) -> int:
         """How many keys are held or waited for right now."""
@@ -110,10 +132,24 @@ class KeyedQueue:
             self._keys[key] = None
             return True
 
-    def acquire(self, key: str, *, timeout: float | None, max_waiters: int) -> None:
-        """Block this thread until it holds ``key``; raise QueueFull or LockTimeout."""
+    def acquire(
+        self, key: str, *, timeout: float | None, max_waiters: int, max_threads: int | None = None
+    ) -> None:
+        """Block this thread until it holds ``key``; raise QueueFull or LockTimeout.
+
+        ``max_threads``: how many threads of the process may wait at once (None: any);
+        one more is refused with QueueFull instead of waiting.
+        """
         with self._mutex:
+            busy = key in self._keys  # this thread would wait
+            if busy and max_threads is not None and self.threads_waiting >= max_threads:
+                raise QueueFull(
+                    f"{self.threads_waiting} threads of this process already wait for"
+                    " their session; one more could leave no thread for other sessions"
+                )
             waiter = self._enqueue(key, max_waiters, _ThreadWaiter)
+            if waiter is not None:
+                self.threads_waiting += 1
         if waiter is None or waiter.wait(timeout):
             return
         with self._mutex:
@@ -121,6 +157,19 @@ class KeyedQueue:
                 return
             self._forget(waiter)
         raise LockTimeout(f"waited more than {timeout} s for the session lock")
+
+    def reserve_thread(self, max_threads: int | None) -> bool:
+        """Count this thread as waiting (for a backend) if fewer than ``max_threads`` do."""
+        with self._mutex:
+            if max_threads is not None and self.threads_waiting >= max_threads:
+                return False
+            self.threads_waiting += 1
+            return True
+
+    def unreserve_thread(self) -> None:
+        """This thread, counted by :meth:`reserve_thread`, waits no more."""
+        with self._mutex:
+            self.threads_waiting = max(0, self.threads_waiting - 1)
 
     def join(self, key: str, *, max_waiters: int) -> TaskWaiter | None:
         """Take ``key`` now (None) or get a place in line to await with :meth:`wait`."""
@@ -137,10 +186,16 @@ class KeyedQueue:
         try:
             await waiter.future
         except asyncio.CancelledError:
+            # The cancel may land in the same loop turn as an abandon (a disconnect, the
+            # timer) that already took the waiter out of line and set the future's error:
+            # the waiter leaves once, and the cancellation is what the caller sees.
             with self._mutex:
                 granted = waiter.granted
                 if not granted:
                     self._forget(waiter)
+            future = waiter.future
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: the abandon's error is superseded
             if granted:  # the turn arrived as we were cancelled: pass it on
                 self.release(waiter.key)
             raise
@@ -159,10 +214,14 @@ class KeyedQueue:
     def release(self, key: str) -> None:
         """Hand ``key`` to its oldest waiter, or drop it when nobody waits."""
         with self._mutex:
+            if key in self._orphans and key not in self._keys:
+                return  # held by the parent before this process was forked: nothing here
             waiters = self._keys[key]
             if waiters:
                 waiter = waiters.popleft()
                 waiter.granted = True
+                if isinstance(waiter, _ThreadWaiter):
+                    self.threads_waiting -= 1
                 waiter.wake()
             else:
                 del self._keys[key]
@@ -181,7 +240,26 @@ class KeyedQueue:
         return waiter
 
     def _forget(self, waiter: _Waiter) -> None:
-        # A waiter implies a holder, so the key's entry stays; only the waiter goes.
+        # A waiter implies a holder, so the key's entry stays; only the waiter goes. Once:
+        # an abandon and a cancel of the same waiter may both come (the second is a no-op).
+        if waiter.left or waiter.granted:
+            return
+        waiter.left = True
+        if isinstance(waiter, _ThreadWaiter):
+            self.threads_waiting -= 1
         waiters = self._keys[waiter.key]
         assert waiters is not None
         waiters.remove(waiter)
+
+
+#: Every queue of the process, reset in a forked child (see KeyedQueue._after_fork_in_child).
+_QUEUES: weakref.WeakSet[KeyedQueue] = weakref.WeakSet()
+
+
+def _reset_queues_in_child() -> None:
+    for queue in list(_QUEUES):
+        queue._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_queues_in_child)

@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 
 from sessionlock import asgi, wsgi
-from sessionlock.backends import from_url
+from sessionlock.backends import Backend, Lease, from_url
 from sessionlock.backends.memory import MemoryBackend
-from sessionlock.core import Core
-from sessionlock.errors import ConfigurationError, SessionLockError
+from sessionlock.core import Admission, Core
+from sessionlock.errors import ConfigurationError, QueueFull, SessionLockError
+from sessionlock.fairness import waiting_threads_for
+from sessionlock.gunicorn import worker_threads, wrap_app
 
 MIDDLEWARE = [
     pytest.param(wsgi.SessionLockMiddleware, id="wsgi"),
@@ -42,6 +44,10 @@ def app(*args: Any) -> Any:  # never called: these tests only build the middlewa
         pytest.param({"max_waiters": 1.5}, "max_waiters", id="max-waiters-float"),
         pytest.param({"max_waiters": "3"}, "max_waiters", id="max-waiters-string"),
         pytest.param({"max_waiters": True}, "max_waiters", id="max-waiters-bool"),
+        pytest.param({"max_waiting_threads": -1}, "max_waiting_threads", id="threads-negative"),
+        pytest.param({"max_waiting_threads": 2.0}, "max_waiting_threads", id="threads-float"),
+        pytest.param({"max_waiting_threads": "4"}, "max_waiting_threads", id="threads-string"),
+        pytest.param({"max_waiting_threads": False}, "max_waiting_threads", id="threads-bool"),
         pytest.param({"backend": "nope://x"}, "unknown backend scheme 'nope'", id="backend-scheme"),
         pytest.param({"backend": "memory"}, "has no scheme", id="backend-no-scheme"),
         pytest.param({"backend": ""}, "has no scheme", id="backend-empty"),
@@ -82,6 +88,8 @@ def test_bad_options_raise_configuration_error(
         pytest.param({"timeout": 0.001}, id="tiny-timeout"),
         pytest.param({"timeout": 3}, id="int-timeout"),
         pytest.param({"max_waiters": 0}, id="no-waiting"),
+        pytest.param({"max_waiting_threads": 0}, id="no-waiting-threads"),
+        pytest.param({"max_waiting_threads": None}, id="waiting-threads-derived"),
         pytest.param({"exempt": "/static/"}, id="one-prefix"),
         pytest.param({"exempt": ["/static/", "GET", "HEAD"]}, id="prefixes-and-methods"),
         pytest.param({"exempt": {"OPTIONS"}}, id="a-set"),
@@ -175,3 +183,152 @@ def test_the_registry_builds_the_memory_backend() -> None:
     backend = from_url("memory://")
     assert isinstance(backend, MemoryBackend)
     assert backend.shared is False
+
+
+# -- the cap on waiting threads (fairness to other sessions) --------------------------------
+
+
+@pytest.mark.parametrize(("threads", "cap"), [(1, 0), (2, 0), (3, 1), (4, 1), (8, 3), (16, 7)])
+def test_the_derived_cap_leaves_a_thread_for_other_sessions(threads: int, cap: int) -> None:
+    assert waiting_threads_for(threads) == cap
+    # w waiters and the (at most w) holders they wait for leave at least one thread free.
+    assert 2 * cap <= threads - 1 or threads == 1
+
+
+class ElsewhereBackend(Backend):
+    """A shared backend whose key ``k`` another process holds until ``free`` is set."""
+
+    def __init__(self) -> None:
+        self.free = threading.Event()
+        self.waits = 0
+
+    def secret(self) -> bytes:
+        return b"s" * 32
+
+    def try_acquire(self, key: str) -> Lease | None:
+        return Lease(key) if self.free.is_set() else None
+
+    def acquire(self, key: str, timeout: float | None) -> Lease | None:
+        self.waits += 1
+        return Lease(key) if self.free.wait(timeout) else None
+
+    def release(self, lease: Lease) -> None:
+        pass
+
+    def get(self, key: str) -> str | None:
+        return None
+
+    def set(self, key: str, value: str, ttl: float | None) -> None:
+        pass
+
+    def delete(self, key: str) -> None:
+        pass
+
+
+def test_cap_zero_refuses_at_once_when_another_process_holds_the_session() -> None:
+    """One thread per process: a busy session is answered 429, the worker is not blocked."""
+    backend = ElsewhereBackend()
+    core = Core(backend=backend, key="cookie:s", max_waiting_threads=0, timeout=None)
+    with pytest.raises(QueueFull, match="busy in another process"):
+        core.enter(Admission("k", None))
+    assert backend.waits == 0  # never blocked in the backend
+    assert len(core.queue) == 0  # the turn was given back
+    assert core.queue.threads_waiting == 0
+    backend.free.set()
+    admission = Admission("k", None)
+    core.enter(admission)  # free again: taken at once, cap 0 or not
+    core.leave(admission)
+    assert len(core.queue) == 0
+
+
+def test_control_without_a_cap_the_thread_waits_for_the_other_process() -> None:
+    backend = ElsewhereBackend()
+    core = Core(backend=backend, key="cookie:s", timeout=None)
+    assert core._waiting_threads() is None  # no server that tells its threads: no cap
+    entered = threading.Event()
+    admission = Admission("k", None)
+    waiting = threading.Thread(target=lambda: (core.enter(admission), entered.set()))
+    waiting.start()
+    backend.free.set()  # the other process leaves: only this lets the waiter in
+    assert entered.wait(10)
+    waiting.join(10)
+    core.leave(admission)
+
+
+def test_cap_in_process_refuses_the_thread_beyond_it() -> None:
+    core = Core(backend="memory://", key="cookie:s", max_waiting_threads=0)
+    holder = Admission("k", None)
+    core.enter(holder)
+    with pytest.raises(QueueFull):
+        core.enter(Admission("k", None))
+    other = Admission("other", None)
+    core.enter(other)  # another session is not concerned
+    core.leave(other)
+    core.leave(holder)
+    assert len(core.queue) == 0
+
+
+class _FakeAdj:
+    threads = 6
+
+
+class _FakeServer:
+    adj = _FakeAdj()
+
+
+class _FakeChannel:
+    server = _FakeServer()
+
+
+class _FakeTask:
+    """Stands for waitress's WSGITask up the stack (its module name is what is checked)."""
+
+    channel = _FakeChannel()
+
+    def execute(self, core: Core) -> int | None:
+        return core._waiting_threads()
+
+
+_FakeTask.__module__ = "waitress.task"
+
+
+def test_the_cap_is_derived_from_waitress_threads_once() -> None:
+    core = Core(backend="memory://", key="cookie:s")
+    assert _FakeTask().execute(core) == waiting_threads_for(6) == 2
+    assert core._waiting_threads() == 2  # cached: no frame walk on later requests
+
+
+def test_an_explicit_cap_wins_over_the_server() -> None:
+    core = Core(backend="memory://", key="cookie:s", max_waiting_threads=5)
+    assert _FakeTask().execute(core) == 5
+
+
+class _Config:
+    def __init__(self, worker_class: str, threads: int) -> None:
+        self.worker_class_str = worker_class
+        self.threads = threads
+
+
+@pytest.mark.parametrize(
+    ("worker_class", "threads", "expected"),
+    [
+        ("sync", 1, 1),
+        ("gthread", 8, 8),
+        ("gunicorn.workers.sync.SyncWorker", 1, 1),
+        ("gunicorn.workers.gthread.ThreadWorker", 4, 4),
+        ("gevent", 1, None),
+        ("uvicorn_worker.UvicornWorker", 1, None),
+    ],
+)
+def test_gunicorn_worker_threads(worker_class: str, threads: int, expected: int | None) -> None:
+    assert worker_threads(_Config(worker_class, threads)) == expected
+
+
+@pytest.mark.parametrize(("threads", "cap"), [(1, 0), (8, 3), (None, None)])
+def test_gunicorn_wrap_app_passes_the_derived_cap(threads: int | None, cap: int | None) -> None:
+    wrapped = wrap_app(app, asgi=False, workers=1, threads=threads, backend="memory://")
+    assert wrapped.core._waiting_threads() == cap
+    mine = wrap_app(
+        app, asgi=False, workers=1, threads=1, backend="memory://", max_waiting_threads=9
+    )
+    assert mine.core.max_waiting_threads == 9

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
 import threading
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -626,3 +628,176 @@ def test_task_waiter_woken_from_a_thread() -> None:
         assert len(queue) == 0
 
     asyncio.run(main())
+
+
+# -- a cancel in the same loop turn as an abandon (issue 9) ---------------------------------
+
+
+class NonIdempotentForget(KeyedQueue):
+    """The control: the queue before the fix, whose second ``_forget`` of a waiter raised."""
+
+    def _forget(self, waiter: Any) -> None:
+        waiters = self._keys[waiter.key]
+        assert waiters is not None
+        waiters.remove(waiter)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [pytest.param(ClientGone(), id="disconnect"), pytest.param(LockTimeout("t"), id="timer")],
+)
+@pytest.mark.parametrize(
+    "holder_leaves",
+    [pytest.param(False, id="key-still-held"), pytest.param(True, id="key-released-between")],
+)
+@pytest.mark.parametrize(
+    ("queue_type", "raised"),
+    [
+        pytest.param(KeyedQueue, asyncio.CancelledError, id="fixed"),
+        pytest.param(NonIdempotentForget, (ValueError, KeyError), id="control-before-the-fix"),
+    ],
+)
+def test_a_cancel_in_the_same_turn_as_an_abandon_raises_cancelled_error(
+    error: BaseException, holder_leaves: bool, queue_type: type[KeyedQueue], raised: Any
+) -> None:
+    """abandon() takes the waiter out and sets its error; the task is cancelled before it runs."""
+
+    async def main() -> None:
+        queue = queue_type()
+        assert queue.join("k", max_waiters=10) is None
+        waiter = queue.join("k", max_waiters=10)
+        assert waiter is not None
+        task = asyncio.ensure_future(queue.wait(waiter, None))
+        await asyncio.sleep(0)  # one loop step: the task now awaits its turn
+        queue.abandon(waiter, error)  # the disconnect or the timer: out of line, error set
+        if holder_leaves:
+            queue.release("k")  # nobody waits any more: the key's entry goes
+        task.cancel()  # same turn: the task has not run since
+        with pytest.raises(raised):
+            await task
+        if queue_type is KeyedQueue:
+            assert queue.waiting("k") == 0
+            if not holder_leaves:
+                queue.release("k")
+            assert len(queue) == 0
+
+    asyncio.run(main())
+
+
+def test_a_cancel_in_the_same_turn_as_the_disconnect_through_the_core() -> None:
+    """Core.enter_async: the client-gone callback abandons, then the task is cancelled."""
+    from sessionlock.core import Admission, Core
+
+    async def main() -> None:
+        core = Core(backend="memory://", key="cookie:s")
+        assert core.queue.join("k", max_waiters=10) is None  # somebody holds the session
+        gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(core.enter_async(Admission("k", None), lambda: gone))
+        await asyncio.sleep(0)  # the task waits in line, watching ``gone``
+        gone.set_result(None)  # the client leaves: _client_gone is scheduled
+        await asyncio.sleep(0)  # one step: _client_gone ran and abandoned the waiter
+        task.cancel()  # the server cancels the request in that same turn
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert core.queue.waiting("k") == 0
+        core.queue.release("k")
+        assert len(core.queue) == 0
+
+    asyncio.run(main())
+
+
+# -- a forked child starts with an empty queue ----------------------------------------------
+
+
+def _in_child(probe: Any) -> int:
+    """Run ``probe`` in a forked child; its exit code (0: probe returned True)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads around
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if probe() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize(
+    "reset", [pytest.param(True, id="reset"), pytest.param(False, id="control-not-reset")]
+)
+def test_a_forked_child_starts_with_an_empty_queue(reset: bool) -> None:
+    queue = KeyedQueue()
+    queue.acquire("k", timeout=None, max_waiters=10)  # the parent holds "k" as it forks
+    if not reset:  # the control: a queue the at-fork hook does not know
+        queue_module._QUEUES.discard(queue)
+
+    def probe() -> bool:
+        if len(queue) != 0 or not queue.try_acquire("k"):
+            return False
+        queue.release("k")
+        return len(queue) == 0
+
+    code = _in_child(probe)
+    assert code == (0 if reset else 2)
+    assert queue.holds("k")  # the parent's hold is untouched
+    queue.release("k")
+    assert len(queue) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_the_parents_holder_releasing_in_the_child_is_harmless() -> None:
+    queue = KeyedQueue()
+    queue.acquire("k", timeout=None, max_waiters=10)
+
+    def probe() -> bool:
+        queue.release("k")  # the forking thread goes on in the child and leaves its key
+        return len(queue) == 0 and queue.try_acquire("k")
+
+    assert _in_child(probe) == 0
+    queue.release("k")
+
+
+# -- the cap on waiting threads -------------------------------------------------------------
+
+
+def test_threads_beyond_max_threads_are_refused_and_other_keys_still_run() -> None:
+    queue = ObservedQueue()
+    queue.acquire("k", timeout=None, max_waiters=10, max_threads=1)  # held: not waiting
+    request = Request(0, "k", "thread")
+
+    def body() -> None:
+        CURRENT.set(request)
+        queue.acquire("k", timeout=None, max_waiters=10, max_threads=1)
+        queue.release("k")
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    assert request.queued.wait(WAIT)
+    assert queue.threads_waiting == 1
+    with pytest.raises(QueueFull, match="threads of this process"):
+        queue.acquire("k", timeout=None, max_waiters=10, max_threads=1)
+    queue.acquire("j", timeout=None, max_waiters=10, max_threads=1)
+    with pytest.raises(QueueFull):  # another busy key too: the cap is per process
+        queue.acquire("j", timeout=None, max_waiters=10, max_threads=1)
+    queue.release("j")
+    queue.acquire("free", timeout=None, max_waiters=10, max_threads=1)  # no wait: taken
+    queue.release("free")
+    assert not queue.reserve_thread(1)  # a backend wait is counted alike
+    assert queue.reserve_thread(None)
+    queue.unreserve_thread()
+    queue.release("k")  # the waiter gets its turn: no longer counted
+    thread.join(WAIT)
+    assert queue.threads_waiting == 0
+    assert len(queue) == 0
+
+
+def test_timed_out_threads_are_no_longer_counted() -> None:
+    queue = KeyedQueue()
+    queue.acquire("k", timeout=None, max_waiters=10)
+    with pytest.raises(LockTimeout):
+        queue.acquire("k", timeout=0.01, max_waiters=10, max_threads=1)
+    assert queue.threads_waiting == 0
+    queue.release("k")

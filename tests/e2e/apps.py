@@ -284,6 +284,9 @@ async def _asgi_reply(send: Callable[[Any], Awaitable[None]], status: int, body:
 
 def _options() -> dict[str, Any]:
     options: dict[str, Any] = {"key": os.environ.get("SESSIONLOCK_TEST_KEY", "cookie:sid")}
+    # Bursts of one session that must all wait their turn, not fairness (test_fairness.py):
+    # the waiting policy from before max_waiting_threads.
+    options["max_waiting_threads"] = 64
     backend = os.environ.get("SESSIONLOCK_TEST_BACKEND")
     if backend:
         options["backend"] = backend

@@ -141,3 +141,18 @@ def in_parallel(jobs: list[Callable[[], Any]], *, timeout: float = 180) -> list[
     if errors:
         raise errors[0]
     return results
+
+
+def fetch_with_headers(
+    base_url: str, method: str, path: str, sid: str, *, timeout: float = 60
+) -> tuple[int, dict[str, str], bytes]:
+    """One request with cookie ``sid`` on its own connection: (status, headers, raw body)."""
+    parts = urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    try:
+        conn.request(method, path, headers={"Cookie": f"sid={sid}", "Connection": "close"})
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, body

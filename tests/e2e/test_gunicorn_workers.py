@@ -39,8 +39,15 @@ BARE_ASGI = "tests.e2e.apps:asgi_app"
 UVICORN_WORKER = "uvicorn.workers.UvicornWorker"
 
 
+# These tests are about serializing one session across workers under a burst of its own
+# requests, not about fairness to other sessions (tests/e2e/test_fairness.py): they keep
+# the waiting policy from before max_waiting_threads, so that every request waits its turn.
+WAIT_ALL = 64
+
+
 def factory(target: str, **options: object) -> str:
     """``sessionlock.gunicorn:wrap("target", option=literal, ...)`` for gunicorn's command line."""
+    options.setdefault("max_waiting_threads", WAIT_ALL)
     arguments = "".join(f", {name}={value!r}" for name, value in options.items())
     return f"sessionlock.gunicorn:wrap({target!r}{arguments})"
 
@@ -96,7 +103,8 @@ def conf_file(tmp_path: Path, locks: str) -> str:
     path.write_text(
         "from sessionlock.gunicorn import post_worker_init as sessionlock_hook\n"
         f"wsgi_app = {BARE!r}\n"
-        f"post_worker_init = sessionlock_hook(backend={locks!r}, key='cookie:sid')\n"
+        f"post_worker_init = sessionlock_hook(backend={locks!r}, key='cookie:sid',"
+        f" max_waiting_threads={WAIT_ALL})\n"
     )
     return str(path)
 
