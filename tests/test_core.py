@@ -247,7 +247,12 @@ def test_control_without_a_cap_the_thread_waits_for_the_other_process() -> None:
     assert core._waiting_threads() is None  # no server that tells its threads: no cap
     entered = threading.Event()
     admission = Admission("k", None)
-    waiting = threading.Thread(target=lambda: (core.enter(admission), entered.set()))
+
+    def enter() -> None:
+        core.enter(admission)
+        entered.set()
+
+    waiting = threading.Thread(target=enter)
     waiting.start()
     backend.free.set()  # the other process leaves: only this lets the waiter in
     assert entered.wait(10)
