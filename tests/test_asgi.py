@@ -596,7 +596,8 @@ def test_exempt_requests_run_unserialized(
 
 
 IDENTITY = re.compile(
-    r"(?P<name>[^=]+)=(?P<value>[A-Za-z0-9_-]{43}\.0\.[A-Za-z0-9_-]{16}); Max-Age=\d+; Path=/; HttpOnly; SameSite=Lax"
+    r"(?P<name>[^=]+)=(?P<value>[A-Za-z0-9_-]{43}\.0\.[A-Za-z0-9_-]{16})"
+    r"; Max-Age=\d+; Path=/; HttpOnly; SameSite=Lax"
     r"(?P<secure>; Secure)?"
 )
 
