@@ -22,7 +22,7 @@ from sessionlock.backends import Backend, _shared, close_all, from_url
 from sessionlock.backends.file import FileBackend
 from sessionlock.backends.memory import MemoryBackend
 from sessionlock.core import Admission, Core
-from sessionlock.errors import LockTimeout
+from sessionlock.errors import ConfigurationError, LockTimeout
 from sessionlock.wsgi import SessionLockMiddleware
 
 SECRET = b"contract-test-secret-0123456789"
@@ -51,10 +51,10 @@ class Kind:
 
 
 ALL_BACKENDS = [
-    pytest.param(Kind(lambda tmp, clock=time.time: MemoryBackend(clock=clock), None), id="memory"),
+    pytest.param(Kind(lambda tmp, **options: MemoryBackend(**options), None), id="memory"),
     pytest.param(
         Kind(
-            lambda tmp, clock=time.time: FileBackend(tmp / "locks", clock=clock),
+            lambda tmp, **options: FileBackend(tmp / "locks", **options),
             lambda tmp: f"file://{tmp / 'locks'}",
         ),
         id="file",
@@ -265,6 +265,34 @@ def test_values_are_shared_by_instances_of_a_shared_backend(
     first.set("note-1", "from the first", None)
     assert second.get("note-1") == "from the first"
     assert first.secret() == second.secret()
+
+
+def test_values_are_capped_and_the_last_set_is_kept(make_backend: MakeBackend) -> None:
+    """A flood of distinct keys: at most ``max_values`` stay, and each set one is readable."""
+    backend = make_backend(max_values=256)  # file://: one value per bucket
+    keys = [f"{number:032x}" for number in range(1000)]
+    for key in keys:
+        backend.set(key, f"value of {key}", 3600.0)
+        assert backend.get(key) == f"value of {key}"
+    assert sum(backend.get(key) is not None for key in keys) <= 256
+    assert backend.get(keys[-1]) == f"value of {keys[-1]}"
+
+
+@pytest.mark.parametrize("max_values", [0, -1, 2.5, True])
+def test_max_values_must_be_a_positive_int(kind: Kind, tmp_path: Path, max_values: Any) -> None:
+    with pytest.raises(ConfigurationError, match="max_values"):
+        kind.make(tmp_path, max_values=max_values)
+
+
+def test_memory_set_removes_expired_values_as_it_goes() -> None:
+    clock = Clock()
+    backend = MemoryBackend(clock=clock)
+    for number in range(100):
+        backend.set(f"old-{number}", "x", 10.0)
+    clock.now += 11
+    for number in range(25):
+        backend.set(f"new-{number}", "y", 10.0)
+    assert len(backend) == 25  # 4 expired ones removed per set, no full scan
 
 
 # -- across processes --------------------------------------------------------------------

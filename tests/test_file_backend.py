@@ -4,6 +4,7 @@ one backend (one directory descriptor) per URL, nothing blocking on the event lo
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import select
@@ -11,7 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,7 +36,18 @@ def directory(tmp_path: Path) -> Path:
 
 
 def _files(directory: Path) -> list[str]:
-    return sorted(name for name in os.listdir(directory) if name != ".secret")
+    """The names of the files under ``directory`` (values in their buckets too), but .secret."""
+    return sorted(
+        path.name for path in directory.rglob("*") if path.is_file() and path.name != ".secret"
+    )
+
+
+def _started(directory: Path, **options: Any) -> FileBackend:
+    """A backend whose start sweep (in its keeper thread) is over: files touched by the test
+    from now on are the test's alone."""
+    backend = FileBackend(directory, **options)
+    assert backend.swept.wait(60)
+    return backend
 
 
 # -- the directory -----------------------------------------------------------------------
@@ -107,7 +119,7 @@ def test_default_backend_is_a_private_directory_under_the_temp_dir() -> None:
 
 
 def test_file_names_are_the_hashed_keys_never_the_raw_session_id(directory: Path) -> None:
-    core = Core(backend=FileBackend(directory), key="cookie:sid")
+    core = Core(backend=_started(directory), key="cookie:sid")
     admission = core.admit({"REQUEST_METHOD": "GET", "HTTP_COOKIE": "sid=raw-secret-sid-value"})
     assert admission is not None
     core.enter(admission)
@@ -118,7 +130,7 @@ def test_file_names_are_the_hashed_keys_never_the_raw_session_id(directory: Path
 
 
 def test_unsafe_value_names_are_hashed(directory: Path) -> None:
-    backend = FileBackend(directory)
+    backend = _started(directory)
     backend.set("../escape/attempt", "v", None)
     assert backend.get("../escape/attempt") == "v"
     assert all(name.startswith("h") for name in _files(directory))
@@ -126,7 +138,7 @@ def test_unsafe_value_names_are_hashed(directory: Path) -> None:
 
 
 def test_secret_is_created_once_private_and_shared(directory: Path) -> None:
-    first, second = FileBackend(directory), FileBackend(directory)
+    first, second = _started(directory), _started(directory)
     assert first.secret() == second.secret()
     assert len(first.secret()) == 32
     assert ((directory / ".secret").stat().st_mode & 0o777) == 0o600
@@ -157,7 +169,7 @@ def _janitors_done() -> None:
 
 
 def test_files_stay_bounded_after_many_distinct_keys(directory: Path) -> None:
-    backend = FileBackend(directory)
+    backend = _started(directory)
     for number in range(3000):
         lease = backend.try_acquire(f"{number:032x}")
         assert lease is not None
@@ -171,7 +183,7 @@ def test_files_stay_bounded_after_many_distinct_keys(directory: Path) -> None:
 
 
 def test_a_session_reuses_its_file(directory: Path) -> None:
-    backend = FileBackend(directory)
+    backend = _started(directory)
     inodes = set()
     for _ in range(5):
         lease = backend.try_acquire(KEY)
@@ -193,7 +205,7 @@ def test_control_files_pile_up_without_the_unlink(directory: Path) -> None:
 
 
 def test_sweep_removes_a_crashed_holders_file_and_expired_values(directory: Path) -> None:
-    backend = FileBackend(directory)
+    backend = _started(directory)
     (directory / f"{KEY}.lock").write_bytes(b"")  # left by a holder killed before unlinking
     backend.set("note-expired", "x", -1.0)
     backend.set("note-kept", "y", 3600.0)
@@ -225,7 +237,7 @@ def test_waiter_on_an_unlinked_inode_retries_on_the_current_file(directory: Path
     B wakes holding inode 1, which no path names any more: it must not count as holding
     the key while C holds inode 2.
     """
-    backend_b, backend_c = FileBackend(directory), FileBackend(directory)
+    backend_b, backend_c = _started(directory), _started(directory)
     path = directory / f"{KEY}.lock"
     x = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(x, fcntl.LOCK_EX)
@@ -262,7 +274,7 @@ def test_a_killed_holder_releases_at_once(directory: Path) -> None:
     )
     assert child.stdout is not None
     assert child.stdout.readline() == b"held\n"
-    backend = FileBackend(directory)
+    backend = _started(directory)
     assert backend.try_acquire(KEY) is None
     waiting: list[object] = []
     thread = threading.Thread(target=lambda: waiting.append(backend.acquire(KEY, 60.0)))
@@ -278,7 +290,7 @@ def test_a_killed_holder_releases_at_once(directory: Path) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_does_not_keep_the_parents_lock(directory: Path) -> None:
-    backend = FileBackend(directory)
+    backend = _started(directory)
     lease = backend.try_acquire(KEY)
     assert lease is not None
     ready_r, ready_w = os.pipe()
@@ -323,6 +335,9 @@ def test_many_middlewares_on_one_directory_open_it_once(directory: Path) -> None
     """One middleware per test (Flask's, Django's suites): 2000 of them, one directory fd."""
     url = f"file://{directory}"
     made = [WSGILock(_wsgi_app, backend=url)]
+    backend = made[0].core.backend
+    assert isinstance(backend, FileBackend)
+    assert backend.swept.wait(60)
     after_first = _fd_count()
     for _ in range(1000):
         made.append(WSGILock(_wsgi_app, backend=url))
@@ -340,7 +355,7 @@ def test_the_default_url_and_its_directory_name_one_backend() -> None:
 def test_a_closed_backend_refuses_and_still_releases_what_it_held(directory: Path) -> None:
     directory.mkdir(mode=0o700)
     baseline = _fd_count()
-    backend = FileBackend(directory)
+    backend = _started(directory)
     lease = backend.try_acquire(KEY)
     assert lease is not None
     kept = backend.try_acquire("f" * 32)
@@ -350,7 +365,7 @@ def test_a_closed_backend_refuses_and_still_releases_what_it_held(directory: Pat
     backend.close()  # twice is fine
     with pytest.raises(BackendUnavailable, match="closed"):
         backend.try_acquire("e" * 32)
-    other = FileBackend(directory)
+    other = _started(directory)
     assert other.try_acquire(KEY) is None  # the lease held at close still holds
     backend.release(lease)
     taken = other.try_acquire(KEY)
@@ -366,7 +381,7 @@ def test_a_closed_backend_refuses_and_still_releases_what_it_held(directory: Pat
 def test_a_kept_descriptor_of_an_unlinked_file_is_no_lock(directory: Path) -> None:
     """The descriptor kept from a key's last request names an inode that another process
     unlinked since, and a holder took the new file: the kept one must not count as a lock."""
-    backend = FileBackend(directory)
+    backend = _started(directory)
     lease = backend.try_acquire(KEY)
     assert lease is not None
     backend.release(lease)  # its descriptor is kept open
@@ -517,7 +532,7 @@ def test_an_uncontended_asgi_request_on_file_does_not_block_the_loop(directory: 
 
 @pytest.mark.usefixtures("no_blocking")
 def test_on_an_event_loop_releases_leave_file_removal_to_the_janitor(directory: Path) -> None:
-    backend = FileBackend(directory)
+    backend = _started(directory)
     backend._janitor = True  # as if one were running: none starts, idle files pile up
     keys = 4 * 256 + 50  # beyond the back-pressure threshold
 
@@ -536,3 +551,293 @@ def test_on_an_event_loop_releases_leave_file_removal_to_the_janitor(directory: 
     _janitors_done()
     assert len(_files(directory)) <= 4 * 256
     backend.close()
+
+
+# -- bounded values ----------------------------------------------------------------------
+
+
+def _same_bucket(backend: FileBackend, count: int) -> list[str]:
+    """``count`` keys whose values share one bucket."""
+    first = f"{0:032x}"
+    bucket = backend._value_path(first).rpartition("/")[0]
+    found = [first]
+    number = 1
+    while len(found) < count:
+        key = f"{number:032x}"
+        if backend._value_path(key).rpartition("/")[0] == bucket:
+            found.append(key)
+        number += 1
+    return found
+
+
+def test_a_full_bucket_evicts_the_value_closest_to_expiry(directory: Path) -> None:
+    backend = _started(directory, max_values=512)  # two values per bucket
+    soon, late, new = _same_bucket(backend, 3)
+    backend.set(late, "late", 1000.0)
+    backend.set(soon, "soon", 10.0)
+    backend.set(new, "new", 500.0)
+    assert [backend.get(key) for key in (soon, late, new)] == [None, "late", "new"]
+
+
+def test_a_set_never_lists_the_whole_directory(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each set lists its own bucket (and, every 16th, one more): never the directory."""
+    backend = _started(directory)
+    listed: list[int] = []
+    real = os.listdir
+
+    def listdir(path: Any = ".") -> list[str]:
+        names = real(path)
+        listed.append(len(names))
+        return names
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    for number in range(600):
+        backend.set(f"{number:032x}", "v", 86400.0)
+    assert len(listed) <= 600 + 600 // 16
+    assert max(listed) < 20  # a bucket's few names, not the 600 values
+
+
+def test_max_values_in_the_url(directory: Path) -> None:
+    backend = from_url(f"file://{directory}?max_values=300")
+    assert isinstance(backend, FileBackend)
+    assert backend.max_values == 300
+    assert from_url(f"file://{directory}/?max_values=300") is backend
+    assert from_url(f"file://{directory}") is not backend
+    backend.close()
+
+
+@pytest.mark.parametrize("query", ["max_values=x", "max_values=0", "max_values=1&max_values=2"])
+def test_bad_max_values_in_the_url(directory: Path, query: str) -> None:
+    with pytest.raises(ConfigurationError, match="max_values"):
+        from_url(f"file://{directory}?{query}")
+
+
+def test_the_start_sweep_removes_expired_values_and_old_layout_values(directory: Path) -> None:
+    backend = _started(directory)
+    backend.set("note-expired", "x", -1.0)
+    backend.set("note-kept", "y", 3600.0)
+    (directory / "legacy.value").write_text("-\nflat layout")
+    backend.close()
+    _started(directory).close()
+    assert _files(directory) == ["note-kept.value"]
+
+
+# -- the directory: parents, hijack, modes, /tmp cleaning --------------------------------
+
+
+def test_missing_parents_of_an_explicit_directory_are_created(tmp_path: Path) -> None:
+    directory = tmp_path / "var" / "lib" / "app" / "locks"
+    _started(directory).close()
+    assert (directory.stat().st_mode & 0o777) == 0o700
+    assert directory.parent.is_dir()
+
+
+def test_a_directory_only_readable_by_others_is_made_private(directory: Path) -> None:
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)
+    _started(directory).close()
+    assert (directory.stat().st_mode & 0o777) == 0o700
+
+
+@pytest.fixture
+def temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The system temp dir, for the default directory, is the test's own."""
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
+    return tmp_path
+
+
+def _plant_symlink(path: Path) -> None:
+    path.symlink_to(path.parent)
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        pytest.param(_plant_symlink, id="symlink"),
+        pytest.param(lambda path: path.write_text(""), id="file"),
+        pytest.param(
+            lambda path: (path.mkdir(mode=0o700), os.chown(path, 4242, 4242)),
+            id="other-user",
+            marks=pytest.mark.skipif(os.geteuid() != 0, reason="only root can chown"),
+        ),
+    ],
+)
+def test_a_hijacked_default_directory_says_what_to_configure(
+    temp_dir: Path, plant: Callable[[Path], object]
+) -> None:
+    plant(temp_dir / f"sessionlock-{os.geteuid()}")
+    with pytest.raises(ConfigurationError, match='backend="file:///var/lib/<app>/sessionlock"'):
+        from_url(DEFAULT_URL)
+
+
+def _locked_by_others(directory: Path) -> bool:
+    """Whether someone holds a flock on ``directory`` (as systemd-tmpfiles tests it)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_a_live_backend_holds_its_directory_against_tmp_cleaning(directory: Path) -> None:
+    backend = _started(directory)
+    assert _locked_by_others(directory)
+    backend.close()
+    assert not _locked_by_others(directory)
+
+
+# -- the secret --------------------------------------------------------------------------
+
+
+def test_a_live_backend_puts_a_removed_secret_back(directory: Path) -> None:
+    backend = _started(directory)
+    secret = backend.secret()
+    (directory / ".secret").unlink()
+    backend.keep()  # the keeper's step
+    assert (directory / ".secret").read_bytes() == secret
+
+
+def test_a_backend_started_while_the_secret_is_gone_gets_the_live_ones(directory: Path) -> None:
+    live = _started(directory)
+    (directory / ".secret").unlink()
+    assert FileBackend(directory).secret() == live.secret()  # waits for live's keeper
+
+
+def test_control_with_no_live_backend_a_new_secret_is_made(directory: Path) -> None:
+    old = _started(directory)
+    old.close()
+    (directory / ".secret").unlink()
+    assert FileBackend(directory).secret() != old.secret()
+
+
+def test_a_backend_never_hashes_with_a_secret_of_its_own_while_others_live(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = _started(directory)
+    live._stop.set()  # its keeper is gone: nobody puts the secret back
+    (directory / ".secret").unlink()
+    monkeypatch.setattr("sessionlock.backends.file._SECRET_WAIT", 0.1)
+    with pytest.raises(BackendUnavailable, match="missing while other processes"):
+        FileBackend(directory)
+    assert not (directory / ".secret").exists()
+
+
+# -- degrade, never 500 ------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs with 64 inodes, mounted for the test; skipped if mounting is refused."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    options = "size=256k,nr_inodes=64,mode=0700"
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory: Path, *, inodes: bool) -> list[Path]:
+    """Fill the file system: empty files until no inode is left, or one file until no block."""
+    made: list[Path] = []
+    with pytest.raises(OSError, match="No space left") as full:
+        _grow(directory, made, inodes=inodes)
+    assert full.value.errno == errno.ENOSPC
+    return made
+
+
+def _grow(directory: Path, made: list[Path], *, inodes: bool) -> None:
+    while inodes:
+        (directory / f"filler-{len(made)}").touch()
+        made.append(directory / f"filler-{len(made)}")
+    with (directory / "filler").open("wb") as file:
+        made.append(directory / "filler")
+        while True:
+            file.write(b"x" * 4096)
+            file.flush()
+
+
+@pytest.mark.parametrize("inodes", [False, True], ids=["no-blocks", "no-inodes"])
+def test_a_full_disk_gives_backend_unavailable_and_recovery_needs_nothing(
+    small_fs: Path, inodes: bool
+) -> None:
+    backend = _started(small_fs / "locks")
+    backend.set("note-kept", "before", None)
+    fillers = _fill(small_fs, inodes=inodes)
+    with pytest.raises(BackendUnavailable):
+        backend.set("note-new", "y" * 8192, None)
+    if inodes:
+        with pytest.raises(BackendUnavailable):
+            backend.try_acquire(KEY)  # a new lock file needs an inode
+    assert backend.get("note-kept") == "before"
+    for filler in fillers:
+        filler.unlink()
+    backend.set("note-new", "y" * 8192, None)  # space is back: it simply works
+    assert backend.get("note-new") == "y" * 8192
+    lease = backend.try_acquire(KEY)
+    assert lease is not None
+    backend.release(lease)
+    backend.close()
+
+
+def test_a_read_only_disk_gives_backend_unavailable_and_recovery_needs_nothing(
+    small_fs: Path,
+) -> None:
+    backend = _started(small_fs / "locks")
+    backend.set("note-kept", "before", None)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    try:
+        with pytest.raises(BackendUnavailable):
+            backend.set("note-new", "y", None)
+        with pytest.raises(BackendUnavailable):
+            backend.delete("note-kept")
+        with pytest.raises(BackendUnavailable):
+            backend.try_acquire(KEY)
+        assert backend.get("note-kept") == "before"
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
+    backend.set("note-new", "y", None)
+    assert backend.get("note-new") == "y"
+    lease = backend.try_acquire(KEY)
+    assert lease is not None
+    backend.release(lease)
+    backend.close()
+
+
+def test_no_descriptor_left_gives_backend_unavailable(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMFILE by fault injection (a real one would starve pytest too): then it recovers."""
+    backend = _started(directory)
+    backend.set("note-kept", "before", None)
+    real = os.open
+
+    def no_descriptor(*args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(os, "open", no_descriptor)
+    for call in (
+        lambda: backend.set("note-new", "y", None),
+        lambda: backend.get("note-kept"),
+        lambda: backend.try_acquire(KEY),
+    ):
+        with pytest.raises(BackendUnavailable):
+            call()
+    monkeypatch.setattr(os, "open", real)
+    backend.set("note-new", "y", None)
+    assert backend.get("note-new") == "y"
+    lease = backend.try_acquire(KEY)
+    assert lease is not None
+    backend.release(lease)

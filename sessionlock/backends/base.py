@@ -16,9 +16,21 @@ import secrets
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from ..errors import ConfigurationError
 from . import _shared
 
-__all__ = ["Backend", "Lease"]
+__all__ = ["DEFAULT_MAX_VALUES", "Backend", "Lease", "check_max_values"]
+
+#: Values a backend stores at most (per process for memory://, per directory for file://):
+#: a flood of new browser identities, each leaving a record, costs bounded memory and disk.
+DEFAULT_MAX_VALUES = 10_000
+
+
+def check_max_values(max_values: int) -> int:
+    """``max_values`` if it is a positive int, else ConfigurationError."""
+    if isinstance(max_values, bool) or not isinstance(max_values, int) or max_values < 1:
+        raise ConfigurationError(f"max_values must be an int >= 1, got {max_values!r}")
+    return max_values
 
 
 class Lease:
@@ -37,7 +49,10 @@ class Lease:
 class Backend(ABC):
     """Excludes other processes (or hosts) from a key, and stores short notes per key.
 
-    Keys reaching a backend are already keyed hashes (hex), never raw session ids.
+    Keys reaching a backend are already keyed hashes (hex), never raw session ids. A backend
+    that cannot reach its store (a full or read-only disk, no descriptors left) raises
+    :class:`~sessionlock.errors.BackendUnavailable` only, and keeps no memory of it: the next
+    call after the store recovers simply works.
     """
 
     #: Whether the lease excludes other processes. The memory backend's does not, which is
@@ -89,11 +104,15 @@ class Backend(ABC):
 
     @abstractmethod
     def get(self, key: str) -> str | None:
-        """The value stored under ``key``, or None if absent or expired."""
+        """The value stored under ``key``, or None if absent, expired or evicted."""
 
     @abstractmethod
     def set(self, key: str, value: str, ttl: float | None) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` seconds (None: no expiry)."""
+        """Store ``value`` under ``key`` for ``ttl`` seconds (None: no expiry).
+
+        The store keeps at most ``max_values``: beyond that, other values (the oldest or
+        closest to expiry) are evicted, never the one just set.
+        """
 
     @abstractmethod
     def delete(self, key: str) -> None:

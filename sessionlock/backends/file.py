@@ -32,15 +32,19 @@ process at most, whatever the number of sessions ever seen. A waiter that opened
 inode then wins a lock on an unlinked file; after every lock the open file's link count is
 checked (``fstat``: no path lookup) and the attempt retried on an unlinked one, so two
 holders can never hold two different inodes of one path (filelock#574's trap). Files left
-by a crashed process are removed by :meth:`sweep`, run when a backend starts.
+by a crashed process are removed by :meth:`sweep`, which a backend runs in its keeper thread
+when it starts (in the background: a large directory never delays startup).
 
-Safety. The directory is refused (ConfigurationError) if it is a symlink, owned by another
-user, or writable by group or others; it is opened once with ``O_NOFOLLOW`` and every name is
-resolved relative to that descriptor. Lock files are opened with ``O_CLOEXEC``; besides the
-held ones, a process keeps (unlocked) the descriptors of the 64 keys it used last, so a
-session's next request skips ``open()``. A process forked while holding locks closes its
-inherited copies at once, so a child never keeps a parent's session locked; a gunicorn
-master, which serves no request, holds none.
+Safety. The directory is refused (ConfigurationError) if it is a symlink, not a directory,
+owned by another user, or writable by group or others (others may have put files in it); one
+of ours that group or others may only read or list (0755) is made 0700 (nothing can have been
+planted; only the listing of session hashes leaked). A missing parent of an explicit directory
+is created as ``os.makedirs`` would, the directory itself 0700. The directory is opened once
+with ``O_NOFOLLOW`` and every name is resolved relative to that descriptor. Lock files are
+opened with ``O_CLOEXEC``; besides the held ones, a process keeps (unlocked) the descriptors
+of the 64 keys it used last, so a session's next request skips ``open()``. A process forked
+while holding locks closes its inherited copies at once, so a child never keeps a parent's
+session locked; a gunicorn master, which serves no request, holds none.
 
 Descriptors. :func:`sessionlock.backends.from_url` makes one backend per directory per
 process, shared by every middleware naming it: one directory descriptor plus at most 64 idle
@@ -55,10 +59,30 @@ happens in the contender thread, removal of idle files in the janitor thread. No
 loop: making a backend (mkdir, open, the sweep; ``secret()`` reads or creates ``.secret``)
 and the value store (a file read, or a write and a rename, on the caller's thread).
 
+Under ``/tmp``. While a backend lives it holds a shared ``flock`` on the directory itself, so
+systemd-tmpfiles' aging skips the directory and everything in it (``.secret`` included); see
+:data:`_TMPFILES`. Every live backend also has a *keeper* thread that, once a second, puts
+``.secret`` back from memory if something else removed it.
+
 The hashing secret is created once per directory (``.secret``, mode 0600, published by an
 atomic ``link``), so every process using the directory hashes a session to the same lock
-without any configuration. The small value store keeps ``<name>.value`` files written by an
-atomic rename, each with its expiry time; expired ones are removed by the amortized sweep.
+without any configuration. Two live processes never hash differently: a new ``.secret`` is
+only made under an exclusive ``flock`` of the directory, i.e. when no live backend (each holds
+it shared, taken once it has the secret) could know another one; a backend that starts while
+``.secret`` is missing and others hold the directory waits (5 s at most) for their keepers to
+put it back, and fails (BackendUnavailable) rather than hash with a secret of its own.
+
+Values. The small value store keeps ``values/<xx>/<name>.value`` files (256 buckets by a hash
+of the name), written by an atomic rename, with the expiry time as their mtime. A bucket holds
+at most ``max_values / 256`` (rounded up; 10 000 in all by default, ``?max_values=N`` in the
+URL): a ``set`` that finds its bucket over it removes the bucket's expired files, then those
+closest to expiry, never the one it wrote; every 16th ``set`` also removes the expired files
+of one more bucket, in turn. So a flood of identities costs a bounded number of files and a
+bounded amount of work per ``set`` (a listing of about 40 names), never a directory scan.
+
+Degrading. A full disk, a read-only one or no descriptor left (ENOSPC, EROFS, EMFILE) makes
+the call raise BackendUnavailable and nothing else; nothing is remembered, so the first call
+after the disk recovers works.
 """
 
 from __future__ import annotations
@@ -78,10 +102,10 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..errors import BackendUnavailable, ConfigurationError
-from .base import Backend, Lease
+from .base import DEFAULT_MAX_VALUES, Backend, Lease, check_max_values
 
 __all__ = ["FileBackend", "default_directory", "from_url", "normalize"]
 
@@ -91,7 +115,25 @@ _SECRET_FILE = ".secret"  # noqa: S105  (a file name, not a password)
 _TMP = ".tmp-"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-_SWEEP_EVERY = 1024  # value writes between two sweeps of the directory
+_VALUES = "values"  # values/<bucket>/<name>.value
+_BUCKETS = 256  # value buckets: a set lists one, about max_values / 256 names
+_TEND_EVERY = 16  # sets between two expiry sweeps of a further bucket (in turn)
+_KEEP_EVERY = 1.0  # seconds between two checks of .secret by a live backend's keeper
+_SECRET_WAIT = 5.0  # seconds a new backend waits for live ones to put .secret back
+_KEEPER = "sessionlock-file-keeper"
+_HINT = (
+    "; configure a directory only this app's user can create, outside the shared temp"
+    ' directory, e.g. backend="file:///var/lib/<app>/sessionlock" (the default under /tmp can'
+    " be created first by any local user)"
+)
+#: systemd-tmpfiles skips a directory that someone holds a BSD lock on. tmpfiles.d(5), "Age"
+#: (systemd 252): "If the aging algorithm finds a lock is already taken on some directory, it
+#: (and everything below it) is skipped. Applications may use this to temporarily exclude
+#: certain directory subtrees from the aging algorithm: the applications can take a BSD file
+#: lock themselves, and as long as they keep it aging of the directory and everything below
+#: it is disabled." (It tests with LOCK_EX|LOCK_NB, so our LOCK_SH is enough; checked with
+#: systemd-tmpfiles 252 --clean: old files kept while held, removed once released.)
+_TMPFILES = "tmpfiles.d(5)"
 _IDLE_FILES = 256  # lock files a process leaves for keys it used lately, at most
 _OPEN_FILES = 64  # unlocked descriptors kept open for the keys used last, per process
 _IDLE_SECONDS = 2.0  # a lock file unused this long here is removed (on the next release)
@@ -180,10 +222,20 @@ class FileBackend(Backend):
         *,
         clock: Callable[[], float] = time.time,
         create: bool = True,
+        max_values: int = DEFAULT_MAX_VALUES,
     ) -> None:
         self.directory = os.path.abspath(os.fspath(directory or default_directory()))
         self._clock = clock  # wall time: expiry times are shared by processes
-        self._dir_fd = _open_private_directory(self.directory, create=create)
+        self.max_values = check_max_values(max_values)
+        self._per_bucket = -(-max_values // _BUCKETS)
+        default = self.directory == default_directory()
+        self._dir_fd = _open_private_directory(self.directory, create=create, default=default)
+        try:
+            self._secret = _agree_secret(self._dir_fd, self.directory)
+            fcntl.flock(self._dir_fd, fcntl.LOCK_SH)  # see _TMPFILES; held until close
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
         self._mutex = threading.Lock()
         self._contenders: dict[str, _Contender] = {}
         self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
@@ -194,9 +246,11 @@ class FileBackend(Backend):
         self._closed = False
         self._janitor = False
         self._writes = 0
-        self._secret: bytes | None = None
+        self._stop = threading.Event()
+        self.swept = threading.Event()  # set when the start sweep is over (for tests)
+        self._keeper_pid = 0
         _after_fork.add(self)
-        self.sweep()
+        self._ensure_keeper()
 
     def __repr__(self) -> str:
         return f"FileBackend({self.directory!r})"
@@ -204,14 +258,33 @@ class FileBackend(Backend):
     # -- secret ------------------------------------------------------------------------
 
     def secret(self) -> bytes:
-        """The directory's hashing secret, created on first use and shared by its users."""
-        if self._secret is None:
-            self._secret = _load_or_create_secret(self._dir_fd, self.directory)
+        """The directory's hashing secret, agreed when the backend started."""
         return self._secret
+
+    # -- the keeper ----------------------------------------------------------------------
+
+    def _ensure_keeper(self) -> None:
+        """Start this process's keeper thread (again after a fork: threads do not survive)."""
+        if self._keeper_pid == os.getpid():
+            return
+        self._keeper_pid = os.getpid()
+        thread = threading.Thread(
+            target=_keep, args=(weakref.ref(self), self._stop), name=_KEEPER, daemon=True
+        )
+        thread.start()
+
+    def keep(self) -> None:
+        """Put ``.secret`` back from memory if it is gone (the keeper's step, every second)."""
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            os.close(os.open(_SECRET_FILE, flags, dir_fd=self._dir_fd))
+        except FileNotFoundError:
+            _publish_secret(self._dir_fd, self._secret)
 
     # -- locks -------------------------------------------------------------------------
 
     def try_acquire(self, key: str) -> Lease | None:
+        self._ensure_keeper()
         name = self._name(key, _LOCK)
         with self._mutex:
             if key in self._contenders:  # our own contender is in line for it already
@@ -339,19 +412,15 @@ class FileBackend(Backend):
                     raise _unavailable(exc) from exc
             try:
                 fcntl.flock(fd, flags)
+                # An inode its holder unlinked before unlocking has st_nlink 0: retry on the
+                # current file. As stat(path) vs fstat: lock files are only unlinked.
+                unlinked = os.fstat(fd).st_nlink == 0
             except BlockingIOError:
                 self._keep_open(name, fd)
                 return None
-            except BaseException:
+            except BaseException as exc:
                 os.close(fd)
-                raise
-            # An inode its holder unlinked before unlocking has st_nlink 0: retry on the current
-            # file. Same as stat(path) vs fstat: lock files are only unlinked, never renamed over.
-            try:
-                unlinked = os.fstat(fd).st_nlink == 0
-            except BaseException:
-                os.close(fd)
-                raise
+                raise _unavailable(exc) from exc
             if unlinked:
                 os.close(fd)
                 continue
@@ -448,7 +517,7 @@ class FileBackend(Backend):
         with self._mutex:
             self._held.pop(fd, None)
         try:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # a read-only disk: the file just stays
                 os.unlink(name, dir_fd=self._dir_fd)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -460,24 +529,25 @@ class FileBackend(Backend):
     def get(self, key: str) -> str | None:
         flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
-            fd = os.open(self._name(key, _VALUE), flags, dir_fd=self._dir_fd)
+            fd = os.open(self._value_path(key), flags, dir_fd=self._dir_fd)
+            with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as file:
+                data = file.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise _unavailable(exc) from exc
-        with os.fdopen(fd, "r", encoding="utf-8") as file:
-            data = file.read()
         expires, value = _parse_value(data)
         if expires is not None and expires <= self._clock():
-            return None  # the sweep removes the file
+            return None  # a tending set or the sweep removes the file
         return value
 
     def set(self, key: str, value: str, ttl: float | None) -> None:
+        self._ensure_keeper()
         deadline = None if ttl is None else self._clock() + ttl
         expires = "-" if deadline is None else repr(deadline)
-        # The expiry is also the file's mtime, so the sweep finds expired files by stat alone.
+        # The expiry is also the file's mtime, so tending finds expired files by stat alone.
         mtime = _NEVER if deadline is None else deadline
-        name = self._name(key, _VALUE)
+        path = self._value_path(key)
         tmp = f"{_TMP}{secrets.token_hex(8)}"
         try:
             fd = os.open(
@@ -486,83 +556,112 @@ class FileBackend(Backend):
                 0o600,
                 dir_fd=self._dir_fd,
             )
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
+            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogatepass") as file:
                 file.write(f"{expires}\n{value}")
                 file.flush()
                 os.utime(file.fileno(), (mtime, mtime))
-            os.replace(tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            self._publish_value(tmp, path)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=self._dir_fd)
             raise _unavailable(exc) from exc
         self._writes += 1
-        if self._writes % _SWEEP_EVERY == 0:
-            self.sweep()
+        bucket, _, written = path.rpartition("/")
+        self._tend(bucket, written)
+        if self._writes % _TEND_EVERY == 0:
+            self._tend(f"{_VALUES}/{self._writes // _TEND_EVERY % _BUCKETS:02x}", None)
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._name(key, _VALUE), dir_fd=self._dir_fd)
+        try:
+            os.unlink(self._value_path(key), dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _unavailable(exc) from exc
+
+    def _value_path(self, key: str) -> str:
+        name = self._name(key, _VALUE)
+        bucket = hashlib.blake2b(name.encode(), digest_size=1).hexdigest()
+        return f"{_VALUES}/{bucket}/{name}"
+
+    def _publish_value(self, tmp: str, path: str) -> None:
+        """Rename the finished ``tmp`` to ``path``, making its bucket at the first value."""
+        dir_fd = self._dir_fd
+        try:
+            os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except FileNotFoundError:
+            for part in (_VALUES, path.rpartition("/")[0]):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o700, dir_fd=dir_fd)
+            os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
     # -- housekeeping --------------------------------------------------------------------
+
+    def _tend(self, bucket: str, written: str | None) -> int:
+        """Bound one bucket; best effort (a failure here never fails the ``set``).
+
+        If it holds more than its share of ``max_values``, or ``written`` is None (the
+        rotating sweep), its expired files go; then, beyond its share, those closest to
+        expiry, never ``written``. Returns the files removed.
+        """
+        try:
+            fd = os.open(bucket, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._dir_fd)
+        except OSError:
+            return 0
+        try:
+            names = os.listdir(fd)
+            if written is not None and len(names) <= self._per_bucket:
+                return 0
+            return _trim_bucket(fd, names, written, self._clock(), self._per_bucket)
+        except OSError:
+            return 0
+        finally:
+            os.close(fd)
 
     def sweep(self) -> int:
         """Remove expired values, stale temporary files and crashed holders' lock files.
 
-        Runs when the backend starts and every 1024 value writes; returns the files removed.
+        The keeper thread runs it when the backend starts; returns the files removed.
         """
         removed = 0
-        now = self._clock()
+        for name in self._listing("."):
+            try:
+                if name.endswith(_LOCK):
+                    removed += self._sweep_lock(name)
+                elif name.endswith(_VALUE) or (name.startswith(_TMP) and self._stale(name)):
+                    os.unlink(name, dir_fd=self._dir_fd)  # a value of the old flat layout, or
+                    removed += 1  # a crash's leftover
+            except FileNotFoundError:
+                continue
+        for bucket in self._listing(_VALUES):
+            removed += self._tend(f"{_VALUES}/{bucket}", None)
+        return removed
+
+    def _listing(self, directory: str) -> list[str]:
         # A directory stream of its own: the backend's descriptor shares its read offset with
         # every fork of this process (a gunicorn master's workers) and every thread.
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
         try:
-            listing = os.open(".", flags, dir_fd=self._dir_fd)
+            listing = os.open(directory, flags, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            return []
         except OSError as exc:
             raise _unavailable(exc) from exc
         try:
-            with os.scandir(listing) as entries:
-                names = [entry.name for entry in entries]
+            return os.listdir(listing)
         finally:
             os.close(listing)
-        for name in names:
-            try:
-                if name.endswith(_LOCK):
-                    removed += self._sweep_lock(name)
-                elif name.endswith(_VALUE):
-                    removed += self._sweep_value(name, now)
-                elif name.startswith(_TMP):
-                    info = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
-                    if info.st_mtime < time.time() - _STALE_TMP:
-                        os.unlink(name, dir_fd=self._dir_fd)
-                        removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+
+    def _stale(self, name: str) -> bool:
+        # ctime: a value's temporary file gets its expiry as mtime before it is renamed.
+        info = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+        return info.st_ctime < time.time() - _STALE_TMP
 
     def _sweep_lock(self, name: str) -> int:
         # A file nobody holds: lock it (the protocol's own way) and unlink it.
         with self._mutex:
             self._idle.pop(name, None)
         return 1 if self._unlink_if_free(name) else 0
-
-    def _sweep_value(self, name: str, now: float) -> int:
-        if os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False).st_mtime > now:
-            return 0  # not expired yet, by the mtime set with it
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._dir_fd)
-        except OSError:
-            return 0
-        with os.fdopen(fd, "r", encoding="utf-8") as file:
-            expires, _ = _parse_value(file.read())
-            mine = os.fstat(file.fileno())
-        if expires is None or expires > now:
-            return 0
-        # Remove only the very file read: a write that replaced it since stays.
-        current = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
-        if (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev):
-            return 0
-        os.unlink(name, dir_fd=self._dir_fd)
-        return 1
 
     def close(self) -> None:
         """Close the directory and the idle descriptors; leave the registry. Idempotent.
@@ -571,6 +670,7 @@ class FileBackend(Backend):
         asked of a closed backend raises BackendUnavailable.
         """
         super().close()
+        self._stop.set()
         with self._mutex:
             if self._closed:
                 return
@@ -596,6 +696,7 @@ class FileBackend(Backend):
         self._contenders = {}
         self._idle = {}
         self._janitor = False
+        self._stop = threading.Event()  # the parent's keeper stays the parent's
         for fd in self._open.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -617,9 +718,60 @@ def _reset_in_child() -> None:
 os.register_at_fork(after_in_child=_reset_in_child)
 
 
-def _open_private_directory(path: str, *, create: bool) -> int:
+def _keep(ref: weakref.ref[FileBackend], stop: threading.Event) -> None:
+    """The keeper thread: the start sweep, then ``.secret`` checked every second.
+
+    It holds the backend weakly, so a backend nobody uses any more is still collected.
+    """
+    backend = ref()
+    if backend is not None and not backend.swept.is_set():
+        try:
+            backend.sweep()
+        except (BackendUnavailable, OSError):
+            pass  # the next backend to start tries again
+        finally:
+            backend.swept.set()
+    del backend
+    while not stop.wait(_KEEP_EVERY):
+        backend = ref()
+        if backend is None:
+            return
+        with contextlib.suppress(BackendUnavailable, OSError):  # a full disk: next second
+            backend.keep()
+        del backend
+
+
+def _trim_bucket(fd: int, names: list[str], written: str | None, now: float, cap: int) -> int:
+    """Unlink the expired files of a bucket, then the earliest to expire beyond ``cap``.
+
+    Expiry is read from the mtime. A value rewritten between the stat and the unlink may be
+    removed with its old self: the store may forget a value, as any cache.
+    """
+    expiries: list[tuple[float, str]] = []
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            expiries.append((os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime, name))
+    expiries.sort()
+    keep = len(expiries)
+    removed = 0
+    for mtime, name in expiries:
+        if name == written:
+            continue
+        if mtime > now and keep <= cap:
+            break
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=fd)
+            removed += 1
+        keep -= 1
+    return removed
+
+
+def _open_private_directory(path: str, *, create: bool, default: bool = False) -> int:
+    hint = _HINT if default else "; give a directory of your own"
     if create:
         try:
+            if not default:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
             os.mkdir(path, 0o700)
         except FileExistsError:
             pass
@@ -630,59 +782,93 @@ def _open_private_directory(path: str, *, create: bool) -> int:
     except OSError as exc:
         raise ConfigurationError(f"lock directory {path} is not usable: {exc}") from exc
     if stat.S_ISLNK(info.st_mode):
-        raise ConfigurationError(f"lock directory {path} is a symlink; give the real path")
+        raise ConfigurationError(f"lock directory {path} is a symlink{hint}")
     if not stat.S_ISDIR(info.st_mode):
-        raise ConfigurationError(f"lock directory {path} is not a directory")
+        raise ConfigurationError(f"lock directory {path} is not a directory{hint}")
     if info.st_uid != os.geteuid():
         raise ConfigurationError(
             f"lock directory {path} is owned by uid {info.st_uid}, not by this user"
-            f" ({os.geteuid()}): another user could read or break its locks"
+            f" ({os.geteuid()}): another user could read or break its locks{hint}"
         )
     if info.st_mode & 0o022:
         raise ConfigurationError(
             f"lock directory {path} is writable by group or others"
-            f" (mode {stat.S_IMODE(info.st_mode):o}); chmod 700 it"
+            f" (mode {stat.S_IMODE(info.st_mode):o}), so others may have put files in it;"
+            " remove it, or empty it and chmod 700 it"
         )
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if (os.fstat(fd).st_ino, os.fstat(fd).st_dev) != (info.st_ino, info.st_dev):
+            os.close(fd)
+            raise ConfigurationError(f"lock directory {path} changed while it was checked")
+        if info.st_mode & 0o077:
+            os.fchmod(fd, 0o700)  # ours, readable by others: nobody could add a file
     except OSError as exc:
         raise ConfigurationError(f"lock directory {path} is not usable: {exc}") from exc
-    if (os.fstat(fd).st_ino, os.fstat(fd).st_dev) != (info.st_ino, info.st_dev):
-        os.close(fd)
-        raise ConfigurationError(f"lock directory {path} changed while it was checked")
     return fd
 
 
-def _load_or_create_secret(dir_fd: int, directory: str) -> bytes:
-    """Read ``.secret``; the first process creates it whole, by linking a finished file."""
-    for _ in range(3):
+def _agree_secret(dir_fd: int, directory: str) -> bytes:
+    """The directory's secret; a new one only when no live backend holds the directory.
+
+    Live backends hold a shared flock on it, so an exclusive one proves none could know
+    another secret. Otherwise wait for a live one's keeper to put ``.secret`` back.
+    """
+    deadline = time.monotonic() + _SECRET_WAIT
+    pause = threading.Event()
+    while True:
+        secret = _read_secret(dir_fd, directory)
+        if secret is not None:
+            return secret
         try:
-            fd = os.open(_SECRET_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
-        except FileNotFoundError:
-            tmp = f"{_TMP}{secrets.token_hex(8)}"
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
-            )
-            with os.fdopen(fd, "wb") as file:
-                file.write(secrets.token_bytes(32))
-            try:
-                os.link(tmp, _SECRET_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except FileExistsError:
-                pass  # another process published first: use theirs
-            finally:
-                os.unlink(tmp, dir_fd=dir_fd)
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise BackendUnavailable(
+                    f"{directory}/{_SECRET_FILE} is missing while other processes use the"
+                    " directory, and none put it back: restart them, or give a secret"
+                ) from None
+            pause.wait(0.02)
             continue
-        with os.fdopen(fd, "rb") as file:
-            info = os.fstat(file.fileno())
-            data = file.read()
-        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
-            raise ConfigurationError(
-                f"{directory}/{_SECRET_FILE} must belong to this user with mode 0600"
-            )
-        if len(data) != 32:
-            raise ConfigurationError(f"{directory}/{_SECRET_FILE} is damaged; delete it to renew")
-        return data
-    raise BackendUnavailable(f"could not create {directory}/{_SECRET_FILE}")
+        try:
+            _publish_secret(dir_fd, secrets.token_bytes(32))
+        finally:
+            fcntl.flock(dir_fd, fcntl.LOCK_UN)
+
+
+def _read_secret(dir_fd: int, directory: str) -> bytes | None:
+    try:
+        fd = os.open(_SECRET_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _unavailable(exc) from exc
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        data = file.read()
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise ConfigurationError(
+            f"{directory}/{_SECRET_FILE} must belong to this user with mode 0600"
+        )
+    if len(data) != 32:
+        raise ConfigurationError(f"{directory}/{_SECRET_FILE} is damaged; delete it to renew")
+    return data
+
+
+def _publish_secret(dir_fd: int, secret: bytes) -> None:
+    """Link a finished ``.secret`` into place; one already there (another's) wins."""
+    tmp = f"{_TMP}{secrets.token_hex(8)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        with os.fdopen(fd, "wb") as file:
+            file.write(secret)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, _SECRET_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as exc:
+        raise _unavailable(exc) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
 
 
 def _parse_value(data: str) -> tuple[float | None, str]:
@@ -708,26 +894,38 @@ def normalize(url: str) -> str:
     """One spelling per directory: ``file:///dir`` for ``file://localhost/dir/``, ``file://``.
 
     Textual only (no symlink is resolved): two spellings that the file system alone makes
-    one directory get two backends, which still exclude each other through the locks.
+    one directory get two backends, which still exclude each other through the locks. A
+    ``max_values`` other than the default stays in the URL.
     """
-    return "file://" + quote(_directory(url))
+    directory, max_values = _parse(url)
+    suffix = "" if max_values == DEFAULT_MAX_VALUES else f"?max_values={max_values}"
+    return "file://" + quote(directory) + suffix
 
 
 def from_url(url: str) -> FileBackend:
-    """A new backend on ``file:///absolute/dir`` (``file://`` alone: the default directory).
+    """A new backend on ``file:///absolute/dir[?max_values=N]`` (``file://``: the default).
 
     :func:`sessionlock.backends.from_url` shares one per directory per process.
     """
-    return FileBackend(_directory(url))
+    directory, max_values = _parse(url)
+    return FileBackend(directory, max_values=max_values)
 
 
-def _directory(url: str) -> str:
+def _parse(url: str) -> tuple[str, int]:
+    """(directory, max_values) of a ``file://`` URL."""
     parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+    if parts.netloc not in ("", "localhost") or parts.fragment:
         raise ConfigurationError(f"file:// takes an absolute path only, got {url!r}")
+    options = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    if set(options) - {"max_values"} or len(options.get("max_values", [""])) != 1:
+        raise ConfigurationError(f"file:// takes only ?max_values=N, got {url!r}")
+    try:
+        max_values = int(options.get("max_values", [str(DEFAULT_MAX_VALUES)])[0])
+    except ValueError:
+        raise ConfigurationError(f"max_values must be an int, got {url!r}") from None
     path = unquote(parts.path)
     if not path:
-        return default_directory()
+        return default_directory(), check_max_values(max_values)
     if not os.path.isabs(path):
         raise ConfigurationError(f"file:// needs an absolute path, got {url!r}")
-    return os.path.normpath(path)
+    return os.path.normpath(path), check_max_values(max_values)

@@ -6,6 +6,10 @@ The per-process FIFO queue above every backend already excludes threads and task
 process, so the memory backend's lease is free. It is right for one worker process (uvicorn
 with one worker, gunicorn ``-w 1 --threads N``, waitress); with several worker processes use
 ``file://`` (one host) or ``redis://`` (many hosts).
+
+Bounded values: at most ``max_values`` (10 000 by default) are kept; a ``set`` beyond that
+forgets the oldest written, and removes up to 4 expired ones at the front of that order, so a
+flood of new identities costs a bounded heap and a bounded amount of work per ``set``.
 """
 
 from __future__ import annotations
@@ -15,19 +19,27 @@ import time
 from collections.abc import Callable
 
 from ..errors import ConfigurationError
-from .base import Backend, Lease
+from .base import DEFAULT_MAX_VALUES, Backend, Lease, check_max_values
 
 __all__ = ["MemoryBackend", "from_url", "normalize"]
+
+_EXPIRE_PER_SET = 4  # expired values a set may remove, at most: bounded work per request
 
 
 class MemoryBackend(Backend):
     shared = False
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_values: int = DEFAULT_MAX_VALUES,
+    ) -> None:
         self._clock = clock
+        self.max_values = check_max_values(max_values)
+        # Oldest written first: a set moves its key to the end.
         self._values: dict[str, tuple[str, float | None]] = {}
         self._mutex = threading.Lock()
-        self._next_sweep = 1024
 
     def try_acquire(self, key: str) -> Lease:
         return Lease(key)
@@ -55,8 +67,9 @@ class MemoryBackend(Backend):
     def set(self, key: str, value: str, ttl: float | None) -> None:
         expires = None if ttl is None else self._clock() + ttl
         with self._mutex:
-            self._purge_expired()
+            self._values.pop(key, None)
             self._values[key] = (value, expires)
+            self._trim()
 
     def delete(self, key: str) -> None:
         with self._mutex:
@@ -66,14 +79,17 @@ class MemoryBackend(Backend):
         """Stored values not yet purged (for tests and benchmarks)."""
         return len(self._values)
 
-    def _purge_expired(self) -> None:
-        # Amortized: a full sweep only when the table doubled since the last one.
-        if len(self._values) < self._next_sweep:
-            return
+    def _trim(self) -> None:
+        """A few expired values at the front go, then the oldest beyond the cap (mutex held)."""
         now = self._clock()
-        for key in [k for k, (_, exp) in self._values.items() if exp is not None and exp <= now]:
-            del self._values[key]
-        self._next_sweep = max(1024, 2 * len(self._values))
+        for _ in range(min(_EXPIRE_PER_SET, len(self._values))):
+            oldest = next(iter(self._values))
+            expires = self._values[oldest][1]
+            if expires is None or expires > now:
+                break
+            del self._values[oldest]
+        while len(self._values) > self.max_values:
+            del self._values[next(iter(self._values))]
 
 
 def normalize(url: str) -> str:
