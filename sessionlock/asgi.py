@@ -37,13 +37,24 @@ __all__ = ["SessionLockMiddleware"]
 class SessionLockMiddleware:
     def __init__(self, app: ASGIApp, **options: Unpack[Options]) -> None:
         self.app = app
-        self.core = Core(**options)
+        self._options = options
+        self._building: asyncio.Future[Core] | None = None
+        # Starlette builds its middleware stack lazily, on the event loop: the backend (a
+        # directory opened, swept) is then built in a thread at the first request instead.
+        self._core: Core | None = None if _on_event_loop() else Core(**options)
+
+    @property
+    def core(self) -> Core:
+        """The shared decisions (queue, backend, options); built now if not yet."""
+        if self._core is None:
+            self._core = Core(**self._options)
+        return self._core
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        core = self.core
+        core = self._core if self._core is not None else await self._build()
         if not isinstance(scope.get("headers"), list):
             # ASGI promises only an iterable (Falcon's test client passes an iterator of
             # iterators): read once into a list, so neither we nor the app consume it.
@@ -70,18 +81,42 @@ class SessionLockMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = _finish(core, admission, message.get("headers", ()))
+                headers = message.get("headers", ())
+                if core.cookies_block:  # records on disk: written off the loop
+                    message["headers"] = await asyncio.to_thread(_finish, core, admission, headers)
+                else:
+                    message["headers"] = _finish(core, admission, headers)
                 if at_head:  # the session is saved: the next request may load it
                     await _leave(core, admission)
             await send(message)
 
         try:
-            core.prepare(admission, scope)  # under the lease: a failure here releases too
+            # under the lease: a failure here releases too
+            if core.cookies_block:  # records on disk: read off the loop
+                await asyncio.to_thread(core.prepare, admission, scope)
+            else:
+                core.prepare(admission, scope)
             if inbox is not None and inbox.kept:
                 receive = inbox.receive
             await self.app(scope, receive, send_with_headers)
         finally:
             await _leave(core, admission)  # the backstop: no response, an error, "end"
+
+    async def _build(self) -> Core:
+        if self._building is None:
+            self._building = asyncio.ensure_future(asyncio.to_thread(Core, **self._options))
+        built = await asyncio.shield(self._building)
+        if self._core is None:  # else `core` was read meanwhile: keep that one
+            self._core = built
+        return self._core
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def _leave(core: Core, admission: Admission) -> None:

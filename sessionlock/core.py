@@ -201,6 +201,9 @@ class Core:
         self._digests: dict[str, str] = {}
         # A backend that keeps the default release_async releases without awaiting.
         self.releases_inline = type(backend).release_async is Backend.release_async
+        # Cookie records on a backend outside process memory cost file or network I/O: the
+        # ASGI shell moves that off the event loop.
+        self.cookies_block = cookie_session is not None and backend.shared
         self.cookies: CookieTracker | None = None
         if cookie_session is not None:
             from .cookies import SessionCookies

@@ -16,6 +16,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -776,3 +777,46 @@ def test_starlette_background_task_runs_outside_the_lock(release: str, overlap: 
             assert len(lock.core.queue) == 0
 
     run(main())
+
+
+# -- nothing blocks the event loop, even on file:// with cookie sessions ----------------------
+
+
+@pytest.mark.usefixtures("registry")
+def test_a_lazily_built_stack_with_cookie_sessions_on_file_never_blocks_the_loop(
+    tmp_path: Any,
+) -> None:
+    """Starlette builds the middleware (so the backend) at the first request, on the loop;
+    cookie records on file:// are read and written at every request: all of it off the loop.
+    """
+    from starlette.middleware.sessions import SessionMiddleware
+
+    async def incr(request: StarletteRequest) -> PlainTextResponse:
+        request.session["n"] = request.session.get("n", 0) + 1
+        return PlainTextResponse(str(request.session["n"]))
+
+    app = Starlette(routes=[Route("/", incr)])
+    app.add_middleware(SessionMiddleware, secret_key="k" * 32)
+    backend = f"file://{tmp_path}/locks"
+    app.add_middleware(SessionLockMiddleware, backend=backend, cookie_session="session")
+
+    async def main() -> list[str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return [(await client.get("/")).text for _ in range(3)]
+
+    assert asyncio.run(main()) == ["1", "2", "3"]
+
+
+@pytest.mark.usefixtures("registry")
+def test_control_building_the_file_backend_on_the_loop_is_caught(tmp_path: Any) -> None:
+    """The fixture does catch the construction the lazy build avoids."""
+    from blockbuster import BlockingError
+
+    from sessionlock.core import Core
+
+    async def main() -> None:
+        Core(backend=f"file://{tmp_path}/locks")
+
+    with pytest.raises(BlockingError):
+        asyncio.run(main())
