@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .core import REFUSED, RELEASE, Admission, Core, Options
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 __all__ = ["SessionLockMiddleware"]
+
+_T = TypeVar("_T")
 
 
 class SessionLockMiddleware:
@@ -83,7 +85,7 @@ class SessionLockMiddleware:
             if message["type"] == "http.response.start":
                 headers = message.get("headers", ())
                 if core.cookies_block:  # records on disk: written off the loop
-                    message["headers"] = await asyncio.to_thread(_finish, core, admission, headers)
+                    message["headers"] = await _off_loop(_finish, core, admission, headers)
                 else:
                     message["headers"] = _finish(core, admission, headers)
                 if at_head:  # the session is saved: the next request may load it
@@ -93,7 +95,7 @@ class SessionLockMiddleware:
         try:
             # under the lease: a failure here releases too
             if core.cookies_block:  # records on disk: read off the loop
-                await asyncio.to_thread(core.prepare, admission, scope)
+                await _off_loop(core.prepare, admission, scope)
             else:
                 core.prepare(admission, scope)
             if inbox is not None and inbox.kept:
@@ -109,6 +111,17 @@ class SessionLockMiddleware:
         if self._core is None:  # else `core` was read meanwhile: keep that one
             self._core = built
         return self._core
+
+
+async def _off_loop(function: Callable[..., _T], *args: object) -> _T:
+    """``function(*args)`` in a worker thread, so its file I/O never blocks the loop.
+
+    Under another event loop library (trio, through anyio) it runs inline: sessionlock waits
+    with asyncio primitives, so it serves trio apps only while uncontended anyway.
+    """
+    if not _on_event_loop():
+        return function(*args)
+    return await asyncio.to_thread(function, *args)
 
 
 def _on_event_loop() -> bool:
