@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["SessionLockMiddleware"]
 
 _T = TypeVar("_T")
+_MAX_KEPT = 64 * 1024  # body bytes a waiting request reads ahead, at most
 
 
 class SessionLockMiddleware:
@@ -154,7 +155,10 @@ def _early_release(core: Core, admission: Admission) -> object:
 class _Inbox:
     """Reads the client's messages while the request waits, to see a disconnect at once.
 
-    Whatever was read (request body chunks) is kept and handed to the app first.
+    Whatever was read (request body chunks) is kept and handed to the app first. At most
+    ``_MAX_KEPT`` bytes of body are read ahead: then reading stops, and the server's flow
+    control holds the rest of an upload back (a disconnect after that point is seen when the
+    turn comes, by the app's own ``receive``).
     """
 
     __slots__ = ("_receive", "kept")
@@ -164,11 +168,15 @@ class _Inbox:
         self.kept: deque[Message] = deque()
 
     async def until_disconnect(self) -> None:
+        size = 0
         while True:
             message = await self._receive()
             self.kept.append(message)
             if message["type"] == "http.disconnect":
                 return
+            size += len(message.get("body", b""))
+            if size >= _MAX_KEPT and message.get("more_body", False):
+                await asyncio.get_running_loop().create_future()  # until the turn comes
 
     async def receive(self) -> Message:
         if self.kept:
@@ -179,7 +187,7 @@ class _Inbox:
 def _finish(
     core: Core, admission: Admission, headers: Iterable[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
-    if core.cookies is None:  # the common case: append, no decoding
+    if core.cookies is None and admission.set_identity is None:  # the common case: no decoding
         return [*headers, *_encode(admission.response_headers())]
     decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
     return _encode(core.finish(admission, decoded))

@@ -452,8 +452,14 @@ class SessionCookies:
         if rewritten is not header:
             cookieheader.replace(request, rewritten)
 
-    def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Record the app's Set-Cookie for tracked names; re-send the latest if it set none."""
+    def finish(
+        self, admission: Admission, headers: list[tuple[str, str]], *, public: bool = False
+    ) -> list[tuple[str, str]]:
+        """Record the app's Set-Cookie for tracked names; re-send the latest if it set none.
+
+        ``public``: a shared cache may store the response; nothing is re-sent on it (the
+        browser catches up on its next private response).
+        """
         notes = admission.notes
         state = notes.get(_NOTE) if notes is not None else None
         if not isinstance(state, _State):
@@ -471,6 +477,8 @@ class SessionCookies:
         if issued:
             record = self._record(admission, state, issued, now)
             generation = record.generation
+        if public:
+            return headers
         for name, entry in state.stale.items():
             if name not in issued:
                 headers = [*headers, ("Set-Cookie", entry.resend(now))]

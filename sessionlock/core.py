@@ -63,13 +63,14 @@ class Admission:
         #: Per-request state of optional features (cookie tracking), keyed by feature.
         self.notes: dict[str, object] | None = None
 
-    def response_headers(self) -> list[tuple[str, str]]:
+    def response_headers(self, *, cookies: bool = True) -> list[tuple[str, str]]:
+        """Server-Timing, and the identity Set-Cookie unless ``cookies`` is False."""
         if self.waited < 0.00005:  # rounds to 0.0 ms: the uncontended case, preformatted
             headers = [_NO_WAIT]
         else:
             timing = f'sessionlock;dur={self.waited * 1000:.1f};desc="session lock wait"'
             headers = [("Server-Timing", timing)]
-        if self.set_identity is not None:
+        if cookies and self.set_identity is not None:
             headers.append(("Set-Cookie", self.set_identity))
         return headers
 
@@ -80,8 +81,13 @@ class CookieTracker(Protocol):
     def prepare(self, admission: Admission, request: Request) -> None:
         """Under the lease, before the app runs: hand the app the latest session cookie."""
 
-    def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Under the lease, as the response starts: record and complete its Set-Cookie."""
+    def finish(
+        self, admission: Admission, headers: list[tuple[str, str]], *, public: bool = False
+    ) -> list[tuple[str, str]]:
+        """Under the lease, as the response starts: record and complete its Set-Cookie.
+
+        ``public``: a shared cache may store the response: add no Set-Cookie to it.
+        """
 
 
 class Refusal:
@@ -232,9 +238,11 @@ class Core:
             raw = found
         digest = self._digests.get(raw)
         if digest is None:
-            if len(self._digests) >= _DIGEST_CACHE:
-                self._digests.clear()
-            digest = self._digests[raw] = keys.hash_key(self.secret, raw)
+            digest = keys.hash_key(self.secret, raw)
+            if len(raw) <= _CACHED_KEY:  # bounded memory: 4096 keys of at most 256 chars
+                if len(self._digests) >= _DIGEST_CACHE:
+                    self._digests.clear()
+                self._digests[raw] = digest
         held = request.get(HELD)
         if held is not None and (self._mark, digest) in held:
             return None  # nested inside a layer holding this very session: already serialized
@@ -397,9 +405,12 @@ class Core:
         Cookie tracking records only under the lease: after an early release the next
         request may already run, and its record must not be overwritten by an older one.
         """
+        # A response a shared cache may store gets none of our Set-Cookies (they would be
+        # served to everyone): the identity, or a re-sent cookie, waits for the next response.
+        public = shared_cacheable(headers)
         if self.cookies is not None and admission.lease is not None:
-            headers = self.cookies.finish(admission, headers)
-        return [*headers, *admission.response_headers()]
+            headers = self.cookies.finish(admission, headers, public=public)
+        return [*headers, *admission.response_headers(cookies=not public)]
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -436,6 +447,19 @@ class Core:
 
 
 _DIGEST_CACHE = 4096
+_CACHED_KEY = 256  # longer raw keys are hashed every time, never kept in memory
+
+
+def shared_cacheable(headers: list[tuple[str, str]]) -> bool:
+    """Whether the app let shared caches store the response (``public`` or ``s-maxage``)."""
+    directives: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "cache-control":
+            directives.update(d.strip().partition("=")[0].lower() for d in value.split(","))
+    if not directives or directives & {"private", "no-store"}:
+        return False
+    return bool(directives & {"public", "s-maxage"})
+
 
 #: What the shells turn into a refusal rather than an error.
 REFUSED = (LockTimeout, QueueFull, BackendUnavailable)

@@ -50,7 +50,7 @@ from django.conf import settings  # type: ignore[import-untyped]
 from django.http import HttpResponse  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-from .core import REFUSED, RELEASE, Admission, Core, Options
+from .core import REFUSED, RELEASE, Admission, Core, Options, shared_cacheable
 from .errors import ConfigurationError
 from .rules import Ruleset, as_ruleset
 
@@ -264,7 +264,8 @@ def _refusal(core: Core, admission: Admission, error: Exception) -> Response:
 
 
 def _finish(admission: Admission, response: Response) -> Response:
-    for name, value in admission.response_headers():
+    public = shared_cacheable([("Cache-Control", response.get("Cache-Control", ""))])
+    for name, value in admission.response_headers(cookies=not public):
         if name.lower() == "set-cookie":
             response.cookies.update(SimpleCookie(value))
         elif name in response:

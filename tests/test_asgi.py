@@ -501,6 +501,59 @@ def test_body_chunks_read_while_waiting_reach_the_app_intact(
     run(main())
 
 
+@pytest.mark.parametrize(
+    ("limit", "read_ahead"),
+    [
+        pytest.param(None, 4, id="bounded-64KiB"),
+        pytest.param(10**9, 40, id="control-unbounded-reads-everything"),
+    ],
+)
+def test_a_waiting_request_reads_at_most_a_bounded_body_ahead(
+    limit: int | None, read_ahead: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 640 KiB upload waiting for its turn: 64 KiB are read ahead, the rest stays with the
+    server (flow control), and the app still gets every byte in order."""
+    import sessionlock.asgi
+
+    if limit is not None:
+        monkeypatch.setattr(sessionlock.asgi, "_MAX_KEPT", limit)
+    chunks = [bytes([i]) * 16384 for i in range(40)]
+
+    async def main() -> None:
+        leave, inside = asyncio.Event(), asyncio.Event()
+        received: list[bytes] = []
+        holder_app = held_app(leave, inside=inside)
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["path"] == "/1":
+                await holder_app(scope, receive, send)
+                return
+            while True:
+                message = await receive()
+                received.append(message["body"])
+                if not message.get("more_body", False):
+                    break
+            await hello(scope, receive, send)
+
+        middleware = by_cookie(app)
+        gate = observed(middleware)
+        first, second = Client(), Client(body=chunks)
+        one = start(middleware, scope_for("/1", cookie=f"sid={SID}"), first)
+        await inside.wait()
+        two = start(middleware, scope_for("/2", cookie=f"sid={SID}"), second)
+        await gate.wait_for(lambda: gate.queued == 1)
+        for _ in range(200):  # let the waiting request read all it will; loop turns only
+            await asyncio.sleep(0)
+        assert len(chunks) - second.inbox.qsize() == read_ahead
+        leave.set()
+        await one
+        await asyncio.wait_for(two, WAIT)
+        assert received == chunks
+        assert second.status == 200
+
+    run(main())
+
+
 async def _drained(peer: Client) -> None:
     while not peer.inbox.empty():
         await asyncio.sleep(0)  # yield to the reader; no wall-clock wait

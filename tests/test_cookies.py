@@ -720,3 +720,23 @@ def test_a_generation_the_client_changed_gets_a_fresh_identity_and_nothing_else(
     assert (seen, session_cookies(sent)) == (None, [])  # not adopted: nothing handed
     assert forged.jar["sessionlock"].partition(".")[0] != identity
     assert Browser(core, start).request()[0] == "v1"  # control: the issued value is a replay
+
+
+def test_nothing_is_re_sent_on_a_publicly_cacheable_response() -> None:
+    core = tracked(MemoryBackend())
+    browser = Browser(core)
+    browser.request("session=v1")
+    old = dict(browser.jar)
+    browser.request("session=v2")
+    stale = Browser(core, old)
+    admission = core.admit(stale.environ())
+    assert admission is not None
+    core.enter(admission)
+    try:
+        core.prepare(admission, {**stale.environ()})
+        public = core.finish(admission, [("Cache-Control", "public, max-age=60")])
+        assert [k for k, _ in public if k == "Set-Cookie"] == []
+    finally:
+        core.leave(admission)
+    # Control: the same stale browser on a private response converges.
+    assert session_cookies(stale.request()[1]) == ["session=v2"]

@@ -424,3 +424,16 @@ def test_odd_keys_from_a_callable_are_hashed_not_failed(returned: str) -> None:
     result = app(environ(), lambda *a: None)
     assert list(result)
     assert len(app.core.queue) == 0  # admitted, served and released
+
+
+@pytest.mark.parametrize(
+    ("size", "cached"),
+    [pytest.param(200 * 1024, False, id="200KiB-not-kept"), pytest.param(40, True, id="control")],
+)
+def test_only_short_raw_keys_are_kept_in_the_digest_cache(size: int, cached: bool) -> None:
+    """4000 distinct 200 KiB cookies once took RSS from 24 MB to 806 MB: the cache holds
+    at most 4096 keys of at most 256 characters."""
+    raw = "k" * size
+    app = WSGILock(wsgi_app, key=lambda request: raw, backend="memory://")
+    assert list(app(environ(), lambda *a: None))
+    assert (raw in app.core._digests) is cached

@@ -707,3 +707,30 @@ def test_different_sessions_run_concurrently(sids: tuple[str, str], peak: int) -
     assert gate.peak == peak  # two sessions were in the app at once; one session never
     assert gate.queued == 2 - peak
     assert len(middleware.core.queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "gets_cookie"),
+    [
+        pytest.param("public, max-age=600", False, id="public"),
+        pytest.param("s-maxage=600", False, id="s-maxage"),
+        pytest.param("public, private", True, id="private-wins"),
+        pytest.param("no-store", True, id="no-store"),
+        pytest.param(None, True, id="control-no-cache-control"),
+    ],
+)
+def test_no_identity_cookie_on_a_response_shared_caches_may_store(
+    cache_control: str | None, gets_cookie: bool
+) -> None:
+    """A shared cache would hand the Set-Cookie to everyone: it waits for a private response."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        headers = [("Content-Type", "text/plain")]
+        if cache_control is not None:
+            headers.append(("Cache-Control", cache_control))
+        start_response("200 OK", headers)
+        return [b"page"]
+
+    response = call(wrap(validator(app)), environ_for())
+    assert bool(response.all("Set-Cookie")) is gets_cookie
+    assert response.header("Server-Timing") is not None  # still serialized
