@@ -13,7 +13,8 @@ wrapped with ``release="end"`` (held through the body and the background task: t
 behaviour), each served by its own real server in a subprocess on a free loopback port, all
 running at once. Variants are interleaved round after round in a rotating order, figures
 are medians, and the ratio is the median over rounds of wrapped/bare in the same round.
-Target: wrapped with the default within 1.5x of bare (no wait behind the previous request).
+Target: wrapped with the default adds at most 5 ms to bare (no wait behind the previous
+request; the requests take a millisecond or two on loopback, so their ratio is noisy).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from ._table import median, parse_args, print_table
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-TARGET = 1.5  # wrapped (default) / bare: the next request does not wait
+TARGET_MS = 5.0  # wrapped (default) - bare, ms: the next request does not wait
 VARIANT_ENV = "SESSIONLOCK_BENCH_RELEASE"  # which app the server's factory builds
 CHUNKS = 10  # a stream sends its first chunk at once, then one every duration / CHUNKS
 SETTLE_LIMIT = 30.0  # seconds the server waits at most for a background task to finish
@@ -360,9 +361,10 @@ def main() -> None:
             latencies = [ms for ms, _ in samples[s, variant]]
             waits = [w for _, w in samples[s, variant] if w is not None]
             ratio = median([v / b for v, b in zip(latencies, bare, strict=True)])
+            added = median([v - b for v, b in zip(latencies, bare, strict=True)])
             verdict = ""
             if variant == "default" and default is not None:
-                verdict = "yes" if ratio <= TARGET else "NO"
+                verdict = "yes" if added <= TARGET_MS else "NO"
             rows.append(
                 [
                     title,
@@ -370,17 +372,19 @@ def main() -> None:
                     labels[variant],
                     f"{median(latencies):.2f}",
                     f"{ratio:.2f}x",
+                    f"{added:+.2f}",
                     f"{median(waits):.1f}" if waits else "-",
                     verdict,
                 ]
             )
-    headers = ["scenario", "server", "variant", "next ms", "x bare", "lock wait ms"]
-    print_table([*headers, f"head <= {TARGET}x"], rows)
+    headers = ["scenario", "server", "variant", "next ms", "x bare", "+ms", "lock wait ms"]
+    print_table([*headers, f"head: +ms <= {TARGET_MS:g}"], rows)
     if default is None:
         print(
             '\nrelease="end" skipped: this sessionlock has no `release` option; its default '
             "is the old behaviour (the lock held until the response is complete)."
         )
+    print("x bare, +ms: medians over rounds of the per-round ratio and difference to bare.")
     print("lock wait: the middleware's Server-Timing on the next response (- for bare).")
 
 
