@@ -17,6 +17,7 @@ from .errors import (
     SessionLockError,
 )
 from .release import release_session
+from .rotate import rotate_identity
 
 __version__ = "0.1.0"
 
@@ -34,4 +35,5 @@ __all__ = [
     "close_all",
     "from_url",
     "release_session",
+    "rotate_identity",
 ]

@@ -59,7 +59,7 @@ from ._types import Request
 from .backends.base import Backend
 from .backends.memory import MemoryBackend
 from .errors import BackendUnavailable, ConfigurationError
-from .keys import Identity
+from .keys import Identity, new_identity
 
 if TYPE_CHECKING:
     from .core import Admission
@@ -80,6 +80,7 @@ logger = logging.getLogger("sessionlock")
 DEFAULT_MAX_TTL = 24 * 3600.0
 
 _NOTE = "cookies"
+_ROTATE = "rotate"  # the admission note of sessionlock.rotate_identity()
 _FORMAT = b"sessionlock.cookies.3"  # bound into every sealed record
 _LINEAGE = 16  # earlier values remembered per name: how far back a replay is recognized
 _MAX_GENERATION = 10**12  # the identity cookie carries at most 12 digits
@@ -482,7 +483,9 @@ class SessionCookies:
         for name, entry in state.stale.items():
             if name not in issued:
                 headers = [*headers, ("Set-Cookie", entry.resend(now))]
-        if generation != state.generation:  # the browser learns which jar state it now has
+        if notes is not None and notes.get(_ROTATE) is not None:
+            self._rotate(admission, state, record, now)
+        elif generation != state.generation:  # the browser learns which jar state it now has
             admission.set_identity = self._identity.issue(state.request, state.identity, generation)
         return headers
 
@@ -530,6 +533,31 @@ class SessionCookies:
             record.generation = generation
         self._store(state.seal, record, now)
         return record
+
+    def _rotate(
+        self, admission: Admission, state: _State, record: _Record | None, now: float
+    ) -> None:
+        """Move the record to a new identity, given to this response only, and forget the old.
+
+        Whoever else knew the old identity (one planted in the browser before a login) is
+        left with a lineage that has no record: it can never be handed this session.
+        """
+        identity = new_identity()
+        seal = _Seal(self._secret, identity, self.names, clear=self._clear)
+        entries = {}
+        for name, entry in (record.entries if record is not None else {}).items():
+            current = None if entry.deleted else seal.fingerprint(entry.cookie.value)
+            lineage = [(1, current)]
+            entries[name] = _Entry(
+                entry.cookie, entry.issued, entry.host, lineage, False, entry.until
+            )
+        if entries:
+            self._store(seal, _Record(1, entries), now)
+        try:
+            self.backend.delete(state.seal.store_key)
+        except BackendUnavailable as error:
+            self._failed("forget", error)
+        admission.set_identity = self._identity.issue(state.request, identity, 1 if entries else 0)
 
     def _store(self, seal: _Seal, record: _Record, now: float) -> None:
         live = {name: e for name, e in record.entries.items() if e.until > now}

@@ -10,7 +10,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, MutableMapping, Sequence
+from functools import partial
 from typing import Literal, Protocol, TypedDict
 
 from . import keys
@@ -21,7 +22,7 @@ from .fairness import server_threads, waiting_threads_for
 from .order import check as check_order
 from .queue import KeyedQueue, TaskWaiter
 
-__all__ = ["HELD", "RELEASE", "Admission", "Core", "Options", "Refusal"]
+__all__ = ["HELD", "RELEASE", "ROTATE", "Admission", "Core", "Options", "Refusal"]
 
 logger = logging.getLogger("sessionlock")
 
@@ -46,6 +47,9 @@ class Options(TypedDict, total=False):
 RELEASE = "sessionlock.release"
 #: The (backend, key) pairs that layers outside this one hold for the request.
 HELD = "sessionlock.held"
+#: Where the request's identity-rotation callable is (see :mod:`sessionlock.rotate`).
+ROTATE = "sessionlock.rotate"
+_ROTATE_NOTE = "rotate"
 _NO_WAIT = ("Server-Timing", 'sessionlock;dur=0.0;desc="session lock wait"')
 
 
@@ -396,8 +400,19 @@ class Core:
         """Called by the shells under the lease, just before the app runs."""
         check_order(self, request)  # a session layer outside the lock is reported once
         request[HELD] = (*request.get(HELD, ()), (self._mark, admission.key))
+        if self._identity is not None:
+            request[ROTATE] = partial(self._rotate, admission, request)
         if self.cookies is not None:
             self.cookies.prepare(admission, request)
+
+    def _rotate(self, admission: Admission, request: Request) -> bool:
+        """Mark the request for a new identity, given as its response starts (under the lease)."""
+        if admission.lease is None:
+            return False  # the response has started, or the session was released early
+        if admission.notes is None:
+            admission.notes = {}
+        admission.notes[_ROTATE_NOTE] = request
+        return True
 
     def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Called by the shells as the response starts: its final headers.
@@ -410,6 +425,10 @@ class Core:
         public = shared_cacheable(headers)
         if self.cookies is not None and admission.lease is not None:
             headers = self.cookies.finish(admission, headers, public=public)
+        elif self._identity is not None and admission.notes and admission.lease is not None:
+            rotated = admission.notes.get(_ROTATE_NOTE)
+            if isinstance(rotated, MutableMapping):  # the request, kept by _rotate
+                admission.set_identity = self._identity.issue(rotated, keys.new_identity())
         return [*headers, *admission.response_headers(cookies=not public)]
 
     # -- outcomes ------------------------------------------------------------------------

@@ -36,6 +36,7 @@ __all__ = [
     "hash_key",
     "header",
     "identity",
+    "new_identity",
     "read_cookie",
     "read_header",
 ]
@@ -151,7 +152,7 @@ class Identity:
         found = self._parse(request)
         if found is not None:
             return found[0], None
-        value = secrets.token_urlsafe(32)
+        value = new_identity()
         return value, self.issue(request, value)
 
     def generation(self, request: Request) -> int:
@@ -204,6 +205,11 @@ class Identity:
 
     def __repr__(self) -> str:
         return f"identity({self.name!r})"
+
+
+def new_identity() -> str:
+    """A fresh identity: 256 random bits, 43 URL-safe characters."""
+    return secrets.token_urlsafe(32)
 
 
 def identity(

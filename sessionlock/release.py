@@ -19,7 +19,7 @@ holds (it returns False then).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .core import RELEASE
 
@@ -35,10 +35,24 @@ def release_session(request: object) -> bool:
 
     ``request`` is the WSGI environ, the ASGI scope, or a framework's request object.
     """
+    door = find_door(request, RELEASE)
+    if door is None:
+        return False
+    door()
+    return True
+
+
+def call_door(request: object, name: str) -> bool:
+    """Call the callable a sessionlock layer left under ``name``; its answer, or False."""
+    door = find_door(request, name)
+    return bool(door()) if door is not None else False
+
+
+def find_door(request: object, name: str) -> Callable[[], object] | None:
+    """The callable under ``name`` in the request's environ or scope, if any."""
     for candidate in (request, *(getattr(request, place, None) for place in _PLACES)):
         if isinstance(candidate, Mapping):
-            door = candidate.get(RELEASE)
+            door = candidate.get(name)
             if callable(door):
-                door()
-                return True
-    return False
+                return door  # type: ignore[no-any-return]
+    return None

@@ -1,0 +1,37 @@
+"""Identity rotation at login and logout: a planted identity is left with nothing.
+
+    import sessionlock
+
+    @app.post("/login")
+    def login():
+        ...                                           # check the password
+        flask.session["user"] = user.id
+        sessionlock.rotate_identity(flask.request)    # as Django's cycle_key() at login
+
+The middleware's identity cookie names a browser's lock and its cookie-session records. An
+attacker who can plant cookies in the victim's browser (a sibling subdomain over plain http)
+can plant an identity the server issued to the attacker; when the victim then logs in, the
+attacker replaying that identity would be a stale replay of the victim's jar, and be handed the
+logged-in cookie. Rotating at every change of privilege closes this, exactly as rotating a
+session id does (OWASP): the response gives this browser a new identity, the record moves to
+it, and the old identity keeps no record. Over https the ``__Host-`` prefix already stops
+planting; rotate anyway, it costs one Set-Cookie.
+
+Call it while the request holds its session (before the response starts). It returns False
+when no sessionlock layer with the identity key holds the request, or when it is too late.
+"""
+
+from __future__ import annotations
+
+from .core import ROTATE
+from .release import call_door
+
+__all__ = ["rotate_identity"]
+
+
+def rotate_identity(request: object) -> bool:
+    """Give this browser a new identity with this response; True if it will be.
+
+    ``request`` is the WSGI environ, the ASGI scope, or a framework's request object.
+    """
+    return call_door(request, ROTATE)
