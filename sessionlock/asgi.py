@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .core import REFUSED, RELEASE, Admission, Core, Options
+from .core import REFUSED, RELEASE, Admission, Core, Door, Options
 from .errors import ClientGone
 
 if TYPE_CHECKING:
@@ -140,16 +141,16 @@ async def _leave(core: Core, admission: Admission) -> None:
         await core.leave_async(admission)
 
 
-def _early_release(core: Core, admission: Admission) -> object:
+def _early_release(core: Core, admission: Admission) -> Door:
     """The callable behind :func:`sessionlock.release_session`, from any thread."""
     if core.releases_inline:
-        return lambda: core.leave(admission)
+        return Door(partial(core.leave, admission))
     loop = asyncio.get_running_loop()
 
     def release() -> None:  # a backend that releases over the network: on the loop
         asyncio.run_coroutine_threadsafe(core.leave_async(admission), loop)
 
-    return release
+    return Door(release)
 
 
 class _Inbox:

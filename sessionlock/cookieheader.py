@@ -16,9 +16,19 @@ from __future__ import annotations
 
 from ._types import Request
 
-__all__ = ["ORIGINAL", "get", "original", "read", "replace", "rewrite", "values"]
+__all__ = ["ORIGINAL", "Redacted", "get", "original", "read", "replace", "rewrite", "values"]
 
 ORIGINAL = "sessionlock.original_cookie"
+
+
+class Redacted(str):
+    """The original Cookie header: a str, whose repr hides it from debug pages that print
+    the environ (Django's and Werkzeug's filter ``HTTP_COOKIE``, not our key)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<cookie header: redacted>'"
 
 
 def get(request: Request) -> str | None:
@@ -47,7 +57,9 @@ def replace(request: Request, header: str | None) -> None:
 
     A scope's header list is replaced, never edited in place: it may be shared.
     """
-    request.setdefault(ORIGINAL, get(request))
+    if ORIGINAL not in request:
+        sent = get(request)
+        request[ORIGINAL] = None if sent is None else Redacted(sent)
     if "REQUEST_METHOD" in request:
         if header is None:
             request.pop("HTTP_COOKIE", None)

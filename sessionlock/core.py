@@ -10,7 +10,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Collection, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from functools import partial
 from typing import Literal, Protocol, TypedDict
 
@@ -22,7 +22,7 @@ from .fairness import server_threads, waiting_threads_for
 from .order import check as check_order
 from .queue import KeyedQueue, TaskWaiter
 
-__all__ = ["HELD", "RELEASE", "ROTATE", "Admission", "Core", "Options", "Refusal"]
+__all__ = ["HELD", "RELEASE", "ROTATE", "Admission", "Core", "Door", "Options", "Refusal"]
 
 logger = logging.getLogger("sessionlock")
 
@@ -77,6 +77,25 @@ class Admission:
         if cookies and self.set_identity is not None:
             headers.append(("Set-Cookie", self.set_identity))
         return headers
+
+
+class Door:
+    """A callable left in the environ or scope for the app (early release, rotation).
+
+    Its repr shows nothing: debug pages (Django's, Werkzeug's) print the environ, and a
+    ``functools.partial`` would print what it holds.
+    """
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self._call = call
+
+    def __call__(self) -> object:
+        return self._call()
+
+    def __repr__(self) -> str:
+        return "<sessionlock door>"
 
 
 class CookieTracker(Protocol):
@@ -401,17 +420,18 @@ class Core:
         check_order(self, request)  # a session layer outside the lock is reported once
         request[HELD] = (*request.get(HELD, ()), (self._mark, admission.key))
         if self._identity is not None:
-            request[ROTATE] = partial(self._rotate, admission, request)
+            secure = self._identity.is_secure(request)
+            request[ROTATE] = Door(partial(self._rotate, admission, secure))
         if self.cookies is not None:
             self.cookies.prepare(admission, request)
 
-    def _rotate(self, admission: Admission, request: Request) -> bool:
+    def _rotate(self, admission: Admission, secure: bool) -> bool:
         """Mark the request for a new identity, given as its response starts (under the lease)."""
         if admission.lease is None:
             return False  # the response has started, or the session was released early
         if admission.notes is None:
             admission.notes = {}
-        admission.notes[_ROTATE_NOTE] = request
+        admission.notes[_ROTATE_NOTE] = secure
         return True
 
     def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -427,8 +447,8 @@ class Core:
             headers = self.cookies.finish(admission, headers, public=public)
         elif self._identity is not None and admission.notes and admission.lease is not None:
             rotated = admission.notes.get(_ROTATE_NOTE)
-            if isinstance(rotated, MutableMapping):  # the request, kept by _rotate
-                admission.set_identity = self._identity.issue(rotated, keys.new_identity())
+            if isinstance(rotated, bool):  # https or not, noted by _rotate
+                admission.set_identity = self._identity.issue_for(rotated, keys.new_identity())
         return [*headers, *admission.response_headers(cookies=not public)]
 
     # -- outcomes ------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from django.conf import settings  # type: ignore[import-untyped]
 from django.http import HttpResponse  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-from .core import REFUSED, RELEASE, Admission, Core, Options, shared_cacheable
+from .core import REFUSED, RELEASE, Admission, Core, Door, Options, shared_cacheable
 from .errors import ConfigurationError
 from .rules import Ruleset, as_ruleset
 
@@ -166,7 +166,7 @@ class SessionLockMiddleware:
             return _refusal(core, admission, error)
         try:
             core.prepare(admission, request.META)
-            request.META[RELEASE] = partial(core.leave, admission)  # release_session(request)
+            request.META[RELEASE] = Door(partial(core.leave, admission))  # release_session()
             response = self.get_response(request)
         finally:
             core.leave(admission)  # SessionMiddleware, inside, has saved the session
@@ -185,7 +185,7 @@ class SessionLockMiddleware:
             return _refusal(core, admission, error)
         try:
             core.prepare(admission, request.META)
-            request.META[RELEASE] = partial(core.leave, admission)  # thread-safe, idempotent
+            request.META[RELEASE] = Door(partial(core.leave, admission))  # thread-safe
             response = await self.get_response(request)
         finally:
             await core.leave_async(admission)

@@ -162,7 +162,11 @@ class Identity:
 
     def issue(self, request: Request, identity: str, generation: int = 0) -> str:
         """The Set-Cookie value that gives the browser ``identity`` at ``generation``."""
-        name, attributes = self._form(request)
+        return self.issue_for(self._secure(request), identity, generation)
+
+    def issue_for(self, secure: bool, identity: str, generation: int = 0) -> str:
+        """:meth:`issue` for a request known to be https (``secure``) or not."""
+        name, attributes = self._secured if secure else self._plain
         body = f"{identity}.{generation}"
         return f"{name}={body}.{self._tag(body)}{attributes}"
 
@@ -196,6 +200,10 @@ class Identity:
         if not hmac.compare_digest(tag, self._tag(f"{identity}.{generation}")):
             return None  # never issued by this server: replaced, not adopted
         return identity, int(generation)
+
+    def is_secure(self, request: Request) -> bool:
+        """Whether the request gets the https form (``__Host-``, Secure)."""
+        return self._secure(request)
 
     def _form(self, request: Request) -> tuple[str, str]:
         return self._secured if self._secure(request) else self._plain

@@ -289,3 +289,24 @@ def test_asgi_app_never_sees_the_identity_cookie() -> None:
 def test_release_takes_head_or_end(release: Any) -> None:
     with pytest.raises(ConfigurationError, match="release"):
         WSGILock(wsgi.hello, backend="memory://", release=release)
+
+
+def test_nothing_of_ours_in_the_environ_shows_a_credential_in_a_debug_page() -> None:
+    """Debug pages print the environ (Django's filters HTTP_COOKIE, not our keys): the kept
+    original header and the doors must not repr the cookie."""
+    kept: list[dict[str, Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        kept.append(dict(environ))
+        return wsgi.hello(environ, start_response)
+
+    middleware = WSGILock(app, backend="memory://", cookie_session="session")
+    secret = "super_secret_value"
+    cookie = f"{issued(middleware.core)}; session={secret}"
+    assert wsgi.call(middleware, wsgi.environ_for(cookie=cookie)).code == 200
+    ours = {k: v for k, v in kept[0].items() if k.startswith("sessionlock.")}
+    assert {"sessionlock.original_cookie", "sessionlock.release", "sessionlock.rotate"} <= set(ours)
+    assert ours["sessionlock.original_cookie"] == cookie  # still the header, as a str
+    for value in ours.values():
+        assert secret not in repr(value)
+        assert IDENTITY not in repr(value)
