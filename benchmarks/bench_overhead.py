@@ -23,13 +23,16 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from sessionlock import asgi, wsgi
+from sessionlock import asgi, keys, wsgi
 
 from ._table import median, parse_args, print_table
 
 TARGET = 1.05
 SID = "3f2b9c1d8e7a6f5041322a1b0c9d8e7f"  # a Django-like session id
-IDENTITY = "q" * 43  # a well-formed identity cookie: a returning client, none issued
+SECRET = "bench-overhead-secret-0123456789"  # every variant verifies the same identity
+# A returning client: an identity cookie the middleware issued (signed), so none is issued.
+_ISSUED = keys.identity().bind(keys.derive_secret(SECRET)).issue_for(False, "q" * 43)
+IDENTITY = _ISSUED.partition(";")[0].partition("=")[2]
 COOKIE = f"sid={SID}; sessionlock={IDENTITY}; theme=dark"
 KEYS = {"cookie:sid": "cookie:sid", "identity (default)": "identity"}
 
@@ -169,14 +172,18 @@ def main() -> None:
     flask = flask_app()
     wsgi_variants: dict[str, Batch] = {"bare": wsgi_batch(flask.wsgi_app)}
     for label, spec in KEYS.items():
-        wrapped = wsgi.SessionLockMiddleware(flask.wsgi_app, key=spec, backend="memory://")
+        wrapped = wsgi.SessionLockMiddleware(
+            flask.wsgi_app, key=spec, backend="memory://", secret=SECRET
+        )
         wsgi_variants[f"wrapped, key={label}"] = wsgi_batch(wrapped)
 
     loop = asyncio.new_event_loop()
     star = starlette_app()
     asgi_variants: dict[str, Batch] = {"bare": asgi_batch(star, loop)}
     for label, spec in KEYS.items():
-        wrapped_asgi = asgi.SessionLockMiddleware(star, key=spec, backend="memory://")
+        wrapped_asgi = asgi.SessionLockMiddleware(
+            star, key=spec, backend="memory://", secret=SECRET
+        )
         asgi_variants[f"wrapped, key={label}"] = asgi_batch(wrapped_asgi, loop)
 
     print(f"uncontended overhead: {rounds} rounds x {n} requests per variant, medians")

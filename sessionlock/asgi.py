@@ -22,11 +22,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .core import REFUSED, RELEASE, Admission, Core, Door, Options
+from .core import REFUSED, Admission, Core, Options
 from .errors import ClientGone
 
 if TYPE_CHECKING:
@@ -80,7 +79,6 @@ class SessionLockMiddleware:
             await send({"type": "http.response.start", **start})
             await send({"type": "http.response.body", "body": refusal.body})
             return
-        scope[RELEASE] = _early_release(core, admission)
         at_head = core.release_at_head
 
         async def send_with_headers(message: Message) -> None:
@@ -97,9 +95,11 @@ class SessionLockMiddleware:
         try:
             # under the lease: a failure here releases too
             if core.cookies_block:  # records on disk: read off the loop
-                await _off_loop(core.prepare, admission, scope)
+                handle = await _off_loop(core.prepare, admission, scope)
             else:
-                core.prepare(admission, scope)
+                handle = core.prepare(admission, scope)
+            if not core.releases_inline:  # an early release must reach this loop
+                handle.loop = asyncio.get_running_loop()
             if inbox is not None and inbox.kept:
                 receive = inbox.receive
             await self.app(scope, receive, send_with_headers)
@@ -139,18 +139,6 @@ async def _leave(core: Core, admission: Admission) -> None:
         core.leave(admission)
     else:
         await core.leave_async(admission)
-
-
-def _early_release(core: Core, admission: Admission) -> Door:
-    """The callable behind :func:`sessionlock.release_session`, from any thread."""
-    if core.releases_inline:
-        return Door(partial(core.leave, admission))
-    loop = asyncio.get_running_loop()
-
-    def release() -> None:  # a backend that releases over the network: on the loop
-        asyncio.run_coroutine_threadsafe(core.leave_async(admission), loop)
-
-    return Door(release)
 
 
 class _Inbox:

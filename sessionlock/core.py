@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from functools import partial
 from typing import Literal, Protocol, TypedDict
 
 from . import keys
@@ -22,7 +21,7 @@ from .fairness import server_threads, waiting_threads_for
 from .order import check as check_order
 from .queue import KeyedQueue, TaskWaiter
 
-__all__ = ["HELD", "RELEASE", "ROTATE", "Admission", "Core", "Door", "Options", "Refusal"]
+__all__ = ["HANDLE", "HELD", "Admission", "Core", "Handle", "Options", "Refusal"]
 
 logger = logging.getLogger("sessionlock")
 
@@ -43,12 +42,10 @@ class Options(TypedDict, total=False):
     release: Literal["head", "end"]
 
 
-#: Where a shell puts the request's early-release callable (see :mod:`sessionlock.release`).
-RELEASE = "sessionlock.release"
+#: Where the request's :class:`Handle` is (early release, identity rotation).
+HANDLE = "sessionlock.handle"
 #: The (backend, key) pairs that layers outside this one hold for the request.
 HELD = "sessionlock.held"
-#: Where the request's identity-rotation callable is (see :mod:`sessionlock.rotate`).
-ROTATE = "sessionlock.rotate"
 _ROTATE_NOTE = "rotate"
 _NO_WAIT = ("Server-Timing", 'sessionlock;dur=0.0;desc="session lock wait"')
 
@@ -56,11 +53,12 @@ _NO_WAIT = ("Server-Timing", 'sessionlock;dur=0.0;desc="session lock wait"')
 class Admission:
     """One request's state: its hashed key, and what to add to its response."""
 
-    __slots__ = ("key", "lease", "notes", "set_identity", "started", "waited")
+    __slots__ = ("key", "lease", "notes", "secure", "set_identity", "started", "waited")
 
-    def __init__(self, key: str, set_identity: str | None) -> None:
+    def __init__(self, key: str, set_identity: str | None, secure: bool = False) -> None:
         self.key = key
         self.set_identity = set_identity
+        self.secure = secure  # the identity cookie's https form (__Host-, Secure)
         self.started = time.perf_counter()
         self.waited = 0.0
         self.lease: Lease | None = None
@@ -79,23 +77,36 @@ class Admission:
         return headers
 
 
-class Door:
-    """A callable left in the environ or scope for the app (early release, rotation).
+class Handle:
+    """What a handler may ask of the layer holding its session: release early, rotate.
 
-    Its repr shows nothing: debug pages (Django's, Werkzeug's) print the environ, and a
-    ``functools.partial`` would print what it holds.
+    One per request, under ``environ["sessionlock.handle"]`` (or the scope's); see
+    :func:`sessionlock.release_session` and :func:`sessionlock.rotate_identity`. Its repr
+    shows nothing: debug pages (Django's, Werkzeug's) print the environ.
     """
 
-    __slots__ = ("_call",)
+    __slots__ = ("_admission", "_core", "loop")
 
-    def __init__(self, call: Callable[[], object]) -> None:
-        self._call = call
+    def __init__(self, core: Core, admission: Admission) -> None:
+        self._core = core
+        self._admission = admission
+        #: The event loop of an ASGI request whose backend releases asynchronously.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
-    def __call__(self) -> object:
-        return self._call()
+    def release(self) -> None:
+        """Let the session's next request run now; idempotent, from any thread."""
+        core, admission = self._core, self._admission
+        if self.loop is None:
+            core.leave(admission)
+        else:  # a backend that releases over the network: on the request's loop
+            asyncio.run_coroutine_threadsafe(core.leave_async(admission), self.loop)
+
+    def rotate(self) -> bool:
+        """Give the browser a new identity with this response (False: too late, or no identity)."""
+        return self._core._rotate(self._admission)
 
     def __repr__(self) -> str:
-        return "<sessionlock door>"
+        return "<sessionlock handle>"
 
 
 class CookieTracker(Protocol):
@@ -246,16 +257,13 @@ class Core:
     def admit(self, request: Request) -> Admission | None:
         """The request's admission, or None when it passes through unserialized."""
         identity = self._identity
-        if identity is not None:
-            identity.strip(request)
+        set_identity, secure = None, False
+        if identity is not None:  # read, and removed from what the app sees, in one pass
+            raw, set_identity, secure = identity.take(request)
         if self.is_exempt is not None and self.is_exempt(request):
             return None
-        source = self.key_source
-        set_identity = None
-        if identity is not None:
-            raw, set_identity = identity.resolve(request)
-        else:
-            found = source(request)
+        if identity is None:
+            found = self.key_source(request)
             if found is None:
                 return None
             raw = found
@@ -269,7 +277,7 @@ class Core:
         held = request.get(HELD)
         if held is not None and (self._mark, digest) in held:
             return None  # nested inside a layer holding this very session: already serialized
-        return Admission(digest, set_identity)
+        return Admission(digest, set_identity, secure)
 
     # -- waiting: threads ----------------------------------------------------------------
 
@@ -415,23 +423,22 @@ class Core:
 
     # -- around the app ------------------------------------------------------------------
 
-    def prepare(self, admission: Admission, request: Request) -> None:
-        """Called by the shells under the lease, just before the app runs."""
+    def prepare(self, admission: Admission, request: Request) -> Handle:
+        """Called by the shells under the lease, just before the app runs: its handle."""
         check_order(self, request)  # a session layer outside the lock is reported once
         request[HELD] = (*request.get(HELD, ()), (self._mark, admission.key))
-        if self._identity is not None:
-            secure = self._identity.is_secure(request)
-            request[ROTATE] = Door(partial(self._rotate, admission, secure))
+        handle = request[HANDLE] = Handle(self, admission)
         if self.cookies is not None:
             self.cookies.prepare(admission, request)
+        return handle
 
-    def _rotate(self, admission: Admission, secure: bool) -> bool:
+    def _rotate(self, admission: Admission) -> bool:
         """Mark the request for a new identity, given as its response starts (under the lease)."""
-        if admission.lease is None:
-            return False  # the response has started, or the session was released early
+        if admission.lease is None or self._identity is None:
+            return False  # too late (response started, released early), or no identity
         if admission.notes is None:
             admission.notes = {}
-        admission.notes[_ROTATE_NOTE] = secure
+        admission.notes[_ROTATE_NOTE] = True
         return True
 
     def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -445,10 +452,9 @@ class Core:
         public = shared_cacheable(headers)
         if self.cookies is not None and admission.lease is not None:
             headers = self.cookies.finish(admission, headers, public=public)
-        elif self._identity is not None and admission.notes and admission.lease is not None:
-            rotated = admission.notes.get(_ROTATE_NOTE)
-            if isinstance(rotated, bool):  # https or not, noted by _rotate
-                admission.set_identity = self._identity.issue_for(rotated, keys.new_identity())
+        elif self._identity is not None and admission.notes and admission.notes.get(_ROTATE_NOTE):
+            fresh = keys.new_identity()
+            admission.set_identity = self._identity.issue_for(admission.secure, fresh)
         return [*headers, *admission.response_headers(cookies=not public)]
 
     # -- outcomes ------------------------------------------------------------------------

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from functools import partial
 from http.cookies import SimpleCookie
 from types import MappingProxyType
 from typing import Any, TypeAlias
@@ -50,7 +49,7 @@ from django.conf import settings  # type: ignore[import-untyped]
 from django.http import HttpResponse  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-from .core import REFUSED, RELEASE, Admission, Core, Door, Options, shared_cacheable
+from .core import REFUSED, Admission, Core, Options, shared_cacheable
 from .errors import ConfigurationError
 from .rules import Ruleset, as_ruleset
 
@@ -166,7 +165,6 @@ class SessionLockMiddleware:
             return _refusal(core, admission, error)
         try:
             core.prepare(admission, request.META)
-            request.META[RELEASE] = Door(partial(core.leave, admission))  # release_session()
             response = self.get_response(request)
         finally:
             core.leave(admission)  # SessionMiddleware, inside, has saved the session
@@ -185,7 +183,6 @@ class SessionLockMiddleware:
             return _refusal(core, admission, error)
         try:
             core.prepare(admission, request.META)
-            request.META[RELEASE] = Door(partial(core.leave, admission))  # thread-safe
             response = await self.get_response(request)
         finally:
             await core.leave_async(admission)

@@ -44,6 +44,7 @@ __all__ = [
 KeySource: TypeAlias = Callable[[Request], "str | None"]
 
 _PERSON = b"sessionlock.idv"  # domain separation of the identity MAC
+_VERIFIED = 4096  # identity cookie values remembered as verified, per Identity
 _MAX_AGE = 400 * 24 * 3600  # browsers cap cookie lifetimes at 400 days
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: header/cookie names
 
@@ -137,6 +138,7 @@ class Identity:
         self._secured = (f"__Host-{name}", f"{attributes}; Secure")
         self.names = (name, self._secured[0])
         self._secret = secret if secret is not None else secrets.token_bytes(32)
+        self._verified: dict[str, tuple[str, int]] = {}
 
     def bind(self, secret: bytes) -> Identity:
         """The same identity cookie, verified and signed with ``secret``."""
@@ -176,6 +178,37 @@ class Identity:
         ).digest()
         return base64.urlsafe_b64encode(digest).decode("ascii")
 
+    def take(self, request: Request) -> tuple[str, str | None, bool]:
+        """Admission's one pass: (identity, Set-Cookie if a new one was issued, https form).
+
+        Reads this cookie from the header and removes it from what the app will see (the
+        original stays under ``sessionlock.original_cookie``; an inner layer reads it there).
+        """
+        secure = self._secure(request)
+        name = self._secured[0] if secure else self.name
+        header = cookieheader.get(request)
+        value = None
+        if header is not None and self.name in header:
+            pairs = header.split(";")
+            kept = []
+            for pair in pairs:
+                key, sep, rest = pair.partition("=")
+                key = key.strip()
+                if sep and key in self.names:
+                    if key == name and value is None:
+                        value = rest.strip()
+                    continue
+                kept.append(pair.strip())
+            if len(kept) != len(pairs):
+                cookieheader.replace(request, "; ".join(p for p in kept if p) or None)
+        if value is None and cookieheader.ORIGINAL in request:  # another layer removed it
+            value = cookieheader.read(cookieheader.original(request), name)
+        found = self._verify(value) if value is not None else None
+        if found is not None:
+            return found[0], None, secure
+        identity = new_identity()
+        return identity, self.issue_for(secure, identity), secure
+
     def strip(self, request: Request) -> None:
         """Remove this cookie from the header the app sees (the original is kept)."""
         header = cookieheader.get(request)
@@ -191,15 +224,28 @@ class Identity:
     def _parse(self, request: Request) -> tuple[str, int] | None:
         header = cookieheader.original(request)
         value = cookieheader.read(header, self._form(request)[0])
-        if value is None:
-            return None
+        return self._verify(value) if value is not None else None
+
+    def _verify(self, value: str) -> tuple[str, int] | None:
+        """(identity, generation) of a value this server issued, else None.
+
+        Verified values are remembered (at most 4096, each under 80 characters): a returning
+        browser's cookie costs a dict lookup, not a MAC.
+        """
+        known = self._verified.get(value)
+        if known is not None:
+            return known
         match = self._VALUE.fullmatch(value)
         if match is None:
             return None
         identity, generation, tag = match.groups()
         if not hmac.compare_digest(tag, self._tag(f"{identity}.{generation}")):
             return None  # never issued by this server: replaced, not adopted
-        return identity, int(generation)
+        found = (identity, int(generation))
+        if len(self._verified) >= _VERIFIED:
+            self._verified.clear()
+        self._verified[value] = found
+        return found
 
     def is_secure(self, request: Request) -> bool:
         """Whether the request gets the https form (``__Host-``, Secure)."""

@@ -19,9 +19,9 @@ holds (it returns False then).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
-from .core import RELEASE
+from .core import HANDLE, Handle
 
 __all__ = ["release_session"]
 
@@ -35,24 +35,18 @@ def release_session(request: object) -> bool:
 
     ``request`` is the WSGI environ, the ASGI scope, or a framework's request object.
     """
-    door = find_door(request, RELEASE)
-    if door is None:
+    handle = find_handle(request)
+    if handle is None:
         return False
-    door()
+    handle.release()
     return True
 
 
-def call_door(request: object, name: str) -> bool:
-    """Call the callable a sessionlock layer left under ``name``; its answer, or False."""
-    door = find_door(request, name)
-    return bool(door()) if door is not None else False
-
-
-def find_door(request: object, name: str) -> Callable[[], object] | None:
-    """The callable under ``name`` in the request's environ or scope, if any."""
+def find_handle(request: object) -> Handle | None:
+    """The :class:`~sessionlock.core.Handle` a sessionlock layer left for this request."""
     for candidate in (request, *(getattr(request, place, None) for place in _PLACES)):
         if isinstance(candidate, Mapping):
-            door = candidate.get(name)
-            if callable(door):
-                return door  # type: ignore[no-any-return]
+            handle = candidate.get(HANDLE)
+            if isinstance(handle, Handle):
+                return handle
     return None

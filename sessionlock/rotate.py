@@ -23,8 +23,7 @@ when no sessionlock layer with the identity key holds the request, or when it is
 
 from __future__ import annotations
 
-from .core import ROTATE
-from .release import call_door
+from .release import find_handle
 
 __all__ = ["rotate_identity"]
 
@@ -34,4 +33,5 @@ def rotate_identity(request: object) -> bool:
 
     ``request`` is the WSGI environ, the ASGI scope, or a framework's request object.
     """
-    return call_door(request, ROTATE)
+    handle = find_handle(request)
+    return handle.rotate() if handle is not None else False

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .core import REFUSED, RELEASE, Core, Door, Options
+from .core import REFUSED, Core, Options
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -48,7 +48,6 @@ class SessionLockMiddleware:
             start_response(refusal.status_line, list(refusal.headers))
             return [refusal.body]
         release = partial(core.leave, admission)
-        environ[RELEASE] = Door(release)  # sessionlock.release_session(): done early
         at_head = core.release_at_head
 
         def start_with_headers(

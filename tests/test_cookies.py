@@ -7,6 +7,7 @@ piece is checked alone, then the whole flow through the real middleware in-proce
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import logging
 import sys
@@ -504,10 +505,12 @@ def test_records_are_sealed_and_bound_to_identity(tmp_path: Path) -> None:
     # Moved under another identity's key, it does not open there: the replay goes as sent.
     backend.set(key_two, value_one, None)
     assert Browser(core, two_old).request()[0] == "SECRETVALUE2a"
-    # Tampered anywhere (nonce, ciphertext, tag), it is ignored.
-    for at in (0, len(value_one) // 2, len(value_one) - 3):
-        flipped = "A" if value_one[at] != "A" else "B"
-        backend.set(key_one, value_one[:at] + flipped + value_one[at + 1 :], None)
+    # Tampered anywhere (nonce, ciphertext, tag), it is ignored. Bytes are flipped, not
+    # base64 characters: a character's padding bits may decode to the very same bytes.
+    raw = base64.urlsafe_b64decode(value_one)
+    for at in (0, len(raw) // 2, len(raw) - 1):
+        tampered = raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1 :]
+        backend.set(key_one, base64.urlsafe_b64encode(tampered).decode(), None)
         assert Browser(core, one_old).request()[0] == "SECRETVALUE1a"
     backend.close()
 

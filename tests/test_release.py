@@ -121,7 +121,7 @@ def test_a_second_early_release_never_frees_the_next_holder() -> None:
         pytest.param({}, id="empty-environ"),
         pytest.param({"type": "http"}, id="scope-outside"),
         pytest.param(object(), id="any-object"),
-        pytest.param({"sessionlock.release": "not callable"}, id="garbage-door"),
+        pytest.param({"sessionlock.handle": lambda: None}, id="not-a-handle"),
     ],
 )
 def test_early_release_outside_the_middleware_is_a_no_op(target: object) -> None:
@@ -305,7 +305,7 @@ def test_nothing_of_ours_in_the_environ_shows_a_credential_in_a_debug_page() -> 
     cookie = f"{issued(middleware.core)}; session={secret}"
     assert wsgi.call(middleware, wsgi.environ_for(cookie=cookie)).code == 200
     ours = {k: v for k, v in kept[0].items() if k.startswith("sessionlock.")}
-    assert {"sessionlock.original_cookie", "sessionlock.release", "sessionlock.rotate"} <= set(ours)
+    assert {"sessionlock.original_cookie", "sessionlock.handle"} <= set(ours)
     assert ours["sessionlock.original_cookie"] == cookie  # still the header, as a str
     for value in ours.values():
         assert secret not in repr(value)
