@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["SessionLockMiddleware"]
 
 _T = TypeVar("_T")
+_NO_WAIT = (b"server-timing", b'sessionlock;dur=0.0;desc="session lock wait"')
 _MAX_KEPT = 64 * 1024  # body bytes a waiting request reads ahead, at most
 
 
@@ -104,7 +105,8 @@ class SessionLockMiddleware:
                 receive = inbox.receive
             await self.app(scope, receive, send_with_headers)
         finally:
-            await _leave(core, admission)  # the backstop: no response, an error, "end"
+            if admission.lease is not None:  # the backstop: no response, an error, "end"
+                await _leave(core, admission)
 
     async def _build(self) -> Core:
         if self._building is None:
@@ -177,6 +179,8 @@ def _finish(
     core: Core, admission: Admission, headers: Iterable[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
     if core.cookies is None and admission.set_identity is None:  # the common case: no decoding
+        if admission.waited < 0.00005:  # no wait: the preformatted, pre-encoded header
+            return [*headers, _NO_WAIT]
         return [*headers, *_encode(admission.response_headers())]
     decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
     return _encode(core.finish(admission, decoded))

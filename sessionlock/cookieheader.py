@@ -52,13 +52,14 @@ def original(request: Request) -> str | None:
     return get(request)
 
 
-def replace(request: Request, header: str | None) -> None:
+def replace(request: Request, header: str | None, *, original: str | None = None) -> None:
     """Set the header the app sees (None: none); the first rewrite keeps the original.
 
-    A scope's header list is replaced, never edited in place: it may be shared.
+    ``original``: the current header, when the caller has read it already. A scope's header
+    list is replaced, never edited in place: it may be shared.
     """
     if ORIGINAL not in request:
-        sent = get(request)
+        sent = original if original is not None else get(request)
         request[ORIGINAL] = None if sent is None else Redacted(sent)
     if "REQUEST_METHOD" in request:
         if header is None:

@@ -189,18 +189,9 @@ class Identity:
         header = cookieheader.get(request)
         value = None
         if header is not None and self.name in header:
-            pairs = header.split(";")
-            kept = []
-            for pair in pairs:
-                key, sep, rest = pair.partition("=")
-                key = key.strip()
-                if sep and key in self.names:
-                    if key == name and value is None:
-                        value = rest.strip()
-                    continue
-                kept.append(pair.strip())
-            if len(kept) != len(pairs):
-                cookieheader.replace(request, "; ".join(p for p in kept if p) or None)
+            value, stripped = _cut(header, self.names, name)
+            if stripped != header:
+                cookieheader.replace(request, stripped, original=header)
         if value is None and cookieheader.ORIGINAL in request:  # another layer removed it
             value = cookieheader.read(cookieheader.original(request), name)
         found = self._verify(value) if value is not None else None
@@ -259,6 +250,27 @@ class Identity:
 
     def __repr__(self) -> str:
         return f"identity({self.name!r})"
+
+
+def _cut(header: str, names: tuple[str, ...], wanted: str) -> tuple[str | None, str | None]:
+    """(the value of ``wanted``, ``header`` without any pair of ``names``): string search,
+    not a split of every pair, since this runs on every request of a returning browser."""
+    value = None
+    for name in names:
+        key = name + "="
+        start = header.find(key)
+        while start != -1:
+            if start and header[start - 1] not in "; ":  # inside another name: not ours
+                start = header.find(key, start + 1)
+                continue
+            end = header.find(";", start)
+            if name == wanted and value is None:
+                value = header[start + len(key) : len(header) if end == -1 else end].strip()
+            before = header[:start].rstrip("; ")
+            after = header[end + 1 :].lstrip(" ") if end != -1 else ""
+            header = f"{before}; {after}" if before and after else before or after
+            start = header.find(key, len(before))
+    return value, header or None
 
 
 def new_identity() -> str:
