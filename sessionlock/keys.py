@@ -200,18 +200,6 @@ class Identity:
         identity = new_identity()
         return identity, self.issue_for(secure, identity), secure
 
-    def strip(self, request: Request) -> None:
-        """Remove this cookie from the header the app sees (the original is kept)."""
-        header = cookieheader.get(request)
-        if header is None or self.name not in header:  # the common case: one substring test
-            return
-        stripped: str | None = header
-        for name in self.names:
-            if cookieheader.values(stripped, name):
-                stripped = cookieheader.rewrite(stripped, name, None)
-        if stripped is not header:
-            cookieheader.replace(request, stripped)
-
     def _parse(self, request: Request) -> tuple[str, int] | None:
         header = cookieheader.original(request)
         value = cookieheader.read(header, self._form(request)[0])
@@ -237,10 +225,6 @@ class Identity:
             self._verified.clear()
         self._verified[value] = found
         return found
-
-    def is_secure(self, request: Request) -> bool:
-        """Whether the request gets the https form (``__Host-``, Secure)."""
-        return self._secure(request)
 
     def _form(self, request: Request) -> tuple[str, str]:
         return self._secured if self._secure(request) else self._plain
