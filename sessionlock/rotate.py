@@ -1,4 +1,4 @@
-"""Identity rotation at login and logout: a planted identity is left with nothing.
+"""Identity rotation at login: a planted identity is left with nothing.
 
     import sessionlock
 
@@ -17,8 +17,11 @@ session id does (OWASP): the response gives this browser a new identity, the rec
 it, and the old identity keeps no record. Over https the ``__Host-`` prefix already stops
 planting; rotate anyway, it costs one Set-Cookie.
 
-Call it while the request holds its session (before the response starts). It returns False
-when no sessionlock layer with the identity key holds the request, or when it is too late.
+Call it while the request holds its session (before the response starts), at each change to
+more privilege (login, sudo mode). Not at logout: a logout is tracked as a deletion under the
+identity, and a request of the same browser still in flight must be handed that deletion (a
+new identity would let it resurrect the session). It returns False when no sessionlock layer
+with the identity key holds the request, or when it is too late.
 """
 
 from __future__ import annotations

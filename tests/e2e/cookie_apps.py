@@ -12,8 +12,8 @@ load and its save (default 0.05): the window in which concurrent requests read t
 
 Flask uses its default ``SecureCookieSessionInterface``; Starlette its ``SessionMiddleware``.
 Routes (all return the session as JSON): ``GET /state``; ``POST /set?k=K&v=V``;
-``POST /incr`` (n += 1); ``POST /login`` (user = alice); ``POST /touch`` (if logged in:
-seen += 1, after a longer piece of work); ``POST /logout`` (the session cleared).
+``POST /incr`` (n += 1); ``POST /login`` (user = alice, identity rotated); ``POST /touch``
+(if logged in: seen += 1, after a longer piece of work); ``POST /logout`` (session cleared).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import json
 import os
 import time
 from typing import Any
+
+import sessionlock
 
 SECRET = "cookie-e2e-secret-0123456789abcdef"
 QUESTIONS = 10
@@ -83,6 +85,7 @@ def flask_app() -> Any:
     @app.post("/login")
     def login() -> flask.Response:
         flask.session["user"] = "alice"
+        sessionlock.rotate_identity(flask.request)  # as the README says; False when bare
         return state()
 
     @app.post("/touch")
@@ -128,6 +131,7 @@ def starlette_app() -> Any:
 
     async def login(request: Request) -> JSONResponse:
         request.session["user"] = "alice"
+        sessionlock.rotate_identity(request)  # as the README says; False when bare
         return JSONResponse(dict(request.session))
 
     async def touch(request: Request) -> JSONResponse:

@@ -6,7 +6,9 @@ sent, and each response's Set-Cookie is applied to the jar when it arrives. Ever
 runs in three modes: ``tracked`` (the middleware with ``cookie_session``) must be right;
 ``bare`` (no middleware) and ``lock-only`` (serialized, no cookie tracking) are the controls,
 shown to lose. Scenarios: (a) two requests set different keys at once; (b) N concurrent
-increments; (c) logout concurrent with another request; (d) a stale cookie replayed.
+increments; (c) logout concurrent with another request; (d) a stale cookie replayed; (e) an
+identity planted in the victim's browser, then the victim logs in (the app rotates the
+identity at login, as the README says): the attacker replaying it is handed nothing.
 """
 
 from __future__ import annotations
@@ -214,3 +216,15 @@ def test_d_stale_cookie_replayed_sees_the_newer_state(server: Server) -> None:
         assert stale.snapshot()["session"] == jar.snapshot()["session"]  # converged
     else:
         assert replayed == 2
+
+
+def test_e_a_planted_identity_is_handed_nothing_after_login(server: Server) -> None:
+    attacker = new_browser(server.base)  # the server issued the attacker an identity
+    planted = {k: v for k, v in attacker.snapshot().items() if k == "sessionlock"}
+    victim = Jar(planted)  # planted through a sibling subdomain, over plain http
+    request(server.base, victim, "POST", "/incr")
+    assert request(server.base, victim, "POST", "/login")["user"] == "alice"
+    seen = request(server.base, attacker, "GET", "/state")
+    server.report("(e) planted identity", f"attacker sees {sorted(seen)}")
+    assert "user" not in seen
+    assert request(server.base, victim, "GET", "/state")["user"] == "alice"
