@@ -161,7 +161,7 @@ def serve(kind: str, port: int) -> None:
             lifespan="off", http="h11",
         )  # fmt: skip
     else:
-        import waitress
+        import waitress  # type: ignore[import-untyped]
 
         from sessionlock.wsgi import SessionLockMiddleware as Wsgi
 
@@ -501,10 +501,14 @@ def invented_identity(port: int) -> tuple[str, float]:
 
 
 def _label(tree: Path) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    """The tree's commit, ``+changes`` when its sessionlock/ differs from that commit."""
+    git = ["git", "-C", str(tree)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "--", "sessionlock"], capture_output=True, text=True
     )
-    return done.stdout.strip() or tree.name
+    label = head.stdout.strip() or tree.name
+    return label + ("+changes" if changed.stdout.strip() else "")
 
 
 def measure(tree: Path, quick: bool) -> dict[str, str]:
@@ -606,15 +610,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     trees = [t.resolve() for t in args.tree or [ROOT]]
+    labels = [_label(tree) for tree in trees]  # once: a shared checkout's HEAD may move
     results = []
-    for tree in trees:  # one tree after another: each process measures alone on the machine
-        print(f"measuring {tree} ({_label(tree)}) ...", file=sys.stderr, flush=True)
+    for tree, label in zip(trees, labels, strict=True):  # one after another, each alone
+        print(f"measuring {tree} ({label}) ...", file=sys.stderr, flush=True)
         results.append(measure(tree, args.quick))
     rows = [
         [scenario, figure, *(r[key] for r in results)]
         for key, scenario, figure in figures(args.quick)
     ]
-    print_table(["scenario", "figure", *(_label(t) for t in trees)], rows)
+    print_table(["scenario", "figure", *labels], rows)
 
 
 if __name__ == "__main__":
