@@ -294,7 +294,9 @@ SPECS = ["cookie:sid", "header:X-Token", "identity"]
 STATIC = (
     'Server-Timing sessionlock;dur=0.0;desc="session lock wait" Set-Cookie sessionlock= '
     "Max-Age=34560000; Path=/; HttpOnly; SameSite=Lax; Secure __Host- Content-Type text/plain "
-    "Retry-After Cache-Control no-store 503 429 Service Unavailable"
+    "Retry-After Cache-Control no-store 503 429 Service Unavailable "
+    # ASGI header names go out lower case
+    "server-timing set-cookie content-type retry-after cache-control"
 )
 
 wsgi_text = st.text(
