@@ -90,17 +90,20 @@ class SessionLockMiddleware:
                 else:
                     message["headers"] = _finish(core, admission, headers)
                 if at_head:  # the session is saved: the next request may load it
-                    await _leave(core, admission)
+                    if core.releases_inline:
+                        core.leave(admission)
+                    else:
+                        await core.leave_async(admission)
             await send(message)
 
         try:
             # under the lease: a failure here releases too
             if core.cookies_block:  # records on disk: read off the loop
-                handle = await _off_loop(core.prepare, admission, scope)
+                await _off_loop(core.prepare, admission, scope)
             else:
-                handle = core.prepare(admission, scope)
+                core.prepare(admission, scope)
             if not core.releases_inline:  # an early release must reach this loop
-                handle.loop = asyncio.get_running_loop()
+                admission.loop = asyncio.get_running_loop()
             if inbox is not None and inbox.kept:
                 receive = inbox.receive
             await self.app(scope, receive, send_with_headers)

@@ -67,7 +67,7 @@ def replace(request: Request, header: str | None, *, original: str | None = None
         else:
             request["HTTP_COOKIE"] = header
         return
-    headers = [(k, v) for k, v in request.get("headers", ()) if k.lower() != b"cookie"]
+    headers = [(k, v) for k, v in request.get("headers", ()) if k != b"cookie" != k.lower()]
     if header is not None:
         headers.append((b"cookie", header.encode("latin-1")))
     request["headers"] = headers

@@ -21,7 +21,7 @@ from .fairness import server_threads, waiting_threads_for
 from .order import check as check_order
 from .queue import KeyedQueue, TaskWaiter
 
-__all__ = ["HANDLE", "HELD", "Admission", "Core", "Handle", "Options", "Refusal"]
+__all__ = ["HANDLE", "HELD", "Admission", "Core", "Options", "Refusal"]
 
 logger = logging.getLogger("sessionlock")
 
@@ -42,7 +42,7 @@ class Options(TypedDict, total=False):
     release: Literal["head", "end"]
 
 
-#: Where the request's :class:`Handle` is (early release, identity rotation).
+#: Where the request's :class:`Admission` is, as its handle (early release, rotation).
 HANDLE = "sessionlock.handle"
 #: The (backend, key) pairs that layers outside this one hold for the request.
 HELD = "sessionlock.held"
@@ -51,11 +51,32 @@ _NO_WAIT = ("Server-Timing", 'sessionlock;dur=0.0;desc="session lock wait"')
 
 
 class Admission:
-    """One request's state: its hashed key, and what to add to its response."""
+    """One request's state: its hashed key, and what to add to its response.
 
-    __slots__ = ("key", "lease", "notes", "secure", "set_identity", "started", "waited")
+    It is also the request's *handle*, under ``environ["sessionlock.handle"]`` (or the
+    scope's): what a handler may ask of the layer holding its session, through
+    :func:`sessionlock.release_session` and :func:`sessionlock.rotate_identity`. Its repr
+    shows nothing: debug pages (Django's, Werkzeug's) print the environ.
+    """
 
-    def __init__(self, key: str, set_identity: str | None, secure: bool = False) -> None:
+    __slots__ = (
+        "_core",
+        "key",
+        "lease",
+        "loop",
+        "notes",
+        "secure",
+        "set_identity",
+        "started",
+        "waited",
+    )
+
+    def __init__(
+        self, key: str, set_identity: str | None, secure: bool = False, core: Core | None = None
+    ) -> None:
+        self._core = core
+        #: The event loop of an ASGI request whose backend releases asynchronously.
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.key = key
         self.set_identity = set_identity
         self.secure = secure  # the identity cookie's https form (__Host-, Secure)
@@ -64,6 +85,23 @@ class Admission:
         self.lease: Lease | None = None
         #: Per-request state of optional features (cookie tracking), keyed by feature.
         self.notes: dict[str, object] | None = None
+
+    def release(self) -> None:
+        """Let the session's next request run now; idempotent, from any thread."""
+        core = self._core
+        if core is None:
+            return
+        if self.loop is None:
+            core.leave(self)
+        else:  # a backend that releases over the network: on the request's loop
+            asyncio.run_coroutine_threadsafe(core.leave_async(self), self.loop)
+
+    def rotate(self) -> bool:
+        """Give the browser a new identity with this response (False: too late, or none)."""
+        return self._core is not None and self._core._rotate(self)
+
+    def __repr__(self) -> str:
+        return "<sessionlock request handle>"
 
     def response_headers(self, *, cookies: bool = True) -> list[tuple[str, str]]:
         """Server-Timing, and the identity Set-Cookie unless ``cookies`` is False."""
@@ -75,38 +113,6 @@ class Admission:
         if cookies and self.set_identity is not None:
             headers.append(("Set-Cookie", self.set_identity))
         return headers
-
-
-class Handle:
-    """What a handler may ask of the layer holding its session: release early, rotate.
-
-    One per request, under ``environ["sessionlock.handle"]`` (or the scope's); see
-    :func:`sessionlock.release_session` and :func:`sessionlock.rotate_identity`. Its repr
-    shows nothing: debug pages (Django's, Werkzeug's) print the environ.
-    """
-
-    __slots__ = ("_admission", "_core", "loop")
-
-    def __init__(self, core: Core, admission: Admission) -> None:
-        self._core = core
-        self._admission = admission
-        #: The event loop of an ASGI request whose backend releases asynchronously.
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def release(self) -> None:
-        """Let the session's next request run now; idempotent, from any thread."""
-        core, admission = self._core, self._admission
-        if self.loop is None:
-            core.leave(admission)
-        else:  # a backend that releases over the network: on the request's loop
-            asyncio.run_coroutine_threadsafe(core.leave_async(admission), self.loop)
-
-    def rotate(self) -> bool:
-        """Give the browser a new identity with this response (False: too late, or no identity)."""
-        return self._core._rotate(self._admission)
-
-    def __repr__(self) -> str:
-        return "<sessionlock handle>"
 
 
 class CookieTracker(Protocol):
@@ -277,7 +283,7 @@ class Core:
         held = request.get(HELD)
         if held is not None and (self._mark, digest) in held:
             return None  # nested inside a layer holding this very session: already serialized
-        return Admission(digest, set_identity, secure)
+        return Admission(digest, set_identity, secure, self)
 
     # -- waiting: threads ----------------------------------------------------------------
 
@@ -423,14 +429,15 @@ class Core:
 
     # -- around the app ------------------------------------------------------------------
 
-    def prepare(self, admission: Admission, request: Request) -> Handle:
-        """Called by the shells under the lease, just before the app runs: its handle."""
+    def prepare(self, admission: Admission, request: Request) -> None:
+        """Called by the shells under the lease, just before the app runs."""
         check_order(self, request)  # a session layer outside the lock is reported once
-        request[HELD] = (*request.get(HELD, ()), (self._mark, admission.key))
-        handle = request[HANDLE] = Handle(self, admission)
+        held = request.get(HELD)
+        mine = (self._mark, admission.key)
+        request[HELD] = (mine,) if held is None else (*held, mine)
+        request[HANDLE] = admission
         if self.cookies is not None:
             self.cookies.prepare(admission, request)
-        return handle
 
     def _rotate(self, admission: Admission) -> bool:
         """Mark the request for a new identity, given as its response starts (under the lease)."""

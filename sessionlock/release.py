@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .core import HANDLE, Handle
+from .core import HANDLE, Admission
 
 __all__ = ["release_session"]
 
@@ -42,11 +42,11 @@ def release_session(request: object) -> bool:
     return True
 
 
-def find_handle(request: object) -> Handle | None:
-    """The :class:`~sessionlock.core.Handle` a sessionlock layer left for this request."""
+def find_handle(request: object) -> Admission | None:
+    """The handle (:class:`~sessionlock.core.Admission`) a layer left for this request."""
     for candidate in (request, *(getattr(request, place, None) for place in _PLACES)):
         if isinstance(candidate, Mapping):
             handle = candidate.get(HANDLE)
-            if isinstance(handle, Handle):
+            if isinstance(handle, Admission):
                 return handle
     return None
