@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_TTL",
+    "NEW_BROWSER_TTL",
     "SessionCookies",
     "SetCookie",
     "parse_set_cookie",
@@ -78,6 +79,10 @@ logger = logging.getLogger("sessionlock")
 #: means an older replay is served as without the middleware. Session cookies (no Max-Age or
 #: Expires) and deletions are kept this long; cookies with a lifetime, at most this long.
 DEFAULT_MAX_TTL = 24 * 3600.0
+
+#: How long the record of a browser seen once is kept (seconds): a flood of cookie-less
+#: requests (each a new identity) leaves records that go within minutes, not a day.
+NEW_BROWSER_TTL = 600.0
 
 _NOTE = "cookies"
 _ROTATE = "rotate"  # the admission note of sessionlock.rotate_identity()
@@ -358,9 +363,10 @@ class _Record:
 class _State:
     """One request's cookie tracking, from prepare (under the lease) to finish."""
 
-    __slots__ = ("generation", "identity", "record", "request", "seal", "stale")
+    __slots__ = ("fresh", "generation", "identity", "record", "request", "seal", "stale")
 
     def __init__(self, seal: _Seal, identity: str, generation: int, request: Request) -> None:
+        self.fresh = False  # a browser seen for the first time (its identity issued now)
         self.seal = seal
         self.identity = identity
         self.generation = generation  # the jar generation the request was sent with
@@ -428,6 +434,7 @@ class SessionCookies:
         generation = 0 if fresh else self._identity.generation(request)
         seal = _Seal(self._secret, identity, self.names, clear=self._clear)
         state = _State(seal, identity, generation, request)
+        state.fresh = fresh
         if admission.notes is None:
             admission.notes = {}
         admission.notes[_NOTE] = state
@@ -516,6 +523,8 @@ class SessionCookies:
             lifetime = cookie.lifetime(now)
             deleted = lifetime is not None and lifetime <= 0
             ttl = self.max_ttl if lifetime is None or deleted else min(lifetime, self.max_ttl)
+            if state.fresh:  # a visitor who may never come back: its next write keeps it longer
+                ttl = min(ttl, NEW_BROWSER_TTL)
             fingerprint = None if deleted else state.seal.fingerprint(cookie.value)
             host = _request_host(state.request)
             if entry is None:

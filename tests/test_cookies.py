@@ -24,6 +24,7 @@ from sessionlock.backends.file import FileBackend
 from sessionlock.backends.memory import MemoryBackend
 from sessionlock.cookies import (
     DEFAULT_MAX_TTL,
+    NEW_BROWSER_TTL,
     SessionCookies,
     parse_set_cookie,
 )
@@ -452,7 +453,26 @@ def test_path_scoped_cookie_is_not_handed_to_other_paths(backend: Backend) -> No
 )
 def test_record_ttl_follows_the_cookie(set_cookie: str, ttl: float) -> None:
     backend = Recording()
-    Browser(tracked(backend)).request(set_cookie)
+    browser = Browser(tracked(backend))
+    browser.request()  # a returning browser: its identity was issued before
+    browser.request(set_cookie)
+    assert [t for _, _, t in backend.sets] == [ttl]
+
+
+@pytest.mark.parametrize(
+    ("returning", "ttl"),
+    [
+        pytest.param(False, NEW_BROWSER_TTL, id="first-visit-expires-fast"),
+        pytest.param(True, DEFAULT_MAX_TTL, id="control-returning-browser"),
+    ],
+)
+def test_a_browser_seen_once_leaves_a_record_that_expires_fast(returning: bool, ttl: float) -> None:
+    """20 000 cookie-less requests to a page that writes a CSRF token: 20 000 first visits."""
+    backend = Recording()
+    browser = Browser(tracked(backend))
+    if returning:
+        browser.request()
+    browser.request("session=csrf")
     assert [t for _, _, t in backend.sets] == [ttl]
 
 
