@@ -45,6 +45,7 @@ KeySource: TypeAlias = Callable[[Request], "str | None"]
 
 _PERSON = b"sessionlock.idv"  # domain separation of the identity MAC
 _VERIFIED = 4096  # identity cookie values remembered as verified, per Identity
+_CUTS, _CACHED_HEADER = 1024, 1024  # Cookie headers remembered cut, at most 1 KiB each
 _MAX_AGE = 400 * 24 * 3600  # browsers cap cookie lifetimes at 400 days
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: header/cookie names
 
@@ -139,6 +140,8 @@ class Identity:
         self.names = (name, self._secured[0])
         self._secret = secret if secret is not None else secrets.token_bytes(32)
         self._verified: dict[str, tuple[str, int]] = {}
+        # A returning browser sends the same Cookie header again and again: its cut is kept.
+        self._cuts: tuple[_Cuts, _Cuts] = ({}, {})  # by form: plain, https
 
     def bind(self, secret: bytes) -> Identity:
         """The same identity cookie, verified and signed with ``secret``."""
@@ -189,7 +192,15 @@ class Identity:
         header = cookieheader.get(request)
         value = None
         if header is not None and self.name in header:
-            value, stripped = _cut(header, self.names, name)
+            cuts = self._cuts[secure]
+            cut = cuts.get(header)
+            if cut is None:
+                cut = _cut(header, self.names, name)
+                if len(header) <= _CACHED_HEADER:
+                    if len(cuts) >= _CUTS:
+                        cuts.clear()
+                    cuts[header] = cut
+            value, stripped = cut
             if stripped != header:
                 cookieheader.replace(request, stripped, original=header)
         if value is None and cookieheader.ORIGINAL in request:  # another layer removed it
@@ -234,6 +245,9 @@ class Identity:
 
     def __repr__(self) -> str:
         return f"identity({self.name!r})"
+
+
+_Cuts: TypeAlias = dict[str, tuple[str | None, str | None]]
 
 
 def _cut(header: str, names: tuple[str, ...], wanted: str) -> tuple[str | None, str | None]:

@@ -439,3 +439,17 @@ def test_only_short_raw_keys_are_kept_in_the_digest_cache(size: int, cached: boo
     app = WSGILock(wsgi_app, key=lambda request: raw, backend="memory://")
     assert list(app(environ(), lambda *a: None))
     assert (raw in app.core._digests) is cached
+
+
+def test_the_cookie_headers_kept_cut_are_bounded() -> None:
+    """A returning browser's header is cut once; distinct or huge headers cannot grow it."""
+    app = WSGILock(wsgi_app, backend="memory://")
+    source = app.core.key_source
+    assert isinstance(source, keys.Identity)
+    for i in range(3000):
+        list(app(environ(cookie=f"sessionlock=x; n={i}"), lambda *a: None))
+    big = f"sessionlock=x; pad={'p' * 2000}"
+    list(app(environ(cookie=big), lambda *a: None))
+    cuts = source._cuts[False]
+    assert 0 < len(cuts) <= 1024
+    assert big not in cuts
