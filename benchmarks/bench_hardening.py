@@ -45,7 +45,6 @@ import io
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -316,12 +315,6 @@ def _run_worker(tree: Path, task: str, *arguments: object) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Server:
     kind: str
@@ -331,7 +324,9 @@ class Server:
 
 
 def _start(tree: Path, kind: str, logs: Path) -> Server:
-    port = _free_port()
+    from benchmarks._servers import free_port  # not at the top: --serve runs in the old tree
+
+    port = free_port()
     command = [sys.executable, str(SCRIPT), "--serve", kind, "--port", str(port)]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     log = logs / f"{kind}.log"
@@ -343,35 +338,19 @@ def _start(tree: Path, kind: str, logs: Path) -> Server:
     return Server(kind, port, process, log)
 
 
-def _stop(server: Server) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.process.pid, signal.SIGTERM)
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(timeout=15)
-
-
 @contextlib.contextmanager
 def running(tree: Path, kinds: list[str]) -> Iterator[dict[str, Server]]:
     """The tree's servers, all at once, each stopped at the end of the block (even on error)."""
+    from benchmarks._servers import stop, wait_listening
+
     with tempfile.TemporaryDirectory() as logs, contextlib.ExitStack() as stack:
         servers = {}
         for kind in kinds:
             servers[kind] = server = _start(tree, kind, Path(logs))
-            stack.callback(_stop, server)
+            stack.callback(stop, server.process)
         deadline = time.monotonic() + 60
         for server in servers.values():
-            while True:
-                if server.process.poll() is not None or time.monotonic() > deadline:
-                    tail = server.log.read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"{server.kind} did not start:\n{tail}")
-                with contextlib.suppress(OSError):
-                    socket.create_connection(("127.0.0.1", server.port), 0.5).close()
-                    break
-                time.sleep(0.05)  # readiness poll of a child process: no event to wait on
+            wait_listening(server.process, server.port, server.log, server.kind, deadline)
         yield servers
 
 

@@ -24,8 +24,6 @@ import contextlib
 import http.client
 import inspect
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +44,7 @@ from starlette.routing import Route
 from sessionlock import asgi, wsgi
 from sessionlock.core import Core
 
+from ._servers import free_port, stop, wait_listening
 from ._table import median, parse_args, print_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,12 +153,6 @@ def wsgi_app() -> Any:
 # -- servers ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Server:
     name: str
@@ -170,7 +163,7 @@ class Server:
 
 
 def _start(kind: str, variant: str, logs: Path) -> Server:
-    port = _free_port()
+    port = free_port()
     if kind == "uvicorn":
         command = [str(BIN / "uvicorn"), "--factory", "benchmarks.bench_release:asgi_app"]
         command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
@@ -189,29 +182,6 @@ def _start(kind: str, variant: str, logs: Path) -> Server:
     return Server(kind, variant, port, process, log)
 
 
-def _stop(server: Server) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.process.pid, signal.SIGTERM)
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(timeout=15)
-
-
-def _wait_listening(server: Server, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            tail = server.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{server.name} ({server.variant}) exited:\n{tail}")
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", server.port), 0.5).close()
-            return
-        time.sleep(0.05)  # readiness poll of a child process: no event to wait on
-    raise RuntimeError(f"{server.name} ({server.variant}) did not listen on {server.port}")
-
-
 @contextlib.contextmanager
 def running(kinds: list[str], variants: list[str]) -> Iterator[dict[tuple[str, str], Server]]:
     """All servers at once, each stopped at the end of the block (even on error)."""
@@ -220,11 +190,12 @@ def running(kinds: list[str], variants: list[str]) -> Iterator[dict[tuple[str, s
         for kind in kinds:
             for variant in variants:
                 server = _start(kind, variant, Path(logs))
-                stack.callback(_stop, server)
+                stack.callback(stop, server.process)
                 servers[kind, variant] = server
         deadline = time.monotonic() + 60
         for server in servers.values():
-            _wait_listening(server, deadline)
+            name = f"{server.name} ({server.variant})"
+            wait_listening(server.process, server.port, server.log, name, deadline)
         yield servers
 
 
