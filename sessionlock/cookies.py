@@ -469,7 +469,9 @@ class SessionCookies:
         browser catches up on its next private response).
         """
         notes = admission.notes
-        state = notes.get(_NOTE) if notes is not None else None
+        # Taken out: finishing happens once, and the state (which holds the request) must not
+        # keep the environ alive through the handle the environ itself holds.
+        state = notes.pop(_NOTE, None) if notes is not None else None
         if not isinstance(state, _State):
             return headers
         issued: dict[str, SetCookie | None] = {}
