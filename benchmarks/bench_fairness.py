@@ -18,8 +18,6 @@ import contextlib
 import http.client
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ._servers import free_port, stop, wait_listening
 from ._table import parse_args, percentile, print_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,12 +59,6 @@ def wrapped_app() -> Any:
 # -- servers ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _command(server: str, wrapped: bool, port: int, locks: str) -> list[str]:
     target = "benchmarks.bench_fairness:app"
     if server == "waitress":
@@ -85,37 +78,21 @@ def _command(server: str, wrapped: bool, port: int, locks: str) -> list[str]:
 
 @contextlib.contextmanager
 def running(server: str, wrapped: bool) -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
         command = _command(server, wrapped, port, f"file://{scratch}/locks")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with open(Path(scratch) / "log", "wb") as log:
+        log = Path(scratch) / "log"
+        with open(log, "wb") as out:
             process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )
+            )  # fmt: skip
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((Path(scratch) / "log").read_text()[-3000:])
-                with contextlib.suppress(OSError):
-                    socket.create_connection(("127.0.0.1", port), 0.5).close()
-                    break
-                time.sleep(0.05)  # readiness poll of a child process
+            wait_listening(process, port, log, server, time.monotonic() + 60)
             yield port
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop(process)
 
 
 # -- clients ----------------------------------------------------------------------------------

@@ -106,17 +106,10 @@ def waitress(app: str, *extra: str) -> list[str]:
 
 def fetch(base_url: str, method: str, path: str, sid: str, *, timeout: float = 60) -> Any:
     """One request with cookie ``sid`` on its own connection: (status, JSON or raw body)."""
-    parts = urlsplit(base_url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-    try:
-        conn.request(method, path, headers={"Cookie": f"sid={sid}", "Connection": "close"})
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    if response.status == 200:
+    status, _, body = fetch_with_headers(base_url, method, path, sid, timeout=timeout)
+    if status == 200:
         return 200, json.loads(body)
-    return response.status, body
+    return status, body
 
 
 def in_parallel(jobs: list[Callable[[], Any]], *, timeout: float = 180) -> list[Any]:
