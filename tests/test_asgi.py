@@ -449,6 +449,27 @@ def test_a_client_that_disconnects_while_waiting_leaves_the_queue() -> None:
     run(main())
 
 
+def holder_then_reader(
+    leave: asyncio.Event, inside: asyncio.Event, received: list[Message]
+) -> ASGIApp:
+    """``/1`` holds the session until ``leave``; any other path reads its whole body into
+    ``received``, then answers."""
+    holder_app = held_app(leave, inside=inside)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/1":
+            await holder_app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            received.append(message)
+            if not message.get("more_body", False):
+                break
+        await hello(scope, receive, send)
+
+    return app
+
+
 @pytest.mark.parametrize(
     ("before", "after"),
     [
@@ -464,20 +485,7 @@ def test_body_chunks_read_while_waiting_reach_the_app_intact(
         leave = asyncio.Event()
         inside = asyncio.Event()
         received: list[Message] = []
-        holder_app = held_app(leave, inside=inside)
-
-        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if scope["path"] == "/1":
-                await holder_app(scope, receive, send)
-                return
-            while True:
-                message = await receive()
-                received.append(message)
-                if not message.get("more_body", False):
-                    break
-            await hello(scope, receive, send)
-
-        middleware = by_cookie(app)
+        middleware = by_cookie(holder_then_reader(leave, inside, received))
         gate = observed(middleware)
         first, second = Client(), Client(body=[])
         one = start(middleware, scope_for("/1", cookie=f"sid={SID}"), first)
@@ -521,21 +529,8 @@ def test_a_waiting_request_reads_at_most_a_bounded_body_ahead(
 
     async def main() -> None:
         leave, inside = asyncio.Event(), asyncio.Event()
-        received: list[bytes] = []
-        holder_app = held_app(leave, inside=inside)
-
-        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if scope["path"] == "/1":
-                await holder_app(scope, receive, send)
-                return
-            while True:
-                message = await receive()
-                received.append(message["body"])
-                if not message.get("more_body", False):
-                    break
-            await hello(scope, receive, send)
-
-        middleware = by_cookie(app)
+        received: list[Message] = []
+        middleware = by_cookie(holder_then_reader(leave, inside, received))
         gate = observed(middleware)
         first, second = Client(), Client(body=chunks)
         one = start(middleware, scope_for("/1", cookie=f"sid={SID}"), first)
@@ -548,7 +543,7 @@ def test_a_waiting_request_reads_at_most_a_bounded_body_ahead(
         leave.set()
         await one
         await asyncio.wait_for(two, WAIT)
-        assert received == chunks
+        assert [m["body"] for m in received] == chunks
         assert second.status == 200
 
     run(main())
