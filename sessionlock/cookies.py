@@ -59,7 +59,7 @@ from ._types import Request
 from .backends.base import Backend
 from .backends.memory import MemoryBackend
 from .errors import BackendUnavailable, ConfigurationError
-from .keys import Identity, new_identity
+from .keys import Identity, new_identity, request_scheme
 
 if TYPE_CHECKING:
     from .core import Admission
@@ -196,13 +196,6 @@ def _request_host(request: Request) -> str:
     return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
-def _is_https(request: Request) -> bool:
-    scheme = (
-        request.get("wsgi.url_scheme") if "REQUEST_METHOD" in request else request.get("scheme")
-    )
-    return scheme in ("https", "wss")
-
-
 # -- sealed records --------------------------------------------------------------------------
 
 
@@ -299,7 +292,7 @@ class _Entry:
     def reaches(self, request: Request) -> bool:
         """Whether a browser would send this cookie with ``request`` (RFC 6265 5.4)."""
         attributes = self.cookie.attributes
-        if "secure" in attributes and not _is_https(request):
+        if "secure" in attributes and request_scheme(request) != "https":
             return False
         host = _request_host(request)
         domain = attributes.get("domain", "").strip().lstrip(".").lower()

@@ -39,6 +39,7 @@ __all__ = [
     "new_identity",
     "read_cookie",
     "read_header",
+    "request_scheme",
 ]
 
 KeySource: TypeAlias = Callable[[Request], "str | None"]
@@ -67,7 +68,8 @@ def read_cookie(request: Request, name: str) -> str | None:
     return cookieheader.read(cookieheader.get(request), name)
 
 
-def _scheme(request: Request) -> str:
+def request_scheme(request: Request) -> str:
+    """The request's URL scheme (``http`` when the environ or scope does not say)."""
     scheme = (
         request.get("wsgi.url_scheme") if "REQUEST_METHOD" in request else request.get("scheme")
     )
@@ -241,7 +243,7 @@ class Identity:
         return self._secured if self._secure(request) else self._plain
 
     def _secure(self, request: Request) -> bool:
-        return self.secure if self.secure is not None else _scheme(request) == "https"
+        return self.secure if self.secure is not None else request_scheme(request) == "https"
 
     def __repr__(self) -> str:
         return f"identity({self.name!r})"
