@@ -84,8 +84,8 @@ class SessionLockMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = message.get("headers", ())
-                if core.cookies_block:  # records on disk: written off the loop
+                headers = list(message.get("headers", ()))
+                if core.stores(admission, headers):  # a record to write: off the loop
                     message["headers"] = await _off_loop(_finish, core, admission, headers)
                 else:
                     message["headers"] = _finish(core, admission, headers)
@@ -98,7 +98,7 @@ class SessionLockMiddleware:
 
         try:
             # under the lease: a failure here releases too
-            if core.cookies_block:  # records on disk: read off the loop
+            if core.loads(admission):  # a record to read: off the loop
                 await _off_loop(core.prepare, admission, scope)
             else:
                 core.prepare(admission, scope)

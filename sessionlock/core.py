@@ -250,6 +250,7 @@ class Core:
         # Cookie records on a backend outside process memory cost file or network I/O: the
         # ASGI shell moves that off the event loop.
         self.cookies_block = cookie_session is not None and backend.shared
+        self._tracked: frozenset[bytes] = frozenset()
         self.cookies: CookieTracker | None = None
         if cookie_session is not None:
             from .cookies import SessionCookies
@@ -257,6 +258,7 @@ class Core:
             self.cookies = SessionCookies(
                 cookie_session, backend=backend, secret=self.secret, key=self.key_source
             )
+            self._tracked = frozenset(name.encode() for name in self.cookies.names)
 
     # -- admission -----------------------------------------------------------------------
 
@@ -447,6 +449,25 @@ class Core:
             admission.notes = {}
         admission.notes[_ROTATE_NOTE] = True
         return True
+
+    def loads(self, admission: Admission) -> bool:
+        """Whether :meth:`prepare` reads a cookie record: not for a browser seen first now."""
+        return self.cookies_block and admission.set_identity is None
+
+    def stores(self, admission: Admission, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether :meth:`finish` writes a record: only for a tracked Set-Cookie or a rotation.
+
+        The ASGI shell moves exactly that I/O off the event loop, and nothing else.
+        """
+        if not self.cookies_block:
+            return False
+        if admission.notes and admission.notes.get(_ROTATE_NOTE):
+            return True
+        tracked = self._tracked
+        return any(
+            name.lower() == b"set-cookie" and value.partition(b"=")[0].strip() in tracked
+            for name, value in headers
+        )
 
     def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Called by the shells as the response starts: its final headers.

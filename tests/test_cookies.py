@@ -763,3 +763,23 @@ def test_nothing_is_re_sent_on_a_publicly_cacheable_response() -> None:
         core.leave(admission)
     # Control: the same stale browser on a private response converges.
     assert session_cookies(stale.request()[1]) == ["session=v2"]
+
+
+def test_the_asgi_shell_leaves_the_loop_only_for_a_record_read_or_written(tmp_path: Path) -> None:
+    """A thread hop per request would reorder concurrent requests for nothing: only a
+    returning browser's prepare reads, only a tracked Set-Cookie (or a rotation) writes."""
+    backend = FileBackend(str(tmp_path / "locks"))
+    core = tracked(backend)
+    fresh = core.admit({"REQUEST_METHOD": "GET", "PATH_INFO": "/"})
+    assert fresh is not None
+    assert not core.loads(fresh)  # a browser seen first now has no record
+    assert not core.stores(fresh, [(b"content-type", b"text/plain")])
+    assert core.stores(fresh, [(b"Set-Cookie", b"session=v1; Path=/")])
+    assert not core.stores(fresh, [(b"set-cookie", b"other=v1; Path=/")])
+    browser = Browser(core)
+    browser.request()
+    again = core.admit(browser.environ())
+    assert again is not None
+    assert core.loads(again)
+    assert not tracked(MemoryBackend()).loads(again)  # memory://: never off the loop
+    backend.close()
