@@ -559,12 +559,12 @@ def test_on_an_event_loop_releases_leave_file_removal_to_the_janitor(directory: 
 def _same_bucket(backend: FileBackend, count: int) -> list[str]:
     """``count`` keys whose values share one bucket."""
     first = f"{0:032x}"
-    bucket = backend._value_path(first).rpartition("/")[0]
+    bucket = backend._values.path(backend._name(first, "")).rpartition("/")[0]
     found = [first]
     number = 1
     while len(found) < count:
         key = f"{number:032x}"
-        if backend._value_path(key).rpartition("/")[0] == bucket:
+        if backend._values.path(backend._name(key, "")).rpartition("/")[0] == bucket:
             found.append(key)
         number += 1
     return found
@@ -721,7 +721,7 @@ def test_a_backend_never_hashes_with_a_secret_of_its_own_while_others_live(
     live = _started(directory)
     live._stop.set()  # its keeper is gone: nobody puts the secret back
     (directory / ".secret").unlink()
-    monkeypatch.setattr("sessionlock.backends.file._SECRET_WAIT", 0.1)
+    monkeypatch.setattr("sessionlock.backends._filedir._SECRET_WAIT", 0.1)
     with pytest.raises(BackendUnavailable, match="missing while other processes"):
         FileBackend(directory)
     assert not (directory / ".secret").exists()

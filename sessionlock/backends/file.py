@@ -35,12 +35,7 @@ holders can never hold two different inodes of one path (filelock#574's trap). F
 by a crashed process are removed by :meth:`sweep`, which a backend runs in its keeper thread
 when it starts (in the background: a large directory never delays startup).
 
-Safety. The directory is refused (ConfigurationError) if it is a symlink, not a directory,
-owned by another user, or writable by group or others (others may have put files in it); one
-of ours that group or others may only read or list (0755) is made 0700 (nothing can have been
-planted; only the listing of session hashes leaked). A missing parent of an explicit directory
-is created as ``os.makedirs`` would, the directory itself 0700. The directory is opened once
-with ``O_NOFOLLOW`` and every name is resolved relative to that descriptor. Lock files are
+Safety and the shared hashing secret: :mod:`sessionlock.backends._filedir`. Lock files are
 opened with ``O_CLOEXEC``; besides the held ones, a process keeps (unlocked) the descriptors
 of the 64 keys it used last, so a session's next request skips ``open()``. A process forked
 while holding locks closes its inherited copies at once, so a child never keeps a parent's
@@ -64,21 +59,7 @@ systemd-tmpfiles' aging skips the directory and everything in it (``.secret`` in
 :data:`_TMPFILES`. Every live backend also has a *keeper* thread that, once a second, puts
 ``.secret`` back from memory if something else removed it.
 
-The hashing secret is created once per directory (``.secret``, mode 0600, published by an
-atomic ``link``), so every process using the directory hashes a session to the same lock
-without any configuration. Two live processes never hash differently: a new ``.secret`` is
-only made under an exclusive ``flock`` of the directory, i.e. when no live backend (each holds
-it shared, taken once it has the secret) could know another one; a backend that starts while
-``.secret`` is missing and others hold the directory waits (5 s at most) for their keepers to
-put it back, and fails (BackendUnavailable) rather than hash with a secret of its own.
-
-Values. The small value store keeps ``values/<xx>/<name>.value`` files (256 buckets by a hash
-of the name), written by an atomic rename, with the expiry time as their mtime. A bucket holds
-at most ``max_values / 256`` (rounded up; 10 000 in all by default, ``?max_values=N`` in the
-URL): a ``set`` that finds its bucket over it removes the bucket's expired files, then those
-closest to expiry, never the one it wrote; every 16th ``set`` also removes the expired files
-of one more bucket, in turn. So a flood of identities costs a bounded number of files and a
-bounded amount of work per ``set`` (a listing of about 40 names), never a directory scan.
+Values (cookie records): :mod:`sessionlock.backends._filevalues`.
 
 Degrading. A full disk, a read-only one or no descriptor left (ENOSPC, EROFS, EMFILE) makes
 the call raise BackendUnavailable and nothing else; nothing is remembered, so the first call
@@ -89,14 +70,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
 import re
-import secrets
-import stat
-import tempfile
 import threading
 import time
 import weakref
@@ -105,27 +82,25 @@ from collections.abc import Callable
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..errors import BackendUnavailable, ConfigurationError
+from ._filedir import (
+    TMP,
+    agree_secret,
+    default_directory,
+    open_private_directory,
+    publish_secret,
+    secret_present,
+    unavailable,
+)
+from ._filevalues import VALUE, VALUES, ValueStore
 from .base import DEFAULT_MAX_VALUES, Backend, Lease, check_max_values
 
 __all__ = ["FileBackend", "default_directory", "from_url", "normalize"]
 
 _LOCK = ".lock"
-_VALUE = ".value"
-_SECRET_FILE = ".secret"  # noqa: S105  (a file name, not a password)
-_TMP = ".tmp-"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-_VALUES = "values"  # values/<bucket>/<name>.value
-_BUCKETS = 256  # value buckets: a set lists one, about max_values / 256 names
-_TEND_EVERY = 16  # sets between two expiry sweeps of a further bucket (in turn)
 _KEEP_EVERY = 1.0  # seconds between two checks of .secret by a live backend's keeper
-_SECRET_WAIT = 5.0  # seconds a new backend waits for live ones to put .secret back
 _KEEPER = "sessionlock-file-keeper"
-_HINT = (
-    "; configure a directory only this app's user can create, outside the shared temp"
-    ' directory, e.g. backend="file:///var/lib/<app>/sessionlock" (the default under /tmp can'
-    " be created first by any local user)"
-)
 #: systemd-tmpfiles skips a directory that someone holds a BSD lock on. tmpfiles.d(5), "Age"
 #: (systemd 252): "If the aging algorithm finds a lock is already taken on some directory, it
 #: (and everything below it) is skipped. Applications may use this to temporarily exclude
@@ -139,12 +114,6 @@ _OPEN_FILES = 64  # unlocked descriptors kept open for the keys used last, per p
 _IDLE_SECONDS = 2.0  # a lock file unused this long here is removed (on the next release)
 _STALE_TMP = 60.0  # seconds after which a temporary file is a crash's leftover
 _JANITOR = "sessionlock-file-janitor"
-_NEVER = 4_102_444_800.0  # 2100-01-01: the mtime of a value without expiry
-
-
-def default_directory() -> str:
-    """The default lock directory: private to this user, under the system temp dir."""
-    return os.path.join(tempfile.gettempdir(), f"sessionlock-{os.geteuid()}")
 
 
 class _Slot:
@@ -225,17 +194,16 @@ class FileBackend(Backend):
         max_values: int = DEFAULT_MAX_VALUES,
     ) -> None:
         self.directory = os.path.abspath(os.fspath(directory or default_directory()))
-        self._clock = clock  # wall time: expiry times are shared by processes
         self.max_values = check_max_values(max_values)
-        self._per_bucket = -(-max_values // _BUCKETS)
         default = self.directory == default_directory()
-        self._dir_fd = _open_private_directory(self.directory, create=create, default=default)
+        self._dir_fd = open_private_directory(self.directory, create=create, default=default)
         try:
-            self._secret = _agree_secret(self._dir_fd, self.directory)
+            self._secret = agree_secret(self._dir_fd, self.directory)
             fcntl.flock(self._dir_fd, fcntl.LOCK_SH)  # see _TMPFILES; held until close
         except BaseException:
             os.close(self._dir_fd)
             raise
+        self._values = ValueStore(self._dir_fd, clock=clock, max_values=max_values)
         self._mutex = threading.Lock()
         self._contenders: dict[str, _Contender] = {}
         self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
@@ -245,7 +213,6 @@ class FileBackend(Backend):
         self._open: dict[str, int] = {}
         self._closed = False
         self._janitor = False
-        self._writes = 0
         self._stop = threading.Event()
         self.swept = threading.Event()  # set when the start sweep is over (for tests)
         self._keeper_pid = 0
@@ -275,11 +242,8 @@ class FileBackend(Backend):
 
     def keep(self) -> None:
         """Put ``.secret`` back from memory if it is gone (the keeper's step, every second)."""
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-        try:
-            os.close(os.open(_SECRET_FILE, flags, dir_fd=self._dir_fd))
-        except FileNotFoundError:
-            _publish_secret(self._dir_fd, self._secret)
+        if not secret_present(self._dir_fd):
+            publish_secret(self._dir_fd, self._secret)
 
     # -- locks -------------------------------------------------------------------------
 
@@ -302,7 +266,7 @@ class FileBackend(Backend):
                 return None
             slot.wait(None)  # the lock was handed over as we gave up: take it
         if slot.fd is None:
-            raise _unavailable(slot.error)
+            raise unavailable(slot.error)
         return Lease(key, slot.fd)
 
     async def acquire_async(self, key: str, timeout: float | None) -> Lease | None:
@@ -322,7 +286,7 @@ class FileBackend(Backend):
         try:
             fd = future.result()
         except BaseException as error:
-            raise _unavailable(error) from error
+            raise unavailable(error) from error
         return Lease(key, fd)
 
     def release(self, lease: Lease) -> None:
@@ -409,7 +373,7 @@ class FileBackend(Backend):
                 except OSError as exc:
                     if self._closed:
                         raise BackendUnavailable(f"{self!r} is closed") from exc
-                    raise _unavailable(exc) from exc
+                    raise unavailable(exc) from exc
             try:
                 fcntl.flock(fd, flags)
                 # An inode its holder unlinked before unlocking has st_nlink 0: retry on the
@@ -420,7 +384,7 @@ class FileBackend(Backend):
                 return None
             except BaseException as exc:
                 os.close(fd)
-                raise _unavailable(exc) from exc
+                raise unavailable(exc) from exc
             if unlinked:
                 os.close(fd)
                 continue
@@ -527,96 +491,16 @@ class FileBackend(Backend):
     # -- values ------------------------------------------------------------------------
 
     def get(self, key: str) -> str | None:
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-        try:
-            fd = os.open(self._value_path(key), flags, dir_fd=self._dir_fd)
-            with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as file:
-                data = file.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise _unavailable(exc) from exc
-        expires, value = _parse_value(data)
-        if expires is not None and expires <= self._clock():
-            return None  # a tending set or the sweep removes the file
-        return value
+        return self._values.get(self._name(key, ""))
 
     def set(self, key: str, value: str, ttl: float | None) -> None:
         self._ensure_keeper()
-        deadline = None if ttl is None else self._clock() + ttl
-        expires = "-" if deadline is None else repr(deadline)
-        # The expiry is also the file's mtime, so tending finds expired files by stat alone.
-        mtime = _NEVER if deadline is None else deadline
-        path = self._value_path(key)
-        tmp = f"{_TMP}{secrets.token_hex(8)}"
-        try:
-            fd = os.open(
-                tmp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
-                0o600,
-                dir_fd=self._dir_fd,
-            )
-            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogatepass") as file:
-                file.write(f"{expires}\n{value}")
-                file.flush()
-                os.utime(file.fileno(), (mtime, mtime))
-            self._publish_value(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=self._dir_fd)
-            raise _unavailable(exc) from exc
-        self._writes += 1
-        bucket, _, written = path.rpartition("/")
-        self._tend(bucket, written)
-        if self._writes % _TEND_EVERY == 0:
-            self._tend(f"{_VALUES}/{self._writes // _TEND_EVERY % _BUCKETS:02x}", None)
+        self._values.set(self._name(key, ""), value, ttl)
 
     def delete(self, key: str) -> None:
-        try:
-            os.unlink(self._value_path(key), dir_fd=self._dir_fd)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise _unavailable(exc) from exc
-
-    def _value_path(self, key: str) -> str:
-        name = self._name(key, _VALUE)
-        bucket = hashlib.blake2b(name.encode(), digest_size=1).hexdigest()
-        return f"{_VALUES}/{bucket}/{name}"
-
-    def _publish_value(self, tmp: str, path: str) -> None:
-        """Rename the finished ``tmp`` to ``path``, making its bucket at the first value."""
-        dir_fd = self._dir_fd
-        try:
-            os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except FileNotFoundError:
-            for part in (_VALUES, path.rpartition("/")[0]):
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o700, dir_fd=dir_fd)
-            os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self._values.delete(self._name(key, ""))
 
     # -- housekeeping --------------------------------------------------------------------
-
-    def _tend(self, bucket: str, written: str | None) -> int:
-        """Bound one bucket; best effort (a failure here never fails the ``set``).
-
-        If it holds more than its share of ``max_values``, or ``written`` is None (the
-        rotating sweep), its expired files go; then, beyond its share, those closest to
-        expiry, never ``written``. Returns the files removed.
-        """
-        try:
-            fd = os.open(bucket, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._dir_fd)
-        except OSError:
-            return 0
-        try:
-            names = os.listdir(fd)
-            if written is not None and len(names) <= self._per_bucket:
-                return 0
-            return _trim_bucket(fd, names, written, self._clock(), self._per_bucket)
-        except OSError:
-            return 0
-        finally:
-            os.close(fd)
 
     def sweep(self) -> int:
         """Remove expired values, stale temporary files and crashed holders' lock files.
@@ -628,13 +512,12 @@ class FileBackend(Backend):
             try:
                 if name.endswith(_LOCK):
                     removed += self._sweep_lock(name)
-                elif name.endswith(_VALUE) or (name.startswith(_TMP) and self._stale(name)):
+                elif name.endswith(VALUE) or (name.startswith(TMP) and self._stale(name)):
                     os.unlink(name, dir_fd=self._dir_fd)  # a value of the old flat layout, or
                     removed += 1  # a crash's leftover
             except FileNotFoundError:
                 continue
-        for bucket in self._listing(_VALUES):
-            removed += self._tend(f"{_VALUES}/{bucket}", None)
+        removed += self._values.sweep(self._listing(VALUES))
         return removed
 
     def _listing(self, directory: str) -> list[str]:
@@ -646,7 +529,7 @@ class FileBackend(Backend):
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise _unavailable(exc) from exc
+            raise unavailable(exc) from exc
         try:
             return os.listdir(listing)
         finally:
@@ -739,155 +622,6 @@ def _keep(ref: weakref.ref[FileBackend], stop: threading.Event) -> None:
         with contextlib.suppress(BackendUnavailable, OSError):  # a full disk: next second
             backend.keep()
         del backend
-
-
-def _trim_bucket(fd: int, names: list[str], written: str | None, now: float, cap: int) -> int:
-    """Unlink the expired files of a bucket, then the earliest to expire beyond ``cap``.
-
-    Expiry is read from the mtime. A value rewritten between the stat and the unlink may be
-    removed with its old self: the store may forget a value, as any cache.
-    """
-    expiries: list[tuple[float, str]] = []
-    for name in names:
-        with contextlib.suppress(FileNotFoundError):
-            expiries.append((os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime, name))
-    expiries.sort()
-    keep = len(expiries)
-    removed = 0
-    for mtime, name in expiries:
-        if name == written:
-            continue
-        if mtime > now and keep <= cap:
-            break
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=fd)
-            removed += 1
-        keep -= 1
-    return removed
-
-
-def _open_private_directory(path: str, *, create: bool, default: bool = False) -> int:
-    hint = _HINT if default else "; give a directory of your own"
-    if create:
-        try:
-            if not default:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise ConfigurationError(f"cannot create lock directory {path}: {exc}") from exc
-    try:
-        info = os.lstat(path)
-    except OSError as exc:
-        raise ConfigurationError(f"lock directory {path} is not usable: {exc}") from exc
-    if stat.S_ISLNK(info.st_mode):
-        raise ConfigurationError(f"lock directory {path} is a symlink{hint}")
-    if not stat.S_ISDIR(info.st_mode):
-        raise ConfigurationError(f"lock directory {path} is not a directory{hint}")
-    if info.st_uid != os.geteuid():
-        raise ConfigurationError(
-            f"lock directory {path} is owned by uid {info.st_uid}, not by this user"
-            f" ({os.geteuid()}): another user could read or break its locks{hint}"
-        )
-    if info.st_mode & 0o022:
-        raise ConfigurationError(
-            f"lock directory {path} is writable by group or others"
-            f" (mode {stat.S_IMODE(info.st_mode):o}), so others may have put files in it;"
-            " remove it, or empty it and chmod 700 it"
-        )
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        if (os.fstat(fd).st_ino, os.fstat(fd).st_dev) != (info.st_ino, info.st_dev):
-            os.close(fd)
-            raise ConfigurationError(f"lock directory {path} changed while it was checked")
-        if info.st_mode & 0o077:
-            os.fchmod(fd, 0o700)  # ours, readable by others: nobody could add a file
-    except OSError as exc:
-        raise ConfigurationError(f"lock directory {path} is not usable: {exc}") from exc
-    return fd
-
-
-def _agree_secret(dir_fd: int, directory: str) -> bytes:
-    """The directory's secret; a new one only when no live backend holds the directory.
-
-    Live backends hold a shared flock on it, so an exclusive one proves none could know
-    another secret. Otherwise wait for a live one's keeper to put ``.secret`` back.
-    """
-    deadline = time.monotonic() + _SECRET_WAIT
-    pause = threading.Event()
-    while True:
-        secret = _read_secret(dir_fd, directory)
-        if secret is not None:
-            return secret
-        try:
-            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise BackendUnavailable(
-                    f"{directory}/{_SECRET_FILE} is missing while other processes use the"
-                    " directory, and none put it back: restart them, or give a secret"
-                ) from None
-            pause.wait(0.02)
-            continue
-        try:
-            _publish_secret(dir_fd, secrets.token_bytes(32))
-        finally:
-            fcntl.flock(dir_fd, fcntl.LOCK_UN)
-
-
-def _read_secret(dir_fd: int, directory: str) -> bytes | None:
-    try:
-        fd = os.open(_SECRET_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise _unavailable(exc) from exc
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        data = file.read()
-    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
-        raise ConfigurationError(
-            f"{directory}/{_SECRET_FILE} must belong to this user with mode 0600"
-        )
-    if len(data) != 32:
-        raise ConfigurationError(f"{directory}/{_SECRET_FILE} is damaged; delete it to renew")
-    return data
-
-
-def _publish_secret(dir_fd: int, secret: bytes) -> None:
-    """Link a finished ``.secret`` into place; one already there (another's) wins."""
-    tmp = f"{_TMP}{secrets.token_hex(8)}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-        with os.fdopen(fd, "wb") as file:
-            file.write(secret)
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, _SECRET_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except OSError as exc:
-        raise _unavailable(exc) from exc
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-
-
-def _parse_value(data: str) -> tuple[float | None, str]:
-    """(expiry time or None, value); a damaged file reads as already expired."""
-    head, _, value = data.partition("\n")
-    if head == "-":
-        return None, value
-    try:
-        return float(head), value
-    except ValueError:
-        return 0.0, ""
-
-
-def _unavailable(error: BaseException | None) -> BaseException:
-    if isinstance(error, (BackendUnavailable, ConfigurationError)):
-        return error
-    if isinstance(error, OSError) and error.errno == errno.ENOENT:
-        return BackendUnavailable(f"lock directory is gone: {error}")
-    return BackendUnavailable(f"file lock failed: {error}")
 
 
 def normalize(url: str) -> str:
