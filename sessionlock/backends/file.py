@@ -3,24 +3,27 @@
     from sessionlock.wsgi import SessionLockMiddleware
     app = SessionLockMiddleware(app, backend="file:///var/lib/myapp/sessionlock")
 
-Each held key is an ``flock(LOCK_EX)`` on ``<dir>/<key>.lock``, where ``key`` is already the
-keyed hash of the session key (never a raw id). ``flock`` locks belong to the open file
-description, so two ``open()``s exclude each other even in one process, and the kernel drops
-them when a holder dies (SIGKILL included): the next waiter runs at once. Record locks
-(``fcntl``/``lockf``) are never used: they are per process and any ``close()`` drops them.
+Each held key is a lock on ``<dir>/<key>.lock``, where ``key`` is already the keyed hash of
+the session key (never a raw id): open-file-description byte locks queued first come, first
+served across processes (:mod:`sessionlock.backends._ticketlock`; plain ``flock`` where the
+platform has no OFD locks). Like ``flock`` they belong to the open file, so two ``open()``s
+exclude each other even in one process, and the kernel drops them when a holder dies (SIGKILL
+included): the next waiter runs at once. Classic record locks (``F_SETLK``) are never used:
+they are per process and any ``close()`` drops them.
 
 Waiting. Inside a process only the head of a key's local FIFO queue asks the backend
 (:mod:`sessionlock.core`), so at most one request per (process, key) contends here. It first
-tries ``LOCK_NB``. If the key is busy, one *contender* thread per (process, key) blocks in the
-kernel's ``flock`` (no polling: the kernel wakes it on release) and hands the lock to whoever
-waits for it in this process: a thread (a ``threading.Lock`` released) or a task (a future
-resolved through ``call_soon_threadsafe``), so the ASGI path never blocks the event loop and
-costs no thread per waiting task. ``flock`` cannot time out, so timeouts and cancellation
-happen on the waiting side only: a waiter that gives up just leaves the contender's list. The
-contender keeps blocking; when it gets the lock it gives it to the next local waiter that
-arrived meanwhile, or releases it at once if nobody wants it, then exits. Hence a timed-out
-or cancelled acquire never leaks a lock, and threads never pile up: at most one per key that
-is busy in another process right now.
+tries without waiting, which fails while anyone holds *or is queued*. If the key is busy, one
+*contender* per (process, key), run on a helper thread kept alive between waits
+(:mod:`sessionlock.backends._helpers`), queues in the kernel (no polling: the kernel wakes it
+on release) and hands the lock to whoever waits for it in this process: a thread (a
+``threading.Lock`` released) or a task (a future resolved through ``call_soon_threadsafe``),
+so the ASGI path never blocks the event loop and costs no thread per waiting task. A kernel
+wait cannot time out, so timeouts and cancellation happen on the waiting side only: a waiter
+that gives up just leaves the contender's list. The contender keeps waiting; when it gets the
+lock it gives it to the next local waiter that arrived meanwhile, or releases it at once if
+nobody wants it. Hence a timed-out or cancelled acquire never leaks a lock, and threads never
+pile up: at most one per key that is busy in another process right now.
 
 Bounded files. Releasing only unlocks: a session's next request reuses its file (creating
 and unlinking a file costs 10x a lock on a journaled file system). Each process remembers the
@@ -47,8 +50,8 @@ lock-file descriptors (and those of the locks held right now), however many midd
 instances a process builds. :meth:`FileBackend.close` closes them (leases held at that moment
 are still released normally); a closed backend answers BackendUnavailable.
 
-Event loop. An uncontended ASGI request on a key used lately costs ``flock(LOCK_NB)``,
-``fstat`` and ``flock(LOCK_UN)`` on an open descriptor, none of which waits on a disk or on
+Event loop. An uncontended ASGI request on a key used lately costs two non-waiting
+``fcntl`` calls, an ``fstat`` and one more ``fcntl`` to release, on an open descriptor, none of which waits on a disk or on
 another process; a key not among the 64 kept open adds one ``open()`` (``O_CREAT``). Waiting
 happens in the contender thread, removal of idle files in the janitor thread. Not for the
 loop: making a backend (mkdir, open, the sweep; ``secret()`` reads or creates ``.secret``)
@@ -71,6 +74,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -82,6 +86,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..errors import BackendUnavailable, ConfigurationError
+from . import _ticketlock
 from ._filedir import (
     TMP,
     agree_secret,
@@ -92,13 +97,15 @@ from ._filedir import (
     unavailable,
 )
 from ._filevalues import VALUE, VALUES, ValueStore
+from ._helpers import Helpers
 from .base import DEFAULT_MAX_VALUES, Backend, Lease, check_max_values
 
 __all__ = ["FileBackend", "default_directory", "from_url", "normalize"]
 
 _LOCK = ".lock"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+# O_APPEND: a waiter's ticket is the end of file after its one-byte write (_ticketlock).
+_OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_APPEND
 _KEEP_EVERY = 1.0  # seconds between two checks of .secret by a live backend's keeper
 _KEEPER = "sessionlock-file-keeper"
 #: systemd-tmpfiles skips a directory that someone holds a BSD lock on. tmpfiles.d(5), "Age"
@@ -206,6 +213,7 @@ class FileBackend(Backend):
         self._values = ValueStore(self._dir_fd, clock=clock, max_values=max_values)
         self._mutex = threading.Lock()
         self._contenders: dict[str, _Contender] = {}
+        self._helpers = Helpers("sessionlock-file-waiter")
         self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
         self._idle: dict[str, float] = {}  # file name -> when released here, oldest first
         # Unlocked descriptors kept for the keys used last (name -> fd): a session's next
@@ -308,13 +316,7 @@ class FileBackend(Backend):
                 contender = self._contenders[key] = _Contender()
             contender.slots.append(slot)
         if start:
-            thread = threading.Thread(
-                target=self._contend,
-                args=(key, contender),
-                name=f"sessionlock-file-{key[:8]}",
-                daemon=True,  # it may block on another process's lock at exit
-            )
-            thread.start()
+            self._helpers.run(functools.partial(self._contend, key, contender))
 
     def _withdraw(self, key: str, slot: _Slot) -> bool:
         """Leave the line: True, or False when the lock (or an error) is already on its way."""
@@ -361,31 +363,32 @@ class FileBackend(Backend):
                 return
 
     def _lock(self, name: str, *, blocking: bool) -> int | None:
-        """Lock ``name``'s current inode; None if busy and not ``blocking``."""
-        flags = fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB
-        dir_fd = self._dir_fd
+        """Lock ``name``'s current inode; None if busy (or queued for) and not ``blocking``."""
         while True:
             with self._mutex:  # a descriptor this process keeps open for the key, if any
                 fd = self._open.pop(name, None)
             if fd is None:
                 try:
-                    fd = os.open(name, _OPEN_LOCK, 0o600, dir_fd=dir_fd)
+                    fd = os.open(name, _OPEN_LOCK, 0o600, dir_fd=self._dir_fd)
                 except OSError as exc:
                     if self._closed:
                         raise BackendUnavailable(f"{self!r} is closed") from exc
                     raise unavailable(exc) from exc
             try:
-                fcntl.flock(fd, flags)
+                if blocking:
+                    _ticketlock.take_in_turn(fd)
+                elif not _ticketlock.try_take(fd):
+                    self._keep_open(name, fd)
+                    return None
                 # An inode its holder unlinked before unlocking has st_nlink 0: retry on the
                 # current file. As stat(path) vs fstat: lock files are only unlinked.
-                unlinked = os.fstat(fd).st_nlink == 0
-            except BlockingIOError:
-                self._keep_open(name, fd)
-                return None
+                info = os.fstat(fd)
+                if info.st_nlink:
+                    _ticketlock.reset_if_long(fd, info.st_size)
             except BaseException as exc:
-                os.close(fd)
+                os.close(fd)  # drops whatever this descriptor held
                 raise unavailable(exc) from exc
-            if unlinked:
+            if not info.st_nlink:
                 os.close(fd)
                 continue
             with self._mutex:
@@ -395,45 +398,52 @@ class FileBackend(Backend):
 
     def _keep_open(self, name: str, fd: int) -> None:
         """Keep ``fd`` (unlocked) for the key's next request; close the oldest beyond 64."""
-        extra: list[int] = []
         with self._mutex:
-            if self._closed:  # a closed backend keeps nothing
-                extra.append(fd)
-            else:
-                previous = self._open.pop(name, None)
-                if previous is not None:
-                    extra.append(previous)
-                self._open[name] = fd
-                if len(self._open) > _OPEN_FILES:
-                    extra.append(self._open.pop(next(iter(self._open))))
+            extra = self._kept(name, fd)
         for unused in extra:
             os.close(unused)
 
+    def _kept(self, name: str, fd: int) -> list[int]:
+        # Under the mutex: file ``fd`` as the key's open descriptor; returns those to close.
+        if self._closed:  # a closed backend keeps nothing
+            return [fd]
+        extra = []
+        previous = self._open.pop(name, None)
+        if previous is not None:
+            extra.append(previous)
+        self._open[name] = fd
+        if len(self._open) > _OPEN_FILES:
+            extra.append(self._open.pop(next(iter(self._open))))
+        return extra
+
     def _unlock_fd(self, fd: int) -> None:
         """Unlock; the file (and its descriptor) stay for the key's next request, until idle."""
+        try:
+            _ticketlock.give(fd)  # for every copy of the fd, a forked one too
+        except BaseException:
+            with self._mutex:
+                self._held.pop(fd, None)
+            os.close(fd)
+            raise
         now = time.monotonic()
         # Back-pressure: if the janitor falls behind, each release removes one more file;
         # not on an event loop (an unlink there would block it): the janitor catches up.
         pressing = asyncio._get_running_loop() is None
+        behind = None
         with self._mutex:
+            # Given back before it is kept: a descriptor another thread may pop and lock
+            # must not still hold (OFD locks of one open file never conflict).
             name = self._held.pop(fd, None)
+            extra = [fd] if name is None else self._kept(name, fd)
             if name is not None:
                 self._idle.pop(name, None)
                 self._idle[name] = now  # newest last
             sweep = self._janitor_due(now)
-            behind = None
             if pressing and len(self._idle) > 4 * _IDLE_FILES:
                 behind = next(iter(self._idle))
                 del self._idle[behind]
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)  # for every copy of the fd, a forked one too
-        except BaseException:
-            os.close(fd)
-            raise
-        if name is not None:
-            self._keep_open(name, fd)
-        else:
-            os.close(fd)
+        for unused in extra:
+            os.close(unused)
         if behind is not None:
             self._unlink_if_free(behind)
         if sweep:
@@ -483,7 +493,7 @@ class FileBackend(Backend):
         try:
             with contextlib.suppress(OSError):  # a read-only disk: the file just stays
                 os.unlink(name, dir_fd=self._dir_fd)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            _ticketlock.give(fd)
         finally:
             os.close(fd)
         return True
@@ -577,6 +587,7 @@ class FileBackend(Backend):
         # (LOCK_UN would release the parent's lock), and forget the parent's contenders.
         self._mutex = threading.Lock()
         self._contenders = {}
+        self._helpers = Helpers("sessionlock-file-waiter")  # the parent's threads are not here
         self._idle = {}
         self._janitor = False
         self._stop = threading.Event()  # the parent's keeper stays the parent's

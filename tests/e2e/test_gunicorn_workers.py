@@ -238,23 +238,35 @@ def test_control_memory_backend_under_one_worker_serves(db: Path) -> None:
 # -- a crashed holder ---------------------------------------------------------------------
 
 
-def _flock_holders(lock_dir: Path) -> tuple[int | None, int]:
-    """(pid holding the directory's one lock file, how many wait on it), from /proc/locks."""
+def _lock_holders(lock_dir: Path) -> tuple[int | None, int]:
+    """(pid holding the directory's one lock file, how many wait on it), from /proc.
+
+    The file backend's locks are OFD byte locks (``_ticketlock``): ``/proc/locks`` shows
+    them with pid -1, so the holder (byte 0, write) is found in the workers' fdinfo.
+    """
     inodes = set()
     for name in os.listdir(lock_dir) if lock_dir.exists() else ():
         if name.endswith(".lock"):
             with contextlib.suppress(FileNotFoundError):
                 inodes.add(os.stat(lock_dir / name).st_ino)
-    holder, waiting = None, 0
+    waiting = 0
     with open("/proc/locks") as table:
         for line in table:
-            match = re.search(r"FLOCK\s+\S+\s+WRITE\s+(\d+)\s+[0-9a-f]+:[0-9a-f]+:(\d+)", line)
-            if match and int(match[2]) in inodes:
-                if "->" in line:
-                    waiting += 1
-                else:
-                    holder = int(match[1])
-    return holder, waiting
+            match = re.search(r"->\s+OFDLCK\s+\S+\s+\S+\s+-1\s+[0-9a-f]+:[0-9a-f]+:(\d+)\s", line)
+            waiting += bool(match and int(match[1]) in inodes)
+    holding = [
+        rf"OFDLCK\s+\S+\s+WRITE\s+-1\s+[0-9a-f]+:[0-9a-f]+:{inode}\s+0\s+0\b" for inode in inodes
+    ]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(lock_dir)):
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    text = info.read()
+                if any(re.search(pattern, text) for pattern in holding):
+                    return int(pid), waiting
+    return None, waiting
 
 
 def _until(condition: Callable[[], bool], timeout: float = 60) -> None:
@@ -280,15 +292,15 @@ def test_sigkill_of_the_holder_lets_the_session_go_on(tmp_path: Path, db: Path, 
             )
         )
         holder.start()
-        _until(lambda: _flock_holders(lock_dir)[0] is not None)
+        _until(lambda: _lock_holders(lock_dir)[0] is not None)
         waiters = [
             threading.Thread(target=lambda: held.append(fetch(url, "POST", "/incr", sid)))
             for _ in range(2)
         ]
         for thread in waiters:
             thread.start()
-        _until(lambda: _flock_holders(lock_dir)[1] == 2)  # both blocked in other workers
-        pid, _ = _flock_holders(lock_dir)
+        _until(lambda: _lock_holders(lock_dir)[1] == 2)  # both blocked in other workers
+        pid, _ = _lock_holders(lock_dir)
         assert pid is not None
         killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,118 @@
+"""A lock on one open file, first come first served across processes, freed when a holder dies.
+
+``flock`` alone is not fair: on release the kernel wakes the waiters and lets them race, and
+the releasing process's next request, already running, usually wins that race again (one
+session of 8 clients over 2 workers: p99 99 ms against 45 ms on 1 worker). Here the lock is
+made of open-file-description byte locks (``F_OFD_SETLK``: per open file, like ``flock``, so
+threads with their own descriptors exclude each other, and freed by the kernel when the last
+descriptor closes, SIGKILL included), in a CLH-style queue:
+
+- byte 0, write-locked: the holder.
+- byte 1, read-locked by every waiter: "someone is queued". The fast path write-locks bytes
+  0-1 with no waiting, so it only succeeds when nobody holds *and* nobody waits: a newcomer
+  never overtakes a queued request. It then keeps byte 0 only.
+- a ticket per waiter: one byte appended to the file (``O_APPEND`` makes the offset atomic
+  across processes); the waiter write-locks byte ``BASE + ticket``, then waits for a read lock
+  on every earlier ticket byte ``[BASE, BASE + ticket)``, i.e. until each earlier waiter has
+  become holder (it then drops its ticket) or died. Only then does it wait for byte 0, where
+  at most one waiter is ever blocked: the next in line.
+
+A waiter only waits on bytes below its own (and on the holder, who waits on nothing), so no
+cycle, hence no deadlock, can form; the kernel's deadlock detection does not apply to OFD
+locks. A waiter that dies frees its ticket: those behind it move on. Tickets grow by one byte
+per contended wait; the file is emptied by a holder that finds it over 64 KiB with nobody
+queued (a ticket numbered from 1 again can at worst overtake one older waiter once: order,
+never exclusion, is what a reset may bend).
+
+Without OFD locks (not Linux) this falls back to plain ``flock``: exclusive, not fair.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+__all__ = ["FAIR", "give", "take_in_turn", "try_take"]
+
+#: Whether the platform has OFD locks, hence first-come-first-served order across processes.
+FAIR = hasattr(fcntl, "F_OFD_SETLKW")
+BASE = 2  # the first ticket byte
+_RESET_SIZE = 65_536  # tickets issued before an idle holder empties the file
+
+
+def _range(kind: int, start: int, length: int) -> bytes:
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
+    return struct.pack("hhqqi", kind, os.SEEK_SET, start, length, 0)
+
+
+if FAIR:
+    _SET, _WAIT = fcntl.F_OFD_SETLK, fcntl.F_OFD_SETLKW
+    _TAKE_BOTH = _range(fcntl.F_WRLCK, 0, 2)
+    _DROP_MARK = _range(fcntl.F_UNLCK, 1, 1)
+    _MARK = _range(fcntl.F_RDLCK, 1, 1)
+    _HOLD = _range(fcntl.F_WRLCK, 0, 1)
+    _GIVE = _range(fcntl.F_UNLCK, 0, 1)
+
+    def try_take(fd: int) -> bool:
+        """Hold the lock if nobody holds it and nobody is queued; never wait."""
+        try:
+            fcntl.fcntl(fd, _SET, _TAKE_BOTH)
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held, or queued
+            return False
+        fcntl.fcntl(fd, _SET, _DROP_MARK)
+        return True
+
+    def take_in_turn(fd: int) -> None:
+        """Queue behind every earlier waiter, then wait for the holder (blocks the thread).
+
+        ``fd`` must be opened with ``O_APPEND`` (the ticket is its end of file).
+        """
+        fcntl.fcntl(fd, _WAIT, _MARK)
+        try:
+            os.write(fd, b"\n")
+            ticket = os.lseek(fd, 0, os.SEEK_CUR)
+            mine = _range(fcntl.F_WRLCK, BASE + ticket, 1)
+            fcntl.fcntl(fd, _WAIT, mine)  # nobody else has this byte: immediate
+            try:
+                fcntl.fcntl(fd, _WAIT, _range(fcntl.F_RDLCK, BASE, ticket))
+                fcntl.fcntl(fd, _SET, _range(fcntl.F_UNLCK, BASE, ticket))
+                fcntl.fcntl(fd, _WAIT, _HOLD)
+            finally:
+                fcntl.fcntl(fd, _SET, _range(fcntl.F_UNLCK, BASE + ticket, 1))
+        finally:
+            fcntl.fcntl(fd, _SET, _DROP_MARK)
+
+    def give(fd: int) -> None:
+        """Release the lock (the next in line, if any, takes it)."""
+        fcntl.fcntl(fd, _SET, _GIVE)
+
+    def reset_if_long(fd: int, size: int) -> None:
+        """Empty a file whose tickets passed 64 KiB, if nobody is queued (called holding)."""
+        if size > _RESET_SIZE:
+            try:
+                fcntl.fcntl(fd, _SET, _range(fcntl.F_WRLCK, 1, 1))
+            except (BlockingIOError, PermissionError):
+                return  # someone is queued: later
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                fcntl.fcntl(fd, _SET, _DROP_MARK)
+
+else:  # pragma: no cover - not Linux
+
+    def try_take(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def take_in_turn(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def give(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def reset_if_long(fd: int, size: int) -> None:
+        return None
