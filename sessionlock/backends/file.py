@@ -51,9 +51,10 @@ instances a process builds. :meth:`FileBackend.close` closes them (leases held a
 are still released normally); a closed backend answers BackendUnavailable.
 
 Event loop. An uncontended ASGI request on a key used lately costs two non-waiting
-``fcntl`` calls, an ``fstat`` and one more ``fcntl`` to release, on an open descriptor, none of which waits on a disk or on
-another process; a key not among the 64 kept open adds one ``open()`` (``O_CREAT``). Waiting
-happens in the contender thread, removal of idle files in the janitor thread. Not for the
+``fcntl`` calls, an ``fstat`` and one more ``fcntl`` to release, on an open descriptor, none
+of which waits on a disk or on another process; a key not among the 64 kept open adds one
+``open()`` (``O_CREAT``). Waiting happens on a helper thread, removal of idle files in the
+janitor thread. Not for the
 loop: making a backend (mkdir, open, the sweep; ``secret()`` reads or creates ``.secret``)
 and the value store (a file read, or a write and a rename, on the caller's thread).
 
@@ -179,7 +180,7 @@ class _TaskSlot(_Slot):
 
 
 class _Contender:
-    """The one thread of this process blocked in ``flock`` for a key, and who waits on it."""
+    """The one helper of this process queued in the kernel for a key, and who waits on it."""
 
     __slots__ = ("slots",)
 
