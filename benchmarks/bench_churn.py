@@ -15,11 +15,13 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sessionlock import keys
 from sessionlock.core import Admission, Core
 
+from ._figures import Figure, print_figures
 from ._table import parse_args, print_table, rss_bytes
 
 TARGET_MB = 10.0
@@ -63,11 +65,22 @@ def settled_rss() -> int:
     return rss_bytes()
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
-    n = 100_000 if args.quick else 1_000_000
+CONTROL = "control (no lock)"
+
+
+@dataclass
+class Result:
+    keys: int
+    seconds: float
+    table: int  # keys left in the lock table
+    stored: int  # values left in the backend
+    growth_mb: float  # RSS growth after gc.collect()
+
+
+def measure(quick: bool) -> dict[str, Result]:
+    n = 100_000 if quick else 1_000_000
     variants: dict[str, Callable[[Core, int, int], None]] = {
-        "control (no lock)": control,
+        CONTROL: control,
         "one key at a time": one_at_a_time,
         f"{BATCH} keys held per batch": batched,
     }
@@ -77,7 +90,7 @@ def main() -> None:
         run(cores[name], next_key, 10_000)
         next_key += 10_000
 
-    rows: list[list[str]] = []
+    results: dict[str, Result] = {}
     for name, run in variants.items():
         core = cores[name]
         before = settled_rss()
@@ -86,16 +99,49 @@ def main() -> None:
         elapsed = time.perf_counter() - started
         next_key += n
         growth = (settled_rss() - before) / 2**20
-        table = len(core.queue)
         stored = len(core.backend)  # type: ignore[arg-type]  # MemoryBackend has __len__
-        lock_ok = name.startswith("control") or table == 0
-        verdict = "yes" if lock_ok and growth < TARGET_MB else "NO"
-        figures = [f"{n:,}", f"{elapsed / n * 1e6:.2f}", str(table), str(stored)]
-        rows.append([name, *figures, f"{growth:.2f}", verdict])
+        results[name] = Result(n, elapsed, len(core.queue), stored, growth)
+    return results
 
+
+def _met(name: str, result: Result) -> bool:
+    lock_ok = name == CONTROL or (result.table == 0 and result.stored == 0)
+    return lock_ok and result.growth_mb < TARGET_MB
+
+
+def figures_from(results: dict[str, Result]) -> list[Figure]:
+    control = results[CONTROL]
+    return [
+        Figure(
+            f"churn, {result.keys:,} distinct keys, {name}: lock table, RSS growth",
+            f"{result.table} keys, {result.stored} values, +{result.growth_mb:.2f} MB",
+            f"control (no lock) +{control.growth_mb:.2f} MB",
+            f"0 keys, 0 values, < {TARGET_MB:g} MB",
+            _met(name, result),
+        )
+        for name, result in results.items()
+        if name != CONTROL
+    ]
+
+
+def figures(quick: bool) -> list[Figure]:
+    return figures_from(measure(quick))
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
+    results = measure(args.quick)
+    rows: list[list[str]] = []
+    for name, r in results.items():
+        verdict = "yes" if _met(name, r) else "NO"
+        figures = [f"{r.keys:,}", f"{r.seconds / r.keys * 1e6:.2f}", str(r.table), str(r.stored)]
+        rows.append([name, *figures, f"{r.growth_mb:.2f}", verdict])
+    n = results[CONTROL].keys
     print(f"churn: {n:,} distinct keys per variant, memory backend, key=cookie:sid")
     headers = ["variant", "keys", "µs/key", "lock table", "stored values", "RSS growth MB"]
     print_table([*headers, f"empty, < {TARGET_MB:g} MB"], rows)
+    print()
+    print_figures(figures_from(results))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any
 
 from sessionlock import wsgi
 
+from ._figures import Figure, print_figures
 from ._table import median, parse_args, print_table
 
 TARGET = 0.95
@@ -108,11 +109,15 @@ def run(app: App, n: int) -> float:
     return n * T / wall
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
-    rounds = 5 if args.quick else 21
-    works = {name: Work() for name in ("raw threading.Lock", *BACKENDS)}
-    apps: dict[str, App] = {"raw threading.Lock": RawLock(works["raw threading.Lock"])}
+RAW = "raw threading.Lock"
+Results = dict[tuple[str, int], list[float]]
+
+
+def measure(quick: bool) -> Results:
+    """Efficiency per (variant, N) per round; variant names: RAW and BACKENDS' keys."""
+    rounds = 5 if quick else 21
+    works = {name: Work() for name in (RAW, *BACKENDS)}
+    apps: dict[str, App] = {RAW: RawLock(works[RAW])}
     for name, url in BACKENDS.items():
         apps[name] = wsgi.SessionLockMiddleware(
             works[name], backend=url, key="cookie:sid", max_waiters=max(SIZES)
@@ -129,7 +134,37 @@ def main() -> None:
     for name, work in works.items():
         if work.overlaps:
             raise AssertionError(f"{name}: {work.overlaps} critical sections overlapped")
+    return results
 
+
+def figures_from(results: Results) -> list[Figure]:
+    out = []
+    raw = " / ".join(f"{median(results[RAW, n]):.3f}" for n in SIZES)
+    sizes = "/".join(str(n) for n in SIZES)
+    for name in BACKENDS:
+        values = [median(results[name, n]) for n in SIZES]
+        out.append(
+            Figure(
+                f"one key, N = {sizes} queued {T * 1000:g} ms requests: efficiency,"
+                f" {name.removeprefix('middleware, ')}",
+                " / ".join(f"{v:.3f}" for v in values),
+                f"{RAW} {raw}",
+                f">= {TARGET} each",
+                all(v >= TARGET for v in values),
+            )
+        )
+    return out
+
+
+def figures(quick: bool) -> list[Figure]:
+    return figures_from(measure(quick))
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
+    results = measure(args.quick)
+    names = [RAW, *BACKENDS]
+    rounds = len(results[RAW, SIZES[0]])
     print(f"one key, N queued requests of t = {T * 1000:g} ms each: {rounds} rounds, medians")
     rows: list[list[str]] = []
     for n in SIZES:
@@ -142,6 +177,8 @@ def main() -> None:
             rows.append([str(n), name, *figures, f"{efficiency / raw:.3f}", verdict])
     headers = ["N", "variant", "N x t ms", "wall ms", "efficiency", "vs raw", f">= {TARGET}"]
     print_table(headers, rows)
+    print()
+    print_figures(figures_from(results))
 
 
 if __name__ == "__main__":

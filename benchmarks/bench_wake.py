@@ -21,6 +21,7 @@ from typing import Any
 from sessionlock.core import Admission, Core
 from sessionlock.queue import KeyedQueue
 
+from ._figures import Figure, print_figures
 from ._table import median, parse_args, percentile, print_table
 
 TARGET = 2.0
@@ -235,19 +236,19 @@ async def task_sample(variant: TaskVariant) -> float:
 # -- measurement ------------------------------------------------------------------------------
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
-    samples = 300 if args.quick else 3000
-    threads: dict[str, ThreadVariant] = {
-        "raw threading.Lock": ThreadLock(),
-        "KeyedQueue thread waiter": ThreadQueue(),
-        "Core.enter/leave (memory)": ThreadCore(),
-    }
-    tasks: dict[str, TaskVariant] = {
-        "raw future.set_result": TaskFuture(),
-        "KeyedQueue task waiter": TaskQueue(),
-        "Core.enter_async/leave_async": TaskCore(),
-    }
+GROUPS = {
+    "thread": ["raw threading.Lock", "KeyedQueue thread waiter", "Core.enter/leave (memory)"],
+    "task": ["raw future.set_result", "KeyedQueue task waiter", "Core.enter_async/leave_async"],
+}
+
+
+def measure(quick: bool) -> dict[str, list[float]]:
+    """Wake latencies (µs) per variant (the names of :data:`GROUPS`), interleaved."""
+    samples = 300 if quick else 3000
+    thread_variants: list[ThreadVariant] = [ThreadLock(), ThreadQueue(), ThreadCore()]
+    task_variants: list[TaskVariant] = [TaskFuture(), TaskQueue(), TaskCore()]
+    threads = dict(zip(GROUPS["thread"], thread_variants, strict=True))
+    tasks = dict(zip(GROUPS["task"], task_variants, strict=True))
     waiter = Waiter()
     waiter.start()
     loop = asyncio.new_event_loop()
@@ -265,10 +266,39 @@ def main() -> None:
     waiter.jobs.put(None)
     waiter.join()
     loop.close()
+    return results
 
+
+def figures_from(results: dict[str, list[float]]) -> list[Figure]:
+    """The whole path (Core) against the raw primitive, per kind of waiter."""
+    out = []
+    for kind, group in GROUPS.items():
+        raw, ours = results[group[0]], results[group[-1]]
+        raw50, raw99 = median(raw), percentile(raw, 99)
+        p50, p99 = median(ours), percentile(ours, 99)
+        out.append(
+            Figure(
+                f"in-process wake, {kind}s ({group[-1]})",
+                f"p50 {p50:.1f} µs ({p50 / raw50:.2f}x), p99 {p99:.1f} µs ({p99 / raw99:.2f}x)",
+                f"{group[0]} p50 {raw50:.1f}, p99 {raw99:.1f} µs",
+                f"p50, p99 <= {TARGET:g}x raw",
+                p50 / raw50 <= TARGET and p99 / raw99 <= TARGET,
+            )
+        )
+    return out
+
+
+def figures(quick: bool) -> list[Figure]:
+    return figures_from(measure(quick))
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
+    results = measure(args.quick)
+    samples = len(next(iter(results.values())))
     print(f"wake latency, release -> next waiter running: {samples} samples per variant")
     rows: list[list[Any]] = []
-    for kind, group in (("thread", list(threads)), ("task", list(tasks))):
+    for kind, group in GROUPS.items():
         raw50 = median(results[group[0]])
         raw99 = percentile(results[group[0]], 99)
         for name in group:
@@ -280,6 +310,8 @@ def main() -> None:
     headers = ["waiter", "variant", "p50 µs", "p99 µs", "p50/raw", "p99/raw"]
     headers += ["p50 <= 2x", "p99 <= 2x"]
     print_table(headers, rows)
+    print()
+    print_figures(figures_from(results))
 
 
 def _verdict(ratio: float) -> str:
