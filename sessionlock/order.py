@@ -44,11 +44,13 @@ def session_layer_outside(request: Request) -> str | None:
 
 
 def check(owner: object, request: Request) -> None:
-    """Log an error, once per ``owner`` (the lock's core), if a session layer is outside it."""
-    if owner in _reported:
-        return
+    """Log an error, once per ``owner`` (the lock's core), if a session layer is outside it.
+
+    The request is looked at first: a well-ordered one (every request, in a working setup)
+    costs no weak reference, which a lookup in the set of reported owners would allocate.
+    """
     found = session_layer_outside(request)
-    if found is not None:
+    if found is not None and owner not in _reported:
         _reported.add(owner)
         logger.error(
             "session lock is inside the session layer (%s exists when the lock is taken): "
