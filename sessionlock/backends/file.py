@@ -122,6 +122,7 @@ _OPEN_FILES = 64  # unlocked descriptors kept open for the keys used last, per p
 _IDLE_SECONDS = 2.0  # a lock file unused this long here is removed (on the next release)
 _STALE_TMP = 60.0  # seconds after which a temporary file is a crash's leftover
 _JANITOR = "sessionlock-file-janitor"
+_LOOK_EVERY = 0.25  # seconds between two looks for idle files by releases
 
 
 class _Slot:
@@ -154,17 +155,17 @@ class _ThreadSlot(_Slot):
 
 
 class _TaskSlot(_Slot):
-    __slots__ = ("_backend", "_loop", "future")
+    __slots__ = ("_backend", "future", "loop")
 
     def __init__(self, backend: FileBackend, key: str) -> None:
         super().__init__()
         self._backend = backend
-        self._loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[int] = self._loop.create_future()
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[int] = self.loop.create_future()
 
     def deliver(self, fd: int | None, error: BaseException | None) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._settle, fd, error)
+            self.loop.call_soon_threadsafe(self._settle, fd, error)
         except RuntimeError:  # the loop is closed: nobody will take the lock
             if fd is not None:
                 self._backend._unlock_fd(fd)
@@ -222,6 +223,7 @@ class FileBackend(Backend):
         self._open: dict[str, int] = {}
         self._closed = False
         self._janitor = False
+        self._next_look = 0.0
         self._stop = threading.Event()
         self.swept = threading.Event()  # set when the start sweep is over (for tests)
         self._keeper_pid = 0
@@ -243,7 +245,7 @@ class FileBackend(Backend):
         """Start this process's keeper thread (again after a fork: threads do not survive)."""
         if self._keeper_pid == os.getpid():
             return
-        self._keeper_pid = os.getpid()
+        self._keeper_pid = os.getpid()  # 0 again in a forked child (_forget_after_fork)
         thread = threading.Thread(
             target=_keep, args=(weakref.ref(self), self._stop), name=_KEEPER, daemon=True
         )
@@ -257,12 +259,11 @@ class FileBackend(Backend):
     # -- locks -------------------------------------------------------------------------
 
     def try_acquire(self, key: str) -> Lease | None:
-        self._ensure_keeper()
-        name = self._name(key, _LOCK)
-        with self._mutex:
-            if key in self._contenders:  # our own contender is in line for it already
-                return None
-        fd = self._lock(name, blocking=False)
+        if not self._keeper_pid:
+            self._ensure_keeper()
+        if key in self._contenders:  # our own contender is in line for it already
+            return None
+        fd = self._lock(self._name(key, _LOCK), blocking=False)
         return None if fd is None else Lease(key, fd)
 
     def acquire(self, key: str, timeout: float | None) -> Lease | None:
@@ -284,18 +285,28 @@ class FileBackend(Backend):
         slot = _TaskSlot(self, key)
         self._enlist(key, slot)
         future = slot.future
+        # The future is awaited directly (no asyncio.wait around it): the lock's arrival
+        # wakes the task in one step. The timeout cancels the future, not the task.
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = not future.done()
+            future.cancel()
+
+        timer = None if timeout is None else slot.loop.call_later(timeout, expire)
         try:
-            await asyncio.wait((future,), timeout=timeout)
+            fd = await future
         except asyncio.CancelledError:
             self._abandon(key, slot)
+            if expired and not _cancelling():
+                return None
             raise
-        if not future.done():
-            self._abandon(key, slot)
-            return None
-        try:
-            fd = future.result()
         except BaseException as error:
             raise unavailable(error) from error
+        finally:
+            if timer is not None:
+                timer.cancel()
         return Lease(key, fd)
 
     def release(self, lease: Lease) -> None:
@@ -394,7 +405,6 @@ class FileBackend(Backend):
                 continue
             with self._mutex:
                 self._held[fd] = name
-                self._idle.pop(name, None)
             return fd
 
     def _keep_open(self, name: str, fd: int) -> None:
@@ -451,11 +461,15 @@ class FileBackend(Backend):
             threading.Thread(target=self._remove_idle, name=_JANITOR, daemon=True).start()
 
     def _janitor_due(self, now: float) -> bool:
-        # Called under the mutex: many idle files, or an old one, and no janitor running.
-        if self._janitor or not self._idle:
+        # Called under the mutex: many idle files, or an old one (looked at 4 times a second
+        # at most), and no janitor running.
+        if self._janitor:
             return False
-        oldest = next(iter(self._idle.values()))
-        self._janitor = len(self._idle) > _IDLE_FILES or oldest < now - _IDLE_SECONDS
+        if len(self._idle) > _IDLE_FILES:
+            self._janitor = True
+        elif now >= self._next_look and self._idle:
+            self._next_look = now + _LOOK_EVERY
+            self._janitor = next(iter(self._idle.values())) < now - _IDLE_SECONDS
         return self._janitor
 
     def _remove_idle(self) -> None:
@@ -592,6 +606,7 @@ class FileBackend(Backend):
         self._idle = {}
         self._janitor = False
         self._stop = threading.Event()  # the parent's keeper stays the parent's
+        self._keeper_pid = 0  # this process starts its own at its first lock or value
         for fd in self._open.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -600,6 +615,13 @@ class FileBackend(Backend):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._held = {}
+
+
+def _cancelling() -> bool:
+    """Whether the current task itself is being cancelled (Python 3.11+ can tell)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
 
 
 _after_fork: weakref.WeakSet[FileBackend] = weakref.WeakSet()
