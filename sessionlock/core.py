@@ -47,7 +47,8 @@ HANDLE = "sessionlock.handle"
 #: The (backend, key) pairs that layers outside this one hold for the request.
 HELD = "sessionlock.held"
 _ROTATE_NOTE = "rotate"
-_NO_WAIT = ("Server-Timing", 'sessionlock;dur=0.0;desc="session lock wait"')
+_WAIT_DESC = 'desc="session lock wait"'
+_NO_WAIT = ("Server-Timing", f"sessionlock;dur=0.0;{_WAIT_DESC}")
 
 
 class Admission:
@@ -105,14 +106,16 @@ class Admission:
 
     def response_headers(self, *, cookies: bool = True) -> list[tuple[str, str]]:
         """Server-Timing, and the identity Set-Cookie unless ``cookies`` is False."""
-        if self.waited < 0.00005:  # rounds to 0.0 ms: the uncontended case, preformatted
-            headers = [_NO_WAIT]
-        else:
-            timing = f'sessionlock;dur={self.waited * 1000:.1f};desc="session lock wait"'
-            headers = [("Server-Timing", timing)]
+        headers = [self.timing()]
         if cookies and self.set_identity is not None:
             headers.append(("Set-Cookie", self.set_identity))
         return headers
+
+    def timing(self) -> tuple[str, str]:
+        """The Server-Timing header: how long the request waited for its session."""
+        if self.waited < 0.00005:  # rounds to 0.0 ms: the uncontended case, preformatted
+            return _NO_WAIT
+        return ("Server-Timing", f"sessionlock;dur={self.waited * 1000:.1f};{_WAIT_DESC}")
 
 
 class CookieTracker(Protocol):
@@ -475,6 +478,8 @@ class Core:
         Cookie tracking records only under the lease: after an early release the next
         request may already run, and its record must not be overwritten by an older one.
         """
+        if self.cookies is None and admission.set_identity is None and admission.notes is None:
+            return [*headers, admission.timing()]  # no cookie to add (nor rotation): the usual
         # A response a shared cache may store gets none of our Set-Cookies (they would be
         # served to everyone): the identity, or a re-sent cookie, waits for the next response.
         public = shared_cacheable(headers)

@@ -47,9 +47,9 @@ class SessionLockMiddleware:
             refusal = core.refuse(admission, error)
             start_response(refusal.status_line, list(refusal.headers))
             return [refusal.body]
-        release = partial(core.leave, admission)
-        at_head = core.release_at_head
 
+        # One closure over three names is the only object added per request: the
+        # cheapest callable that knows both the request and the server's start_response.
         def start_with_headers(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
@@ -57,19 +57,19 @@ class SessionLockMiddleware:
             try:
                 return start_response(status, headers, exc_info)
             finally:
-                if at_head:  # the session is saved: the next request may load it
-                    release()
+                if core.release_at_head:  # the session is saved: the next request may load it
+                    core.leave(admission)
 
         try:
             core.prepare(admission, environ)  # under the lease: a failure here releases too
             result = self.app(environ, start_with_headers)
         except BaseException:
-            release()
+            core.leave(admission)
             raise
         if admission.lease is None:  # released at the head already: nothing left to hold
             return result
         # release="end", or an app that starts its response lazily (a generator)
-        return _release_on_close(result, environ, release)
+        return _release_on_close(result, environ, partial(core.leave, admission))
 
 
 def _release_on_close(
