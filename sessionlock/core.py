@@ -133,6 +133,13 @@ class CookieTracker(Protocol):
         """
 
 
+class _Unshared(Lease):
+    """The lease of a brand-new identity: no other request can carry it before this
+    response's head goes out, so it is held without the local queue or the backend."""
+
+    __slots__ = ()
+
+
 class Refusal:
     """The answer to a request that could not get its turn: 429, or 503."""
 
@@ -298,6 +305,8 @@ class Core:
         A thread waits only while fewer than ``max_waiting_threads`` of the process do
         (in line here or for the backend); otherwise QueueFull (429) at once.
         """
+        if self._enter_fresh(admission):
+            return
         key = admission.key
         cap = self._waiting_threads()
         waiters = self.max_waiters if cap is None else min(self.max_waiters, cap)
@@ -321,6 +330,18 @@ class Core:
             raise
         self._entered(admission, lease)
 
+    def _enter_fresh(self, admission: Admission) -> bool:
+        """Hold a brand-new identity at once (True), at no cost: nobody else can know it.
+
+        A file backend would create a lock file for it (and later remove it) for nothing.
+        Only with release at the head, which precedes the browser learning the identity;
+        ``release="end"`` holds on past that point, so it takes the ordinary lock.
+        """
+        if admission.set_identity is None or not self.release_at_head:
+            return False
+        self._entered(admission, _Unshared(admission.key))
+        return True
+
     def _waiting_threads(self) -> int | None:
         if not self._threads_derived:  # once: what the server tells (waitress), else no cap
             threads = server_threads()
@@ -335,7 +356,7 @@ class Core:
         and ``close()`` may each call it; the first one releases.
         """
         lease = self._take(admission)
-        if lease is None:
+        if lease is None or type(lease) is _Unshared:
             return
         try:
             self.backend.release(lease)
@@ -346,6 +367,8 @@ class Core:
 
     def try_enter(self, admission: Admission) -> bool:
         """Take the session at once if nobody holds it; never wait (the ASGI fast path)."""
+        if self._enter_fresh(admission):
+            return True
         key = admission.key
         if not self.queue.try_acquire(key):
             return False
@@ -368,6 +391,8 @@ class Core:
         ``until_gone`` runs (once, as a task) only while the request actually waits, so an
         uncontended request costs no extra task.
         """
+        if self._enter_fresh(admission):
+            return
         key = admission.key
         gone: asyncio.Future[object] | None = None
         waiter = self.queue.join(key, max_waiters=self.max_waiters)
@@ -425,7 +450,7 @@ class Core:
 
     async def leave_async(self, admission: Admission) -> None:
         lease = self._take(admission)
-        if lease is None:
+        if lease is None or type(lease) is _Unshared:
             return
         try:
             await self.backend.release_async(lease)
