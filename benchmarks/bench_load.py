@@ -1,7 +1,7 @@
 """Load on real servers (wrk, 32 browsers with their own cookie jars): req/s, p50, p99.
 
     apt-get install wrk                                   # the load generator (Debian's 4.1)
-    .venv/bin/python -m benchmarks.bench_load             # about 100 s
+    .venv/bin/python -m benchmarks.bench_load             # about 2 minutes
     .venv/bin/python -m benchmarks.bench_load --quick     # about 25 s: checks that it works
 
 Apps, each on its own server (a subprocess on a free loopback port, all running at once):
@@ -199,19 +199,52 @@ def wsgi_app() -> Any:
 
 LUA = r"""
 -- 32 browsers: each request goes to a client with no request in flight, with its cookies.
-local clients, jars, counts, free = 32, {}, {}, {}
-lost, checked, unanswered, swapped = 0, 0, 0, 0
-local threads = {}
+-- args: the number of clients, the file that keeps the jars from one run to the next.
+local jars, counts, free, seen, threads = {}, {}, {}, {}, {}
+clients, jarfile, lost, checked, unanswered, swapped = 32, nil, 0, 0, 0, 0
+-- Globals jar1..jar32, "<count>\t<cookies>": wrk hands done() a thread's strings and
+-- numbers safely (copying a table of tables crashes it).
+
+local function header(jar)
+  local parts = {}
+  for k, v in pairs(jar) do table.insert(parts, k .. "=" .. v) end
+  return table.concat(parts, "; ")
+end
+
+local function parse(cookies, jar, i)
+  for pair in string.gmatch(cookies, "[^;]+") do
+    local k, v = string.match(pair, "^%s*([^=]+)=(.*)$")
+    if k then
+      local old = jar[k]
+      if i and k == "sessionlock" and old and v:match("^[^.]*") ~= old:match("^[^.]*") then
+        swapped = swapped + 1 -- a new identity for a browser that had one
+      end
+      if v == "" then jar[k] = nil else jar[k] = v end
+    end
+  end
+end
 
 function setup(thread)
   table.insert(threads, thread)
 end
 
 function init(args)
-  clients = tonumber(args[1]) or 32
+  clients, jarfile = tonumber(args[1]) or 32, args[2]
   for i = 1, clients do
     jars[i], counts[i] = {}, 0
     table.insert(free, i)
+  end
+  local f = jarfile and io.open(jarfile, "r")
+  if f then -- the same browsers as in the run before: returning visitors
+    for line in f:lines() do
+      local i, n, cookies = string.match(line, "^(%d+)\t(%d+)\t(.*)$")
+      i = tonumber(i)
+      if i and jars[i] then
+        counts[i] = tonumber(n)
+        parse(cookies, jars[i], nil)
+      end
+    end
+    f:close()
   end
 end
 
@@ -228,10 +261,8 @@ function request()
     i = rr
     unanswered = unanswered + 1
   end
-  local parts = {}
-  for k, v in pairs(jars[i]) do table.insert(parts, k .. "=" .. v) end
-  local headers = {["X-Client"] = tostring(i)}
-  if #parts > 0 then headers["Cookie"] = table.concat(parts, "; ") end
+  local headers, cookies = {["X-Client"] = tostring(i)}, header(jars[i])
+  if cookies ~= "" then headers["Cookie"] = cookies end
   return wrk.format("GET", "/", headers)
 end
 
@@ -239,27 +270,20 @@ function response(status, headers, body)
   local i = tonumber(headers["X-Client"] or headers["x-client"])
   if i == nil then return end
   local jar = headers["X-Jar"] or headers["x-jar"]
-  if jar then
-    for pair in string.gmatch(jar, "[^;]+") do
-      local k, v = string.match(pair, "^%s*([^=]+)=(.*)$")
-      if k then
-        local old = jars[i][k]
-        if k == "sessionlock" and old and v:match("^[^.]*") ~= old:match("^[^.]*") then
-          swapped = swapped + 1 -- a new identity for a browser that had one
-        end
-        if v == "" then jars[i][k] = nil else jars[i][k] = v end
-      end
-    end
-  end
+  if jar then parse(jar, jars[i], i) end
   counts[i] = counts[i] + 1
   local n = tonumber(body)
   if status == 200 and n then
-    checked = checked + 1
-    if n ~= counts[i] then
-      lost = lost + 1
-      counts[i] = n
+    -- The first answer of a run is not checked: the run before may have ended with an
+    -- answer in flight, which the server counted and the jar never saw.
+    if seen[i] then
+      checked = checked + 1
+      if n ~= counts[i] then lost = lost + 1 end
     end
+    counts[i] = n
   end
+  seen[i] = true
+  _G["jar" .. i] = counts[i] .. "\t" .. header(jars[i])
   table.insert(free, i)
 end
 
@@ -268,6 +292,15 @@ function done(summary, latency, requests)
   for _, t in ipairs(threads) do
     l, c, u = l + t:get("lost"), c + t:get("checked"), u + t:get("unanswered")
     s = s + t:get("swapped")
+    local file = t:get("jarfile")
+    if file then
+      local f = io.open(file, "w")
+      for i = 1, t:get("clients") do
+        local line = t:get("jar" .. i)
+        if line then f:write(i, "\t", line, "\n") end
+      end
+      f:close()
+    end
   end
   local e = summary.errors
   io.write(string.format(
@@ -305,9 +338,12 @@ class Run:
     swapped: int  # identities replaced in a jar that had one
 
 
-def wrk(port: int, seconds: float, script: Path) -> Run:
-    command = [wrk_path(), "-t1", f"-c{CLIENTS}", f"-d{seconds:g}s", "--timeout", "10s"]
-    command += ["--latency", "-s", str(script), f"http://127.0.0.1:{port}/", "--", str(CLIENTS)]
+def wrk(port: int, seconds: int, script: Path, jars: Path) -> Run:
+    """One run of ``seconds`` (wrk takes whole seconds); ``jars`` carries the cookie jars
+    from one run to the next, so every run but the first is 32 returning browsers."""
+    command = [wrk_path(), "-t1", f"-c{CLIENTS}", f"-d{seconds}s", "--timeout", "10s"]
+    command += ["--latency", "-s", str(script), f"http://127.0.0.1:{port}/"]
+    command += ["--", str(CLIENTS), str(jars)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     for line in done.stdout.splitlines():
         if line.startswith("BENCH_LOAD "):
@@ -385,7 +421,7 @@ def _command(variant: Variant, locks: Path) -> tuple[list[str], dict[str, str]]:
 Results = dict[Variant, list[Run]]
 
 
-def measure(rounds: int, seconds: float, *, progress: bool = False) -> Results:
+def measure(rounds: int, seconds: int, *, progress: bool = False) -> Results:
     """Every variant for ``seconds`` per round, interleaved in a rotating order."""
     wrk_path()
     variants = [v for group in GROUPS.values() for v in group]
@@ -398,14 +434,15 @@ def measure(rounds: int, seconds: float, *, progress: bool = False) -> Results:
         script.write_text(LUA)
         commands = {v.name: _command(v, base / "locks") for v in variants}
         with running(commands, base / "logs") as servers:
-            for v in variants:  # warm up: imports, caches, the lock files of 32 identities
-                wrk(servers[v.name].port, 1.0, script)
+            jars = {v: base / f"jars-{v.name}.txt" for v in variants}
+            for v in variants:  # warm up: imports, caches; 32 browsers get their cookies
+                wrk(servers[v.name].port, 1, script, jars[v])
             for r in range(rounds):
                 for g, group in enumerate(GROUPS.values()):
                     for i in range(len(group)):
                         v = group[(r + g + i) % len(group)]
                         server: Server = servers[v.name]
-                        results[v].append(wrk(server.port, seconds, script))
+                        results[v].append(wrk(server.port, seconds, script, jars[v]))
                         server.check()
                 if progress:
                     print(f"  round {r + 1}/{rounds} done", file=sys.stderr)
@@ -493,9 +530,9 @@ def unavailable(why: str) -> list[Figure]:
     return [Figure.unavailable(name, target, why) for name, target in names]
 
 
-def sizes(quick: bool) -> tuple[int, float]:
+def sizes(quick: bool) -> tuple[int, int]:
     """(rounds, seconds per run)."""
-    return (2, 1.0) if quick else (7, 1.5)
+    return (2, 1) if quick else (6, 2)
 
 
 def figures(quick: bool) -> list[Figure]:
@@ -508,8 +545,8 @@ def figures(quick: bool) -> list[Figure]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--quick", action="store_true", help="a short run (seconds)")
-    parser.add_argument("--rounds", type=int, help="rounds (default 7, --quick 2)")
-    parser.add_argument("--seconds", type=float, help="seconds per wrk run (default 1.5)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 6, --quick 2)")
+    parser.add_argument("--seconds", type=int, help="seconds per wrk run (default 2)")
     args = parser.parse_args(argv)
     rounds, seconds = sizes(args.quick)
     rounds, seconds = args.rounds or rounds, args.seconds or seconds
