@@ -27,9 +27,12 @@ requests never overlap. The script also checks each counter's value against the 
 count of its requests: a mismatch (a lost update, or a jar that did not keep its cookie) is
 reported in ``lost``.
 
-Variants are interleaved: each round runs every variant for a few seconds, in an order that
+The jars are kept from one wrk run to the next (a file the script reads and writes), so
+after the warm-up every run is 32 returning browsers. Variants are interleaved: each round
+runs every variant for 1 s (12 rounds; ``--rounds``, ``--seconds``), in an order that
 rotates from round to round; req/s, p50 and p99 are medians over rounds, and the ratios
-(wrapped/bare, tracked/untracked) are medians of the ratios measured in the same round.
+(wrapped/bare, tracked/untracked) are medians of the ratios measured in the same round (the
+figures also give their range over rounds: how much the machine moved).
 Targets: tracked/untracked >= 0.90 (cookie tracking costs at most 10 %) on uvicorn and on
 gunicorn; hello wrapped/bare >= 0.93 on ``memory://``, >= 0.90 on ``file://``.
 """
@@ -449,10 +452,20 @@ def measure(rounds: int, seconds: int, *, progress: bool = False) -> Results:
     return results
 
 
+def ratios(results: Results, top: Variant, bottom: Variant) -> list[float]:
+    """req/s of ``top`` / ``bottom`` measured in the same round, per round."""
+    return [t.rate / b.rate for t, b in zip(results[top], results[bottom], strict=True)]
+
+
 def ratio(results: Results, top: Variant, bottom: Variant) -> float:
     """Median over rounds of req/s of ``top`` / ``bottom`` in the same round."""
-    pairs = zip(results[top], results[bottom], strict=True)
-    return median([t.rate / b.rate for t, b in pairs])
+    return median(ratios(results, top, bottom))
+
+
+def _measured(results: Results, top: Variant, bottom: Variant) -> str:
+    """The median ratio, and the range of the rounds' ratios (how much the machine moved)."""
+    each = ratios(results, top, bottom)
+    return f"{median(each):.3f}x (rounds {min(each):.2f}-{max(each):.2f})"
 
 
 def table(results: Results) -> tuple[list[str], list[list[str]]]:
@@ -502,7 +515,7 @@ def figures_from(results: Results) -> list[Figure]:
         out.append(
             Figure(
                 _tracking_name(app),
-                f"{value:.3f}x" + (f" ({lost} lost)" if lost else ""),
+                _measured(results, tracked, untracked) + (f", {lost} lost" if lost else ""),
                 f"untracked file:// {rate:.0f} req/s",
                 f">= {TRACKING_TARGET:.2f}x",
                 value >= TRACKING_TARGET and lost == 0,
@@ -515,7 +528,7 @@ def figures_from(results: Results) -> list[Figure]:
         out.append(
             Figure(
                 _hello_name(backend),
-                f"{value:.3f}x",
+                _measured(results, Variant("hello", backend), bare),
                 f"bare {bare_rate:.0f} req/s",
                 f">= {target:.2f}x",
                 value >= target,
@@ -532,7 +545,7 @@ def unavailable(why: str) -> list[Figure]:
 
 def sizes(quick: bool) -> tuple[int, int]:
     """(rounds, seconds per run)."""
-    return (2, 1) if quick else (6, 2)
+    return (2, 1) if quick else (12, 1)
 
 
 def figures(quick: bool) -> list[Figure]:
@@ -545,8 +558,8 @@ def figures(quick: bool) -> list[Figure]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--quick", action="store_true", help="a short run (seconds)")
-    parser.add_argument("--rounds", type=int, help="rounds (default 6, --quick 2)")
-    parser.add_argument("--seconds", type=int, help="seconds per wrk run (default 2)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 12, --quick 2)")
+    parser.add_argument("--seconds", type=int, help="seconds per wrk run (default 1)")
     args = parser.parse_args(argv)
     rounds, seconds = sizes(args.quick)
     rounds, seconds = args.rounds or rounds, args.seconds or seconds
