@@ -504,6 +504,8 @@ class SessionCookies:
         start = state.record is None and state.generation == 0
         generation = record.generation + 1
         changed = False
+        # Whether the stored record says the same, but for the times (see _still_current).
+        current = state.record is not None
         for name, cookie in issued.items():
             entry = record.entries.get(name)
             if cookie is None:
@@ -513,7 +515,9 @@ class SessionCookies:
                     admission.key[:12],
                     extra={"sessionlock_key": admission.key[:12]},
                 )
-                changed |= record.entries.pop(name, None) is not None
+                forgotten = record.entries.pop(name, None) is not None
+                changed |= forgotten
+                current &= not forgotten
                 continue
             lifetime = cookie.lifetime(now)
             deleted = lifetime is not None and lifetime <= 0
@@ -522,6 +526,7 @@ class SessionCookies:
                 ttl = min(ttl, NEW_BROWSER_TTL)
             fingerprint = None if deleted else state.seal.fingerprint(cookie.value)
             host = _request_host(state.request)
+            current &= entry is not None and _still_current(entry, cookie, host, now, ttl)
             if entry is None:
                 lineage: list[tuple[int, str | None]] = []
                 entry = _Entry(cookie, now, host, lineage, start or state.record is not None, 0)
@@ -535,7 +540,8 @@ class SessionCookies:
             entry.cookie, entry.issued, entry.host, entry.until = cookie, now, host, now + ttl
         if changed:
             record.generation = generation
-        self._store(state.seal, record, now)
+        if not current:  # an unchanged record is not rewritten: the cookie is re-issued as is
+            self._store(state.seal, record, now)
         return record
 
     def _rotate(
@@ -618,6 +624,26 @@ class SessionCookies:
                 error,
                 extra={"sessionlock_degraded": what},
             )
+
+
+def _still_current(entry: _Entry, cookie: SetCookie, host: str, now: float, ttl: float) -> bool:
+    """Whether ``entry``, as stored, may stand for ``cookie`` issued again now for ``ttl``.
+
+    The same header (value and attributes) from the same host, and a stored expiry that
+    still covers half of ``ttl``: then only ``issued`` and ``until`` would move, and the
+    record is not rewritten (a long-lived session's is still extended now and then). A value
+    that changed (Flask and Starlette sign a timestamp into theirs) is always written.
+
+    The one trace of the older ``issued``: :meth:`_Entry.resend` shortens Max-Age from it. A
+    stale request is resent the cookie only if it left before its browser got the value
+    (issued at the ``issued`` stored), and it is answered after this re-issue: its Max-Age is
+    short by about its own time in flight at most, as a resend is short of it anyway.
+    """
+    return (
+        cookie.header == entry.cookie.header
+        and host == entry.host
+        and (entry.until - now >= ttl / 2)
+    )
 
 
 def _cookie_value(set_cookie: str | None) -> str | None:

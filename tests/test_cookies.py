@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import itertools
 import logging
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -782,4 +784,129 @@ def test_the_asgi_shell_leaves_the_loop_only_for_a_record_read_or_written(tmp_pa
     assert again is not None
     assert core.loads(again)
     assert not tracked(MemoryBackend()).loads(again)  # memory://: never off the loop
+    backend.close()
+
+
+# -- unchanged records are not rewritten ---------------------------------------------------
+
+
+def test_a_cookie_issued_again_unchanged_is_not_rewritten(tmp_path: Path) -> None:
+    backend = RecordingFile(str(tmp_path / "locks"))
+    browser = Browser(tracked(backend))
+    browser.request()  # a returning browser: its identity was issued before
+    browser.request("session=v1; Path=/; HttpOnly")
+    assert len(backend.sets) == 1
+    for _ in range(5):
+        browser.request("session=v1; Path=/; HttpOnly")
+    assert len(backend.sets) == 1
+    # Controls: a new value, other attributes, another host: each is a change, written.
+    browser.request("session=v2; Path=/; HttpOnly")
+    assert len(backend.sets) == 2
+    browser.request("session=v2; Path=/; HttpOnly; SameSite=Lax")
+    assert len(backend.sets) == 3
+    browser.host = "other.example"
+    browser.request("session=v2; Path=/; HttpOnly; SameSite=Lax")
+    assert len(backend.sets) == 4
+    backend.close()
+
+
+def test_a_stale_replay_sees_the_latest_cookie_after_unchanged_reissues(backend: Backend) -> None:
+    browser = Browser(tracked(backend))
+    browser.request("session=v1; Path=/")
+    old = dict(browser.jar)
+    browser.request("session=v2; Path=/")
+    for _ in range(3):
+        browser.request("session=v2; Path=/")  # not rewritten
+    assert Browser(browser.core, old).request()[0] == "v2"
+    browser.request("session=v1; Path=/")  # back to v1: a change again, recorded
+    assert Browser(browser.core, old).request()[0] == "v1"
+
+
+@pytest.mark.parametrize(
+    ("header", "ttl"),
+    [
+        pytest.param("session=v; Path=/; Max-Age=1000", 1000.0, id="max-age"),
+        pytest.param("session=v; Path=/", DEFAULT_MAX_TTL, id="session-cookie"),
+        pytest.param(FLASK_DELETE, DEFAULT_MAX_TTL, id="deletion"),
+    ],
+)
+def test_an_unchanged_record_is_extended_once_half_its_time_is_gone(
+    header: str, ttl: float
+) -> None:
+    backend = Recording()
+    now = [NOW]
+    core = tracked(backend)
+    assert isinstance(core.cookies, SessionCookies)
+    core.cookies._clock = lambda: now[0]
+    browser = Browser(core)
+    browser.request()
+    browser.request(header)  # written: expires at NOW + ttl
+    assert [t for _, _, t in backend.sets] == [ttl]
+    now[0] += ttl / 2 - 1
+    browser.request(header)  # more than half the ttl left: not written
+    assert [t for _, _, t in backend.sets] == [ttl]
+    now[0] += 2
+    browser.request(header)  # less than half left: written, for the whole ttl again
+    assert [t for _, _, t in backend.sets] == [ttl, ttl]
+    now[0] += ttl / 2 - 1
+    browser.request(header)
+    assert [t for _, _, t in backend.sets] == [ttl, ttl]
+
+
+def test_a_first_visit_record_is_extended_by_the_next_write_even_unchanged() -> None:
+    """A browser seen once has a record for minutes only: its return keeps it a day."""
+    backend = Recording()
+    browser = Browser(tracked(backend))
+    browser.request("session=csrf; Path=/")
+    browser.request("session=csrf; Path=/")
+    assert [t for _, _, t in backend.sets] == [NEW_BROWSER_TTL, DEFAULT_MAX_TTL]
+    browser.request("session=csrf; Path=/")
+    assert len(backend.sets) == 2
+
+
+def test_flask_re_issuing_its_signed_cookie_writes_every_new_value(tmp_path: Path) -> None:
+    """A permanent Flask session is re-issued on every response, re-signed with the second:
+    each new value is written, and only a response that repeats the last header is not."""
+    import flask
+
+    from sessionlock.wsgi import SessionLockMiddleware
+
+    backend = RecordingFile(str(tmp_path / "locks"))
+    app = flask.Flask(__name__)
+    app.secret_key = "test-secret-key-" * 2
+
+    @app.get("/incr")
+    def incr() -> str:
+        flask.session.permanent = True
+        flask.session["n"] = flask.session.get("n", 0) + 1
+        return str(flask.session["n"])
+
+    @app.get("/read")
+    def read() -> str:
+        return str(flask.session.get("n", 0))
+
+    issued: list[str] = []
+    tracking = SessionLockMiddleware(app.wsgi_app, cookie_session="session", backend=backend)
+
+    def capture(environ: Any, start_response: Any) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            issued.extend(v for k, v in headers if k == "Set-Cookie" and v.startswith("session="))
+            return start_response(status, headers, exc_info)
+
+        return tracking(environ, start)
+
+    app.wsgi_app = capture  # type: ignore[method-assign]
+    jar: dict[str, str] = {}
+    assert _wsgi_get(app, "/incr", jar) == "1"  # a first visit
+    assert _wsgi_get(app, "/incr", jar) == "2"  # its return: the record kept a day
+    assert len(backend.sets) == 2
+    before = len(issued)
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        assert _wsgi_get(app, "/read", jar) == "2"
+        time.sleep(0.02)
+    headers = issued[before - 1 :]
+    changes = sum(1 for last, new in itertools.pairwise(headers) if new != last)
+    assert len(headers) - 1 > changes >= 2  # repeats within a second, new values across
+    assert len(backend.sets) == 2 + changes
     backend.close()
