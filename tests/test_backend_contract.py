@@ -267,6 +267,36 @@ def test_values_are_shared_by_instances_of_a_shared_backend(
     assert first.secret() == second.secret()
 
 
+def _leased(backend: Backend) -> Any:
+    lease = backend.try_acquire(KEY)
+    assert lease is not None
+    return lease
+
+
+def test_stamps_change_exactly_when_marked(make_backend: MakeBackend) -> None:
+    """Equal stamps mean nobody marked the key in between, in this instance or another."""
+    first, second = make_backend(), make_backend()
+    lease = _leased(first)
+    stamp = first.mark(lease)
+    if stamp is None:  # a backend that keeps no stamps says so: nothing may be cached
+        assert lease.stamp is None
+        first.release(lease)
+        return
+    assert lease.stamp == stamp
+    first.release(lease)
+    again = _leased(second)  # another instance (another process's view) sees the mark
+    assert again.stamp == stamp
+    second.release(again)
+    lease = _leased(first)
+    assert lease.stamp == stamp  # unmarked since: still the same
+    newer = first.mark(lease)
+    assert newer is not None and newer != stamp
+    first.release(lease)
+    again = _leased(second)
+    assert again.stamp == newer
+    second.release(again)
+
+
 def test_values_are_capped_and_the_last_set_is_kept(make_backend: MakeBackend) -> None:
     """A flood of distinct keys: at most ``max_values`` stay, and each set one is readable."""
     backend = make_backend(max_values=256)  # file://: one value per bucket

@@ -34,13 +34,19 @@ def check_max_values(max_values: int) -> int:
 
 
 class Lease:
-    """Proof that a backend granted ``key``; ``token`` is the backend's own handle."""
+    """Proof that a backend granted ``key``; ``token`` is the backend's own handle.
 
-    __slots__ = ("key", "token")
+    ``stamp``: the key's version when the lease was granted (None: the backend keeps none).
+    Two leases of a key with equal stamps prove that nobody called :meth:`Backend.mark` for
+    it in between, so what a process cached from the first is still current in the second.
+    """
 
-    def __init__(self, key: str, token: Any = None) -> None:
+    __slots__ = ("key", "stamp", "token")
+
+    def __init__(self, key: str, token: Any = None, stamp: int | None = None) -> None:
         self.key = key
         self.token = token
+        self.stamp = stamp
 
     def __repr__(self) -> str:
         return f"Lease({self.key[:8]}...)"
@@ -101,6 +107,14 @@ class Backend(ABC):
 
     async def release_async(self, lease: Lease) -> None:
         self.release(lease)
+
+    def mark(self, lease: Lease) -> int | None:
+        """Give the held key a new stamp, before changing state that others may cache.
+
+        Returns the new stamp (also set on ``lease``), or None if the backend keeps no
+        stamps (then nothing may be cached across leases). Never waits on other processes.
+        """
+        return None
 
     @abstractmethod
     def get(self, key: str) -> str | None:

@@ -217,6 +217,8 @@ class FileBackend(Backend):
         self._contenders: dict[str, _Contender] = {}
         self._helpers = Helpers("sessionlock-file-waiter")
         self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
+        self._locked_at: dict[int, int] = {}  # fd -> its stamp when locked, until leased
+        self._stamps = True  # whether the file system keeps exact mtimes (see mark)
         self._idle: dict[str, float] = {}  # file name -> when released here, oldest first
         # Unlocked descriptors kept for the keys used last (name -> fd): a session's next
         # request skips open().
@@ -264,7 +266,7 @@ class FileBackend(Backend):
         if key in self._contenders:  # our own contender is in line for it already
             return None
         fd = self._lock(self._name(key, _LOCK), blocking=False)
-        return None if fd is None else Lease(key, fd)
+        return None if fd is None else self._lease(key, fd)
 
     def acquire(self, key: str, timeout: float | None) -> Lease | None:
         if timeout is not None and timeout <= 0:
@@ -277,7 +279,7 @@ class FileBackend(Backend):
             slot.wait(None)  # the lock was handed over as we gave up: take it
         if slot.fd is None:
             raise unavailable(slot.error)
-        return Lease(key, slot.fd)
+        return self._lease(key, slot.fd)
 
     async def acquire_async(self, key: str, timeout: float | None) -> Lease | None:
         if timeout is not None and timeout <= 0:
@@ -307,7 +309,7 @@ class FileBackend(Backend):
         finally:
             if timer is not None:
                 timer.cancel()
-        return Lease(key, fd)
+        return self._lease(key, fd)
 
     def release(self, lease: Lease) -> None:
         fd = lease.token
@@ -315,6 +317,31 @@ class FileBackend(Backend):
             raise ValueError(f"{lease!r} is not a lease of {self!r}")
         lease.token = None  # a second release is a no-op, never a close of a reused fd
         self._unlock_fd(fd)
+
+    def mark(self, lease: Lease) -> int | None:
+        """A new stamp: the lock file's mtime, set to the wall clock in ns (a metadata write
+        on the open descriptor, no path lookup). Every locker reads it with the ``fstat``
+        it makes anyway. A file system that cannot keep an exact ns mtime keeps no stamps."""
+        fd = lease.token
+        if not self._stamps or not isinstance(fd, int):
+            return None
+        stamp = time.time_ns()
+        if stamp == lease.stamp:
+            stamp += 1
+        try:
+            os.utime(fd, ns=(stamp, stamp))
+            if os.fstat(fd).st_mtime_ns != stamp:  # a coarse clock (1 s, 2 s): no stamps
+                self._stamps = False
+                return None
+        except OSError as exc:
+            raise unavailable(exc) from exc
+        lease.stamp = stamp
+        return stamp
+
+    def _lease(self, key: str, fd: int) -> Lease:
+        with self._mutex:
+            stamp = self._locked_at.pop(fd, None)
+        return Lease(key, fd, stamp if self._stamps else None)
 
     def held(self) -> int:
         """How many locks this process holds right now (for tests and benchmarks)."""
@@ -405,6 +432,7 @@ class FileBackend(Backend):
                 continue
             with self._mutex:
                 self._held[fd] = name
+                self._locked_at[fd] = info.st_mtime_ns
             return fd
 
     def _keep_open(self, name: str, fd: int) -> None:
@@ -434,6 +462,7 @@ class FileBackend(Backend):
         except BaseException:
             with self._mutex:
                 self._held.pop(fd, None)
+                self._locked_at.pop(fd, None)
             os.close(fd)
             raise
         now = time.monotonic()
@@ -445,6 +474,7 @@ class FileBackend(Backend):
             # Given back before it is kept: a descriptor another thread may pop and lock
             # must not still hold (OFD locks of one open file never conflict).
             name = self._held.pop(fd, None)
+            self._locked_at.pop(fd, None)
             extra = [fd] if name is None else self._kept(name, fd)
             if name is not None:
                 self._idle.pop(name, None)
@@ -505,6 +535,7 @@ class FileBackend(Backend):
             return False
         with self._mutex:
             self._held.pop(fd, None)
+            self._locked_at.pop(fd, None)
         try:
             with contextlib.suppress(OSError):  # a read-only disk: the file just stays
                 os.unlink(name, dir_fd=self._dir_fd)
@@ -615,6 +646,7 @@ class FileBackend(Backend):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._held = {}
+        self._locked_at = {}
 
 
 def _cancelling() -> bool:
