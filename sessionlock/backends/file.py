@@ -56,7 +56,7 @@ of which waits on a disk or on another process; a key not among the 64 kept open
 ``open()`` (``O_CREAT``). Waiting happens on a helper thread, removal of idle files in the
 janitor thread. Not for the
 loop: making a backend (mkdir, open, the sweep; ``secret()`` reads or creates ``.secret``)
-and the value store (a file read, or a write and a rename, on the caller's thread).
+and the value store (a file read or an in-place write, on the caller's thread).
 
 Under ``/tmp``. While a backend lives it holds a shared ``flock`` on the directory itself, so
 systemd-tmpfiles' aging skips the directory and everything in it (``.secret`` included); see
@@ -592,7 +592,7 @@ class FileBackend(Backend):
             os.close(listing)
 
     def _stale(self, name: str) -> bool:
-        # ctime: a value's temporary file gets its expiry as mtime before it is renamed.
+        # ctime: a temporary file (.secret's) may be given another mtime before it is linked.
         info = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
         return info.st_ctime < time.time() - _STALE_TMP
 
