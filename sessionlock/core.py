@@ -308,27 +308,34 @@ class Core:
         if self._enter_fresh(admission):
             return
         key = admission.key
-        cap = self._waiting_threads()
-        waiters = self.max_waiters if cap is None else min(self.max_waiters, cap)
-        self.queue.acquire(key, timeout=self.timeout, max_waiters=waiters, max_threads=cap)
+        if not self.queue.try_acquire(key):  # held here: wait in line (or be refused)
+            cap = self._waiting_threads()
+            waiters = self.max_waiters if cap is None else min(self.max_waiters, cap)
+            self.queue.acquire(key, timeout=self.timeout, max_waiters=waiters, max_threads=cap)
         try:
             lease = self.backend.try_acquire(key)
-            if lease is None:
-                if not self.queue.reserve_thread(cap):
-                    raise QueueFull(
-                        "the session is busy in another process, and this process's"
-                        f" {cap} waiting threads are taken"
-                    )
-                try:
-                    lease = self.backend.acquire(key, self._remaining(admission))
-                finally:
-                    self.queue.unreserve_thread()
-                if lease is None:
-                    raise LockTimeout(f"waited more than {self.timeout} s for the session lock")
+            if lease is None:  # held by another process: wait for the backend
+                lease = self._backend_acquire(admission)
         except BaseException:
             self.queue.release(key)
             raise
         self._entered(admission, lease)
+
+    def _backend_acquire(self, admission: Admission) -> Lease:
+        """Block for the backend's lease, counted as a waiting thread of the process."""
+        cap = self._waiting_threads()
+        if not self.queue.reserve_thread(cap):
+            raise QueueFull(
+                "the session is busy in another process, and this process's"
+                f" {cap} waiting threads are taken"
+            )
+        try:
+            lease = self.backend.acquire(admission.key, self._remaining(admission))
+        finally:
+            self.queue.unreserve_thread()
+        if lease is None:
+            raise LockTimeout(f"waited more than {self.timeout} s for the session lock")
+        return lease
 
     def _enter_fresh(self, admission: Admission) -> bool:
         """Hold a brand-new identity at once (True), at no cost: nobody else can know it.
@@ -535,8 +542,12 @@ class Core:
         return refusal
 
     def _take(self, admission: Admission) -> Lease | None:
-        with self._leaving:
+        leaving = self._leaving
+        leaving.acquire()  # by hand, as KeyedQueue.try_acquire does: every request passes here
+        try:
             lease, admission.lease = admission.lease, None
+        finally:
+            leaving.release()
         return lease
 
     def _entered(self, admission: Admission, lease: Lease) -> None:
