@@ -38,7 +38,8 @@ def get(request: Request) -> str | None:
         return value if isinstance(value, str) else None
     header = None
     for name, value in request.get("headers", ()):
-        if name == b"cookie" or name.lower() == b"cookie":
+        # Servers send it lower-cased; another case is rare: no lower-cased copy of every name.
+        if name == b"cookie" or (len(name) == 6 and name.lower() == b"cookie"):
             text = value.decode("latin-1")
             header = text if header is None else f"{header}; {text}"
     return header
@@ -55,19 +56,20 @@ def original(request: Request) -> str | None:
 def replace(request: Request, header: str | None, *, original: str | None = None) -> None:
     """Set the header the app sees (None: none); the first rewrite keeps the original.
 
-    ``original``: the current header, when the caller has read it already. A scope's header
-    list is replaced, never edited in place: it may be shared.
+    ``original``: the current header, when the caller has read it already (a Redacted one is
+    kept as it is). A scope's header list is replaced, never edited in place: it may be shared.
     """
     if ORIGINAL not in request:
         sent = original if original is not None else get(request)
-        request[ORIGINAL] = None if sent is None else Redacted(sent)
+        request[ORIGINAL] = sent if sent is None or type(sent) is Redacted else Redacted(sent)
     if "REQUEST_METHOD" in request:
         if header is None:
             request.pop("HTTP_COOKIE", None)
         else:
             request["HTTP_COOKIE"] = header
         return
-    headers = [(k, v) for k, v in request.get("headers", ()) if k != b"cookie" != k.lower()]
+    kept = request.get("headers", ())
+    headers = [(k, v) for k, v in kept if len(k) != 6 or k.lower() != b"cookie"]
     if header is not None:
         headers.append((b"cookie", header.encode("latin-1")))
     request["headers"] = headers

@@ -189,7 +189,7 @@ class Identity:
         Reads this cookie from the header and removes it from what the app will see (the
         original stays under ``sessionlock.original_cookie``; an inner layer reads it there).
         """
-        secure = self._secure(request)
+        secure = self.secure if self.secure is not None else request_scheme(request) == "https"
         name = self._secured[0] if secure else self.name
         header = cookieheader.get(request)
         value = None
@@ -197,14 +197,14 @@ class Identity:
             cuts = self._cuts[secure]
             cut = cuts.get(header)
             if cut is None:
-                cut = _cut(header, self.names, name)
+                cut = (*_cut(header, self.names, name), cookieheader.Redacted(header))
                 if len(header) <= _CACHED_HEADER:
                     if len(cuts) >= _CUTS:
                         cuts.clear()
                     cuts[header] = cut
-            value, stripped = cut
+            value, stripped, original = cut
             if stripped != header:
-                cookieheader.replace(request, stripped, original=header)
+                cookieheader.replace(request, stripped, original=original)
         if value is None and cookieheader.ORIGINAL in request:  # another layer removed it
             value = cookieheader.read(cookieheader.original(request), name)
         found = self._verify(value) if value is not None else None
@@ -249,7 +249,8 @@ class Identity:
         return f"identity({self.name!r})"
 
 
-_Cuts: TypeAlias = dict[str, tuple[str | None, str | None]]
+# Header -> (our cookie's value, the header without it, the header as sent, kept redacted).
+_Cuts: TypeAlias = dict[str, tuple[str | None, str | None, cookieheader.Redacted]]
 
 
 def _cut(header: str, names: tuple[str, ...], wanted: str) -> tuple[str | None, str | None]:
