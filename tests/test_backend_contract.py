@@ -290,7 +290,8 @@ def test_stamps_change_exactly_when_marked(make_backend: MakeBackend) -> None:
     lease = _leased(first)
     assert lease.stamp == stamp  # unmarked since: still the same
     newer = first.mark(lease)
-    assert newer is not None and newer != stamp
+    assert newer is not None
+    assert newer != stamp
     first.release(lease)
     again = _leased(second)
     assert again.stamp == newer

@@ -181,7 +181,8 @@ def test_an_idle_holder_empties_a_long_ticket_file(lock_file: Path) -> None:
     os.write(holder, b"\n" * 70_000)  # as if 70 000 waits had queued here
     _ticketlock.give(holder)
     assert _ticketlock.try_take(holder)
-    _ticketlock.reset_if_long(holder, os.fstat(holder).st_size)
+    assert os.fstat(holder).st_size > _ticketlock.RESET_SIZE
+    _ticketlock.reset_if_long(holder)
     assert os.fstat(holder).st_size == 0
     _ticketlock.give(holder)
     os.close(holder)

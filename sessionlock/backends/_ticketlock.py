@@ -38,7 +38,7 @@ __all__ = ["FAIR", "give", "take_in_turn", "try_take"]
 #: Whether the platform has OFD locks, hence first-come-first-served order across processes.
 FAIR = hasattr(fcntl, "F_OFD_SETLKW")
 BASE = 2  # the first ticket byte
-_RESET_SIZE = 65_536  # tickets issued before an idle holder empties the file
+RESET_SIZE = 65_536  # bytes of tickets after which a holder empties the file (if none wait)
 
 
 def _range(kind: int, start: int, length: int) -> bytes:
@@ -87,17 +87,16 @@ if FAIR:
         """Release the lock (the next in line, if any, takes it)."""
         fcntl.fcntl(fd, _SET, _GIVE)
 
-    def reset_if_long(fd: int, size: int) -> None:
-        """Empty a file whose tickets passed 64 KiB, if nobody is queued (called holding)."""
-        if size > _RESET_SIZE:
-            try:
-                fcntl.fcntl(fd, _SET, _range(fcntl.F_WRLCK, 1, 1))
-            except (BlockingIOError, PermissionError):
-                return  # someone is queued: later
-            try:
-                os.ftruncate(fd, 0)
-            finally:
-                fcntl.fcntl(fd, _SET, _DROP_MARK)
+    def reset_if_long(fd: int) -> None:
+        """Empty the file of its tickets if nobody is queued (called holding, past RESET_SIZE)."""
+        try:
+            fcntl.fcntl(fd, _SET, _range(fcntl.F_WRLCK, 1, 1))
+        except (BlockingIOError, PermissionError):
+            return  # someone is queued: later
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            fcntl.fcntl(fd, _SET, _DROP_MARK)
 
 else:  # pragma: no cover - not Linux
 
@@ -114,5 +113,5 @@ else:  # pragma: no cover - not Linux
     def give(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def reset_if_long(fd: int, size: int) -> None:
+    def reset_if_long(fd: int) -> None:
         return None

@@ -126,15 +126,15 @@ _LOOK_EVERY = 0.25  # seconds between two looks for idle files by releases
 
 
 class _Slot:
-    """Where a contender delivers the lock (an fd) or an error to one waiter."""
+    """Where a contender delivers the lock (fd and stamp) or an error to one waiter."""
 
-    __slots__ = ("error", "fd")
+    __slots__ = ("error", "got")
 
     def __init__(self) -> None:
-        self.fd: int | None = None
+        self.got: _Locked | None = None
         self.error: BaseException | None = None
 
-    def deliver(self, fd: int | None, error: BaseException | None) -> None:
+    def deliver(self, got: _Locked | None, error: BaseException | None) -> None:
         raise NotImplementedError
 
 
@@ -146,8 +146,8 @@ class _ThreadSlot(_Slot):
         self._ready = threading.Lock()
         self._ready.acquire()
 
-    def deliver(self, fd: int | None, error: BaseException | None) -> None:
-        self.fd, self.error = fd, error
+    def deliver(self, got: _Locked | None, error: BaseException | None) -> None:
+        self.got, self.error = got, error
         self._ready.release()
 
     def wait(self, timeout: float | None) -> bool:
@@ -161,23 +161,27 @@ class _TaskSlot(_Slot):
         super().__init__()
         self._backend = backend
         self.loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[int] = self.loop.create_future()
+        self.future: asyncio.Future[_Locked] = self.loop.create_future()
 
-    def deliver(self, fd: int | None, error: BaseException | None) -> None:
+    def deliver(self, got: _Locked | None, error: BaseException | None) -> None:
         try:
-            self.loop.call_soon_threadsafe(self._settle, fd, error)
+            self.loop.call_soon_threadsafe(self._settle, got, error)
         except RuntimeError:  # the loop is closed: nobody will take the lock
-            if fd is not None:
-                self._backend._unlock_fd(fd)
+            if got is not None:
+                self._backend._unlock_fd(got[0])
 
-    def _settle(self, fd: int | None, error: BaseException | None) -> None:
+    def _settle(self, got: _Locked | None, error: BaseException | None) -> None:
         if self.future.done():  # the task gave up meanwhile: the lock goes back
-            if fd is not None:
-                self._backend._unlock_fd(fd)
-        elif fd is not None:
-            self.future.set_result(fd)
+            if got is not None:
+                self._backend._unlock_fd(got[0])
+        elif got is not None:
+            self.future.set_result(got)
         else:
             self.future.set_exception(error or BackendUnavailable("lock not obtained"))
+
+
+#: A lock as taken: its descriptor, and the stamp (ns mtime) the lock file had then.
+_Locked = tuple[int, int]
 
 
 class _Contender:
@@ -217,7 +221,6 @@ class FileBackend(Backend):
         self._contenders: dict[str, _Contender] = {}
         self._helpers = Helpers("sessionlock-file-waiter")
         self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
-        self._locked_at: dict[int, int] = {}  # fd -> its stamp when locked, until leased
         self._stamps = True  # whether the file system keeps exact mtimes (see mark)
         self._idle: dict[str, float] = {}  # file name -> when released here, oldest first
         # Unlocked descriptors kept for the keys used last (name -> fd): a session's next
@@ -265,8 +268,8 @@ class FileBackend(Backend):
             self._ensure_keeper()
         if key in self._contenders:  # our own contender is in line for it already
             return None
-        fd = self._lock(self._name(key, _LOCK), blocking=False)
-        return None if fd is None else self._lease(key, fd)
+        got = self._lock(self._name(key, _LOCK), blocking=False)
+        return None if got is None else self._lease(key, got)
 
     def acquire(self, key: str, timeout: float | None) -> Lease | None:
         if timeout is not None and timeout <= 0:
@@ -277,9 +280,9 @@ class FileBackend(Backend):
             if self._withdraw(key, slot):
                 return None
             slot.wait(None)  # the lock was handed over as we gave up: take it
-        if slot.fd is None:
+        if slot.got is None:
             raise unavailable(slot.error)
-        return self._lease(key, slot.fd)
+        return self._lease(key, slot.got)
 
     async def acquire_async(self, key: str, timeout: float | None) -> Lease | None:
         if timeout is not None and timeout <= 0:
@@ -298,7 +301,7 @@ class FileBackend(Backend):
 
         timer = None if timeout is None else slot.loop.call_later(timeout, expire)
         try:
-            fd = await future
+            got = await future
         except asyncio.CancelledError:
             self._abandon(key, slot)
             if expired and not _cancelling():
@@ -309,7 +312,7 @@ class FileBackend(Backend):
         finally:
             if timer is not None:
                 timer.cancel()
-        return self._lease(key, fd)
+        return self._lease(key, got)
 
     def release(self, lease: Lease) -> None:
         fd = lease.token
@@ -338,10 +341,8 @@ class FileBackend(Backend):
         lease.stamp = stamp
         return stamp
 
-    def _lease(self, key: str, fd: int) -> Lease:
-        with self._mutex:
-            stamp = self._locked_at.pop(fd, None)
-        return Lease(key, fd, stamp if self._stamps else None)
+    def _lease(self, key: str, got: _Locked) -> Lease:
+        return Lease(key, got[0], got[1] if self._stamps else None)
 
     def held(self) -> int:
         """How many locks this process holds right now (for tests and benchmarks)."""
@@ -374,13 +375,13 @@ class FileBackend(Backend):
         if not future.done():
             future.cancel()
         elif not future.cancelled() and future.exception() is None:
-            self._unlock_fd(future.result())
+            self._unlock_fd(future.result()[0])
 
     def _contend(self, key: str, contender: _Contender) -> None:
         name = self._name(key, _LOCK)
         while True:
             try:
-                fd = self._lock(name, blocking=True)
+                got = self._lock(name, blocking=True)
             except BaseException as error:  # handed to every waiter, who raise it
                 with self._mutex:
                     failed = list(contender.slots)
@@ -388,21 +389,22 @@ class FileBackend(Backend):
                 for waiter in failed:
                     waiter.deliver(None, error)
                 return
-            assert fd is not None
+            assert got is not None
             with self._mutex:
                 slot = contender.slots.popleft() if contender.slots else None
                 done = not contender.slots
                 if done:
                     del self._contenders[key]
             if slot is None:  # everyone gave up while we waited: give the lock back
-                self._unlock_fd(fd)
+                self._unlock_fd(got[0])
             else:
-                slot.deliver(fd, None)
+                slot.deliver(got, None)
             if done:
                 return
 
-    def _lock(self, name: str, *, blocking: bool) -> int | None:
-        """Lock ``name``'s current inode; None if busy (or queued for) and not ``blocking``."""
+    def _lock(self, name: str, *, blocking: bool) -> _Locked | None:
+        """Lock ``name``'s current inode: (fd, stamp); None if busy (or queued for) and not
+        ``blocking``."""
         while True:
             with self._mutex:  # a descriptor this process keeps open for the key, if any
                 fd = self._open.pop(name, None)
@@ -422,8 +424,8 @@ class FileBackend(Backend):
                 # An inode its holder unlinked before unlocking has st_nlink 0: retry on the
                 # current file. As stat(path) vs fstat: lock files are only unlinked.
                 info = os.fstat(fd)
-                if info.st_nlink:
-                    _ticketlock.reset_if_long(fd, info.st_size)
+                if info.st_nlink and info.st_size > _ticketlock.RESET_SIZE:
+                    _ticketlock.reset_if_long(fd)
             except BaseException as exc:
                 os.close(fd)  # drops whatever this descriptor held
                 raise unavailable(exc) from exc
@@ -432,8 +434,7 @@ class FileBackend(Backend):
                 continue
             with self._mutex:
                 self._held[fd] = name
-                self._locked_at[fd] = info.st_mtime_ns
-            return fd
+            return fd, info.st_mtime_ns
 
     def _keep_open(self, name: str, fd: int) -> None:
         """Keep ``fd`` (unlocked) for the key's next request; close the oldest beyond 64."""
@@ -462,27 +463,25 @@ class FileBackend(Backend):
         except BaseException:
             with self._mutex:
                 self._held.pop(fd, None)
-                self._locked_at.pop(fd, None)
             os.close(fd)
             raise
         now = time.monotonic()
-        # Back-pressure: if the janitor falls behind, each release removes one more file;
-        # not on an event loop (an unlink there would block it): the janitor catches up.
-        pressing = asyncio._get_running_loop() is None
         behind = None
         with self._mutex:
             # Given back before it is kept: a descriptor another thread may pop and lock
             # must not still hold (OFD locks of one open file never conflict).
             name = self._held.pop(fd, None)
-            self._locked_at.pop(fd, None)
             extra = [fd] if name is None else self._kept(name, fd)
             if name is not None:
-                self._idle.pop(name, None)
-                self._idle[name] = now  # newest last
+                idle = self._idle
+                idle.pop(name, None)
+                idle[name] = now  # newest last
+                # Back-pressure: if the janitor falls behind, each release removes one more
+                # file; not on an event loop (an unlink there would block it).
+                if len(idle) > 4 * _IDLE_FILES and asyncio._get_running_loop() is None:
+                    behind = next(iter(idle))
+                    del idle[behind]
             sweep = self._janitor_due(now)
-            if pressing and len(self._idle) > 4 * _IDLE_FILES:
-                behind = next(iter(self._idle))
-                del self._idle[behind]
         for unused in extra:
             os.close(unused)
         if behind is not None:
@@ -528,14 +527,14 @@ class FileBackend(Backend):
         link-count check in :meth:`_lock` sends it to the current file.
         """
         try:
-            fd = self._lock(name, blocking=False)
+            got = self._lock(name, blocking=False)
         except BackendUnavailable:
             return False
-        if fd is None:
+        if got is None:
             return False
+        fd = got[0]
         with self._mutex:
             self._held.pop(fd, None)
-            self._locked_at.pop(fd, None)
         try:
             with contextlib.suppress(OSError):  # a read-only disk: the file just stays
                 os.unlink(name, dir_fd=self._dir_fd)
@@ -622,8 +621,8 @@ class FileBackend(Backend):
                 os.close(fd)
 
     def _name(self, key: str, suffix: str) -> str:
-        if _SAFE_NAME.fullmatch(key):
-            return key + suffix
+        if len(key) <= 128 and key.isascii() and (key.isalnum() or _SAFE_NAME.fullmatch(key)):
+            return key + suffix  # a hex digest (as from Core) or another safe name
         # Not a hash already: never let it reach the file system as given.
         digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), key=self.secret())
         return "h" + digest.hexdigest()[:64] + suffix
@@ -646,7 +645,6 @@ class FileBackend(Backend):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._held = {}
-        self._locked_at = {}
 
 
 def _cancelling() -> bool:
