@@ -181,7 +181,7 @@ class _Inbox:
 def _finish(
     core: Core, admission: Admission, headers: Iterable[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
-    if core.cookies is None and admission.set_identity is None:  # the common case: no decoding
+    if not core.sets_cookies(admission):  # the common case: no decoding
         if admission.waited < 0.00005:  # no wait: the preformatted, pre-encoded header
             return [*headers, _NO_WAIT]
         return [*headers, *_encode(admission.response_headers())]

@@ -504,14 +504,23 @@ class Core:
             for name, value in headers
         )
 
+    def sets_cookies(self, admission: Admission) -> bool:
+        """Whether :meth:`finish` may add a Set-Cookie: an identity to issue, a rotation, or
+        cookie tracking. Otherwise the response gets Server-Timing alone."""
+        return (
+            self.cookies is not None
+            or admission.set_identity is not None
+            or admission.notes is not None  # rotate_identity() was called
+        )
+
     def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Called by the shells as the response starts: its final headers.
 
         Cookie tracking records only under the lease: after an early release the next
         request may already run, and its record must not be overwritten by an older one.
         """
-        if self.cookies is None and admission.set_identity is None and admission.notes is None:
-            return [*headers, admission.timing()]  # no cookie to add (nor rotation): the usual
+        if not self.sets_cookies(admission):  # the usual case
+            return [*headers, admission.timing()]
         # A response a shared cache may store gets none of our Set-Cookies (they would be
         # served to everyone): the identity, or a re-sent cookie, waits for the next response.
         public = shared_cacheable(headers)

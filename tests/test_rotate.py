@@ -8,12 +8,14 @@ the victim's logged-in session. With ``sessionlock.rotate_identity()`` at login 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import flask
 import pytest
 
 import sessionlock
+from sessionlock.asgi import SessionLockMiddleware as ASGISessionLockMiddleware
 from sessionlock.wsgi import SessionLockMiddleware
 
 
@@ -120,6 +122,38 @@ def test_rotation_without_cookie_tracking_issues_a_new_identity() -> None:
         list(middleware(environ, lambda status, headers, exc_info=None: sent.append(headers)))
         found = [v.partition(";")[0] for k, v in sent[-1] if k == "Set-Cookie"]
         return found[0] if found else None
+
+    first = get("/", None)
+    assert first is not None
+    assert get("/", first) is None  # control: kept, nothing issued
+    rotated = get("/login", first)
+    assert rotated is not None
+    assert rotated.partition(".")[0] != first.partition(".")[0]
+
+
+def test_rotation_without_cookie_tracking_issues_a_new_identity_on_asgi() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/login":
+            assert sessionlock.rotate_identity(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = ASGISessionLockMiddleware(app, backend="memory://")
+
+    def get(path: str, cookie: str | None) -> str | None:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        headers = [(b"cookie", cookie.encode())] if cookie else []
+        scope = {"type": "http", "method": "GET", "path": path, "headers": headers}
+        asyncio.run(middleware(scope, receive, send))
+        found = [v.decode() for k, v in sent[0]["headers"] if k == b"set-cookie"]
+        return found[0].partition(";")[0] if found else None
 
     first = get("/", None)
     assert first is not None
