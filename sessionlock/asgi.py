@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -80,16 +80,15 @@ class SessionLockMiddleware:
             await send({"type": "http.response.start", **start})
             await send({"type": "http.response.body", "body": refusal.body})
             return
-        at_head = core.release_at_head
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                if core.stores(admission, headers):  # a record to write: off the loop
+                headers = list(message.get("headers", ()))  # our copy, completed in place
+                if core.cookies_block and core.stores(admission, headers):  # off the loop
                     message["headers"] = await _off_loop(_finish, core, admission, headers)
                 else:
                     message["headers"] = _finish(core, admission, headers)
-                if at_head:  # the session is saved: the next request may load it
+                if core.release_at_head:  # the session is saved: the next request may load it
                     if core.releases_inline:
                         core.leave(admission)
                     else:
@@ -98,7 +97,7 @@ class SessionLockMiddleware:
 
         try:
             # under the lease: a failure here releases too
-            if core.loads(admission):  # a record to read: off the loop
+            if core.cookies_block and core.loads(admission):  # a record to read: off the loop
                 await _off_loop(core.prepare, admission, scope)
             else:
                 core.prepare(admission, scope)
@@ -179,12 +178,15 @@ class _Inbox:
 
 
 def _finish(
-    core: Core, admission: Admission, headers: Iterable[tuple[bytes, bytes]]
+    core: Core, admission: Admission, headers: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
+    """The response's final headers; ``headers`` is the shell's own copy (extended in place)."""
     if not core.sets_cookies(admission):  # the common case: no decoding
         if admission.waited < 0.00005:  # no wait: the preformatted, pre-encoded header
-            return [*headers, _NO_WAIT]
-        return [*headers, *_encode(admission.response_headers())]
+            headers.append(_NO_WAIT)
+        else:
+            headers.extend(_encode([admission.timing()]))
+        return headers
     decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
     return _encode(core.finish(admission, decoded))
 
