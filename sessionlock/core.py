@@ -135,7 +135,11 @@ class CookieTracker(Protocol):
 
 class _Unshared(Lease):
     """The lease of a brand-new identity: no other request can carry it before this
-    response's head goes out, so it is held without the local queue or the backend."""
+    response's head goes out, so it is held without the local queue or the backend.
+
+    Only with ``release="head"``, which precedes the browser learning the identity;
+    ``release="end"`` holds on past that point, so it takes the ordinary lock.
+    """
 
     __slots__ = ()
 
@@ -295,7 +299,12 @@ class Core:
         held = request.get(HELD)
         if held is not None and (self._mark, digest) in held:
             return None  # nested inside a layer holding this very session: already serialized
-        return Admission(digest, set_identity, secure, self)
+        admission = Admission(digest, set_identity, secure, self)
+        if set_identity is not None and self.release_at_head:
+            # A brand-new identity: held at once, without the queue or the backend (on
+            # file://, a lock file made and removed for nothing). See _Unshared.
+            admission.lease = _Unshared(digest)
+        return admission
 
     # -- waiting: threads ----------------------------------------------------------------
 
@@ -305,21 +314,25 @@ class Core:
         A thread waits only while fewer than ``max_waiting_threads`` of the process do
         (in line here or for the backend); otherwise QueueFull (429) at once.
         """
-        if self._enter_fresh(admission):
+        if admission.lease is not None:  # a brand-new identity, held since admit()
             return
         key = admission.key
-        if not self.queue.try_acquire(key):  # held here: wait in line (or be refused)
+        waited = not self.queue.try_acquire(key)
+        if waited:  # held here: wait in line (or be refused)
             cap = self._waiting_threads()
             waiters = self.max_waiters if cap is None else min(self.max_waiters, cap)
             self.queue.acquire(key, timeout=self.timeout, max_waiters=waiters, max_threads=cap)
         try:
             lease = self.backend.try_acquire(key)
             if lease is None:  # held by another process: wait for the backend
-                lease = self._backend_acquire(admission)
+                lease, waited = self._backend_acquire(admission), True
         except BaseException:
             self.queue.release(key)
             raise
-        self._entered(admission, lease)
+        if waited:
+            self._entered(admission, lease)
+        else:
+            admission.lease = lease  # no wait: Server-Timing says 0.0
 
     def _backend_acquire(self, admission: Admission) -> Lease:
         """Block for the backend's lease, counted as a waiting thread of the process."""
@@ -336,18 +349,6 @@ class Core:
         if lease is None:
             raise LockTimeout(f"waited more than {self.timeout} s for the session lock")
         return lease
-
-    def _enter_fresh(self, admission: Admission) -> bool:
-        """Hold a brand-new identity at once (True), at no cost: nobody else can know it.
-
-        A file backend would create a lock file for it (and later remove it) for nothing.
-        Only with release at the head, which precedes the browser learning the identity;
-        ``release="end"`` holds on past that point, so it takes the ordinary lock.
-        """
-        if admission.set_identity is None or not self.release_at_head:
-            return False
-        self._entered(admission, _Unshared(admission.key))
-        return True
 
     def _waiting_threads(self) -> int | None:
         if not self._threads_derived:  # once: what the server tells (waitress), else no cap
@@ -374,7 +375,7 @@ class Core:
 
     def try_enter(self, admission: Admission) -> bool:
         """Take the session at once if nobody holds it; never wait (the ASGI fast path)."""
-        if self._enter_fresh(admission):
+        if admission.lease is not None:  # a brand-new identity, held since admit()
             return True
         key = admission.key
         if not self.queue.try_acquire(key):
@@ -387,7 +388,7 @@ class Core:
         if lease is None:  # another process holds it: wait the long way
             self.queue.release(key)
             return False
-        self._entered(admission, lease)
+        admission.lease = lease  # no wait: Server-Timing says 0.0
         return True
 
     async def enter_async(
@@ -398,7 +399,7 @@ class Core:
         ``until_gone`` runs (once, as a task) only while the request actually waits, so an
         uncontended request costs no extra task.
         """
-        if self._enter_fresh(admission):
+        if admission.lease is not None:  # a brand-new identity, held since admit()
             return
         key = admission.key
         gone: asyncio.Future[object] | None = None
