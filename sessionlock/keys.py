@@ -192,22 +192,24 @@ class Identity:
         secure = self.secure if self.secure is not None else request_scheme(request) == "https"
         name = self._secured[0] if secure else self.name
         header = cookieheader.get(request)
-        value = None
+        value = found = None
         if header is not None and self.name in header:
             cuts = self._cuts[secure]
             cut = cuts.get(header)
             if cut is None:
-                cut = (*_cut(header, self.names, name), cookieheader.Redacted(header))
+                value, stripped = _cut(header, self.names, name)
+                found = self._verify(value) if value is not None else None
+                cut = (value, found, stripped, cookieheader.Redacted(header))
                 if len(header) <= _CACHED_HEADER:
                     if len(cuts) >= _CUTS:
                         cuts.clear()
                     cuts[header] = cut
-            value, stripped, original = cut
+            value, found, stripped, original = cut
             if stripped != header:
                 cookieheader.replace(request, stripped, original=original)
         if value is None and cookieheader.ORIGINAL in request:  # another layer removed it
             value = cookieheader.read(cookieheader.original(request), name)
-        found = self._verify(value) if value is not None else None
+            found = self._verify(value) if value is not None else None
         if found is not None:
             return found[0], None, secure
         identity = new_identity()
@@ -249,8 +251,11 @@ class Identity:
         return f"identity({self.name!r})"
 
 
-# Header -> (our cookie's value, the header without it, the header as sent, kept redacted).
-_Cuts: TypeAlias = dict[str, tuple[str | None, str | None, cookieheader.Redacted]]
+# Header -> (our cookie's value, its (identity, generation) if this server issued it, the
+# header without it, the header as sent, kept redacted).
+_Cuts: TypeAlias = dict[
+    str, tuple[str | None, tuple[str, int] | None, str | None, cookieheader.Redacted]
+]
 
 
 def _cut(header: str, names: tuple[str, ...], wanted: str) -> tuple[str | None, str | None]:
