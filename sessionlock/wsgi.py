@@ -48,8 +48,8 @@ class SessionLockMiddleware:
             start_response(refusal.status_line, list(refusal.headers))
             return [refusal.body]
 
-        # One closure over three names is the only object added per request: the
-        # cheapest callable that knows both the request and the server's start_response.
+        # A closure over three names, and no partial beside it: the cheapest per-request
+        # callable that knows both the request and the server's start_response.
         def start_with_headers(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
