@@ -36,20 +36,28 @@ credential, and a record cannot be moved to another identity.
 
 Requests exempted from the lock (``exempt=``) are not tracked: never exempt a route that
 writes the session, or the next request is handed the older recorded cookie.
+
+Cost. Each process keeps the records it last wrote or read (at most 4096 identities), with
+the *stamp* of the session's lease at that moment (:attr:`~sessionlock.backends.base.Lease.stamp`).
+Every write of a record is preceded by :meth:`~sessionlock.backends.base.Backend.mark`, which
+gives the key a new stamp: a later lease of the key with the same stamp proves that nobody,
+in any process, wrote the record since, and the cached one is used as it is (no read, no
+decryption, no parsing). A backend that keeps no stamps (``memory://``) caches nothing.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
+import functools
 import hashlib
-import json
 import logging
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -59,7 +67,7 @@ from ._types import Request
 from .backends.base import Backend
 from .backends.memory import MemoryBackend
 from .errors import BackendUnavailable, ConfigurationError
-from .keys import Identity, new_identity, request_scheme
+from .keys import Identity, hash_key, new_identity, request_scheme
 
 if TYPE_CHECKING:
     from .core import Admission
@@ -86,17 +94,23 @@ NEW_BROWSER_TTL = 600.0
 
 _NOTE = "cookies"
 _ROTATE = "rotate"  # the admission note of sessionlock.rotate_identity()
-_FORMAT = b"sessionlock.cookies.3"  # bound into every sealed record
+_VERSION = "4"  # a record's first line; a record of another version reads as absent
+_FORMAT = b"sessionlock.cookies.4"  # bound into every sealed record
+_FIELDS = 7  # lines per entry in a record: name, header, host, issued, until, flags, lineage
+_COMPLETE, _DELETED = 1, 2  # an entry's flags
 _LINEAGE = 16  # earlier values remembered per name: how far back a replay is recognized
 _MAX_GENERATION = 10**12  # the identity cookie carries at most 12 digits
 _MAX_PAIR = 4096  # RFC 6265bis: name + value at most 4096 bytes
 _MAX_HEADER = 8192
+_KNOWN = 4096  # identities whose keys and last record a process keeps (least recently used go)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 6265 cookie-value: cookie-octets, optionally in double quotes.
 _OCTETS = r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*"
 _VALUE = re.compile(f'{_OCTETS}|"{_OCTETS}"')
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")  # the whole header: no CR, LF, NUL or other CTL
+_PLAIN_HOST = re.compile(r"[\x20-\x5b\x5d-\x7e]*")  # printable but a backslash: kept as is
 _MAX_AGE_ATTR = re.compile(r"(?i)^\s*max-age\s*=")
+_MAX_AGE_VALUE = re.compile(r"-?[0-9]{1,12}")
 
 
 class SetCookie:
@@ -117,17 +131,12 @@ class SetCookie:
         browsers do.
         """
         max_age = self.attributes.get("max-age")
-        if max_age is not None and re.fullmatch(r"-?[0-9]{1,12}", max_age.strip()):
+        if max_age is not None and _MAX_AGE_VALUE.fullmatch(max_age.strip()):
             return float(int(max_age))
         expires = self.attributes.get("expires")
         if expires is not None:
-            try:
-                when = parsedate_to_datetime(expires)
-            except (TypeError, ValueError, IndexError):
-                return None
-            if when.tzinfo is None:
-                return None
-            return when.timestamp() - now
+            when = _expiry(expires)
+            return None if when is None else when - now
         return None
 
     def path_matches(self, request_path: str) -> bool:
@@ -143,6 +152,21 @@ class SetCookie:
 
     def __repr__(self) -> str:  # never the value: it is a credential
         return f"SetCookie({self.name!r}, <{len(self.value)} chars>)"
+
+
+@functools.lru_cache(maxsize=64)
+def _expiry(expires: str) -> float | None:
+    """The time an ``Expires`` attribute names; None if unparsable or without a zone.
+
+    Remembered: an app re-issuing a cookie repeats one date for a second at least.
+    """
+    try:
+        when = parsedate_to_datetime(expires)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return when.timestamp()
 
 
 def parse_set_cookie(header: str) -> SetCookie | None:
@@ -178,7 +202,12 @@ def _request_path(request: Request) -> str:
 
 
 def _request_host(request: Request) -> str:
-    """The host the browser addressed, lower-cased, without the port."""
+    """The host the browser addressed, lower-cased, without the port.
+
+    Printable ASCII but backslashes as is; any other host (control characters, non-ASCII)
+    escaped (``\\xNN``...), so that a record holds it on one ASCII line, and no host that is
+    kept as is can equal an escaped one.
+    """
     if "REQUEST_METHOD" in request:
         host = request.get("HTTP_HOST") or request.get("SERVER_NAME") or ""
     else:
@@ -192,8 +221,12 @@ def _request_host(request: Request) -> str:
             host = str(server[0]) if server else ""
     host = str(host).strip().lower()
     if host.startswith("["):  # [::1]:8000
-        return host.partition("]")[0] + "]"
-    return host.rpartition(":")[0] if host.count(":") == 1 else host
+        host = host.partition("]")[0] + "]"
+    elif host.count(":") == 1:
+        host = host.rpartition(":")[0]
+    if _PLAIN_HOST.fullmatch(host):
+        return host
+    return host.encode("unicode_escape").decode("ascii")
 
 
 # -- sealed records --------------------------------------------------------------------------
@@ -229,69 +262,85 @@ class _Seal:
         """A short keyed digest of a cookie value: the lineage never holds a value itself."""
         return hashlib.blake2b(value.encode("latin-1"), key=self._mac, digest_size=8).hexdigest()
 
-    def seal(self, plain: bytes) -> str:
+    def seal(self, plain: str) -> str:
+        """``plain`` (ASCII) sealed: nonce and ciphertext in hex (a hex round trip costs less
+        CPU than base64's; records are short)."""
         if self._aead is None:
-            return plain.decode("ascii")
+            return plain
         nonce = secrets.token_bytes(12)  # random 96-bit nonces: far below the collision bound
-        sealed = self._aead.encrypt(nonce, plain, self._aad)
-        return base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+        return (nonce + self._aead.encrypt(nonce, plain.encode("ascii"), self._aad)).hex()
 
-    def open(self, text: str) -> bytes | None:
+    def open(self, text: str) -> str | None:
         if self._aead is None:
-            return text.encode("ascii", "replace")
+            return text
         try:
-            raw = base64.urlsafe_b64decode(text.encode("ascii"))
-            return self._aead.decrypt(raw[:12], raw[12:], self._aad)
-        except (ValueError, UnicodeEncodeError, InvalidTag):
+            raw = bytes.fromhex(text)
+            return self._aead.decrypt(raw[:12], raw[12:], self._aad).decode("ascii")
+        except (ValueError, InvalidTag):  # UnicodeDecodeError is a ValueError
             return None
 
 
 class _Entry:
     """One tracked name: its latest Set-Cookie, and which value was current at which generation.
 
-    ``lineage`` lists (generation it became current, fingerprint or None for "no cookie"),
-    oldest first. ``complete``: the lineage goes back to the identity's start, when the
-    browser had no such cookie; False once truncated, or when the record was lost meanwhile.
+    ``lineage``: ``<generation>:<fingerprint>`` items joined by commas, oldest first: the
+    generation at which a value became current, and its fingerprint (empty: no cookie).
+    ``complete``: the lineage goes back to the identity's start, when the browser had no such
+    cookie; False once truncated, or when the record was lost meanwhile. ``deleted``: the
+    Set-Cookie removes the cookie. An entry never changes once made (a process caches
+    records): a new state is a new entry.
     """
 
-    __slots__ = ("complete", "cookie", "host", "issued", "lineage", "until")
+    __slots__ = ("_cookie", "complete", "deleted", "header", "host", "issued", "lineage", "until")
 
     def __init__(
         self,
-        cookie: SetCookie,
+        header: str,
         issued: float,
         host: str,
-        lineage: list[tuple[int, str | None]],
+        lineage: str,
         complete: bool,
         until: float,
+        deleted: bool,
+        cookie: SetCookie | None = None,
     ) -> None:
-        self.cookie = cookie
+        self.header = header
         self.issued = issued
         self.host = host
         self.lineage = lineage
         self.complete = complete
         self.until = until
+        self.deleted = deleted
+        self._cookie = cookie
 
     @property
-    def deleted(self) -> bool:
-        lifetime = self.cookie.lifetime(self.issued)
-        return lifetime is not None and lifetime <= 0
+    def cookie(self) -> SetCookie | None:
+        """The Set-Cookie, parsed (and so validated again) when first needed after a read;
+        None if it fails, which a sealed record never does."""
+        cookie = self._cookie
+        if cookie is None:
+            cookie = self._cookie = parse_set_cookie(self.header)
+        return cookie
 
     @property
-    def latest(self) -> str | None:
-        """The value a current browser sends (None: it sends none)."""
-        return None if self.deleted else self.cookie.value
+    def fingerprint(self) -> str:
+        """The fingerprint of the latest value ('': no cookie)."""
+        return self.lineage.rpartition(",")[2].partition(":")[2]
 
     def current_at(self, generation: int) -> tuple[bool, str | None]:
         """(known, fingerprint or None) of the value current at ``generation``."""
-        for since, fingerprint in reversed(self.lineage):
-            if since <= generation:
-                return True, fingerprint
+        try:
+            for item in reversed(self.lineage.split(",")):
+                since, _, fingerprint = item.partition(":")
+                if int(since) <= generation:
+                    return True, fingerprint or None
+        except ValueError:  # never in a record this module wrote: unknown, passed as sent
+            return False, None
         return self.complete, None
 
-    def reaches(self, request: Request) -> bool:
-        """Whether a browser would send this cookie with ``request`` (RFC 6265 5.4)."""
-        attributes = self.cookie.attributes
+    def reaches(self, cookie: SetCookie, request: Request) -> bool:
+        """Whether a browser would send ``cookie`` (this entry's) with ``request``: RFC 6265 5.4."""
+        attributes = cookie.attributes
         if "secure" in attributes and request_scheme(request) != "https":
             return False
         host = _request_host(request)
@@ -301,50 +350,25 @@ class _Entry:
                 return False
         elif host != self.host:
             return False
-        return self.cookie.path_matches(_request_path(request))
+        return cookie.path_matches(_request_path(request))
 
-    def resend(self, now: float) -> str:
+    def resend(self, cookie: SetCookie, now: float) -> str:
         """The Set-Cookie to send again, its Max-Age shortened by the time elapsed."""
-        max_age = self.cookie.attributes.get("max-age")
+        max_age = cookie.attributes.get("max-age")
         if self.deleted or max_age is None or not max_age.strip().isdigit():
-            return self.cookie.header
+            return self.header
         left = max(1, int(max_age) - int(now - self.issued))
-        parts = self.cookie.header.split(";")
+        parts = self.header.split(";")
         return ";".join(
             f" Max-Age={left}" if i and _MAX_AGE_ATTR.match(p) else p for i, p in enumerate(parts)
         )
 
-    def dump(self) -> dict[str, Any]:
-        return {
-            "h": self.cookie.header,
-            "t": self.issued,
-            "host": self.host,
-            "l": self.lineage,
-            "c": self.complete,
-            "u": self.until,
-        }
-
-    @classmethod
-    def load(cls, data: Any) -> _Entry | None:
-        try:
-            cookie = parse_set_cookie(data["h"])
-            lineage = [(int(g), None if f is None else str(f)) for g, f in data["l"]]
-            if cookie is None or not lineage:
-                return None
-            return cls(
-                cookie,
-                float(data["t"]),
-                str(data["host"]),
-                lineage,
-                bool(data["c"]),
-                float(data["u"]),
-            )
-        except (KeyError, TypeError, ValueError):
-            return None
-
 
 class _Record:
-    """Everything tracked for one identity: the jar's generation and an entry per name."""
+    """Everything tracked for one identity: the jar's generation and an entry per name.
+
+    Never changed once made: a process may hold it in its cache while requests use it.
+    """
 
     __slots__ = ("entries", "generation")
 
@@ -353,17 +377,69 @@ class _Record:
         self.entries = entries
 
 
+def _dump(generation: int, entries: dict[str, _Entry]) -> str:
+    """A record's plain text: lines of ASCII (headers are printable, hosts escaped)."""
+    lines = [_VERSION, str(generation)]
+    for name, entry in entries.items():
+        flags = (_COMPLETE if entry.complete else 0) | (_DELETED if entry.deleted else 0)
+        lines += (
+            name,
+            entry.header,
+            entry.host,
+            repr(entry.issued),
+            repr(entry.until),
+            str(flags),
+            entry.lineage,
+        )
+    return "\n".join(lines)
+
+
+def _live(record: _Record | None, now: float) -> _Record | None:
+    """``record`` without its expired entries; None if none is left (as the store would)."""
+    if record is None:
+        return None
+    entries = record.entries
+    if all(entry.until > now for entry in entries.values()):
+        return record if entries else None
+    live = {name: entry for name, entry in entries.items() if entry.until > now}
+    return _Record(record.generation, live) if live else None
+
+
+class _Known:
+    """What a process keeps of one identity: its keys, the lock key they go with, and its
+    record as of a lease stamp (``cached``: (stamp, record or None), or None: nothing)."""
+
+    __slots__ = ("cached", "lock_key", "seal")
+
+    def __init__(self, seal: _Seal, lock_key: str) -> None:
+        self.seal = seal
+        self.lock_key = lock_key
+        self.cached: tuple[int, _Record | None] | None = None
+
+
 class _State:
     """One request's cookie tracking, from prepare (under the lease) to finish."""
 
-    __slots__ = ("fresh", "generation", "identity", "record", "request", "seal", "stale")
+    __slots__ = (
+        "cacheable",
+        "fresh",
+        "generation",
+        "identity",
+        "known",
+        "loaded",
+        "record",
+        "request",
+        "stale",
+    )
 
-    def __init__(self, seal: _Seal, identity: str, generation: int, request: Request) -> None:
-        self.fresh = False  # a browser seen for the first time (its identity issued now)
-        self.seal = seal
+    def __init__(self, identity: str, generation: int, request: Request, fresh: bool) -> None:
+        self.fresh = fresh  # a browser seen for the first time (its identity issued now)
         self.identity = identity
         self.generation = generation  # the jar generation the request was sent with
         self.request = request
+        self.known: _Known | None = None
+        self.cacheable = False  # the lease is the identity's: its stamp stands for the record
+        self.loaded = fresh  # whether ``record`` is known (a brand-new identity has none)
         self.record: _Record | None = None
         self.stale: dict[str, _Entry] = {}  # names whose latest cookie was substituted
 
@@ -417,36 +493,51 @@ class SessionCookies:
         self._clock = clock
         self._clear = isinstance(backend, MemoryBackend)  # records never leave the process
         self._failing = False
+        # identity -> its keys and last record, least recently used first (see _Known)
+        self._known: OrderedDict[str, _Known] = OrderedDict()
+        # Whether the backend's mark gave a stamp here once: only then are the stamps of
+        # leases trusted for what was read (a file system with coarse times is found out
+        # by a mark, and a process that never marked would not know).
+        self._stamped = False
+
+    def needs_read(self, admission: Admission, request: Request) -> bool:
+        """Whether :meth:`prepare` will read the backend for this request; no I/O here.
+
+        False for a browser seen for the first time (nothing is stored for it), and when this
+        process holds the identity's record as of the lease's stamp (nobody wrote it since).
+        Call it under the lease, before :meth:`prepare`, which reuses what it looked up.
+        """
+        state = self._begin(admission, request)
+        return state is not None and not state.loaded
 
     def prepare(self, admission: Admission, request: Request) -> None:
         """Hand the app the latest cookie, if the request is a stale replay of its jar."""
-        fresh = admission.set_identity is not None
-        identity = _cookie_value(admission.set_identity) if fresh else self._identity(request)
-        if identity is None:  # cannot happen with Identity; never guess one
+        state = self._begin(admission, request)
+        if state is None or state.fresh:  # a brand-new identity has nothing stored
             return
-        generation = 0 if fresh else self._identity.generation(request)
-        seal = _Seal(self._secret, identity, self.names, clear=self._clear)
-        state = _State(seal, identity, generation, request)
-        state.fresh = fresh
-        if admission.notes is None:
-            admission.notes = {}
-        admission.notes[_NOTE] = state
-        if fresh:  # a brand-new identity has nothing stored, by construction
-            return
-        record = state.record = self._load(state.seal)
+        if not state.loaded:
+            state.record = self._read(admission, state)
+            state.loaded = True
+        record = state.record = _live(state.record, self._clock())
+        generation = state.generation
         if record is None or generation >= record.generation:
             return  # the jar is current: whatever it carries is the client's own doing
+        assert state.known is not None  # every identity but a fresh one is known
+        seal = state.known.seal
         header = cookieheader.get(request)
         rewritten = header
         for name, entry in record.entries.items():
             known, expected = entry.current_at(generation)
-            if not known or not entry.reaches(request):
+            if not known:
+                continue
+            cookie = entry.cookie
+            if cookie is None or cookie.name != name or not entry.reaches(cookie, request):
                 continue
             sent = cookieheader.values(rewritten, name)
-            held = state.seal.fingerprint(sent[0]) if len(sent) == 1 else None
+            held = seal.fingerprint(sent[0]) if len(sent) == 1 else None
             if len(sent) > 1 or held != expected:
                 continue  # not what this jar held then: the client changed it; as sent
-            latest = entry.latest
+            latest = None if entry.deleted else cookie.value
             if sent != ([] if latest is None else [latest]):
                 rewritten = cookieheader.rewrite(rewritten, name, latest)
                 state.stale[name] = entry
@@ -468,30 +559,92 @@ class SessionCookies:
         if not isinstance(state, _State):
             return headers
         issued: dict[str, SetCookie | None] = {}
+        names = self.names
         for field, value in headers:
-            if field.lower() != "set-cookie":
-                continue
-            name = value.partition("=")[0].strip()
-            if name in self.names:
-                issued[name] = parse_set_cookie(value)  # the last one wins, as in browsers
-        now = self._clock()
+            if len(field) == 10 and field.lower() == "set-cookie":
+                name = value.partition("=")[0].strip()
+                if name in names:
+                    issued[name] = parse_set_cookie(value)  # the last one wins, as in browsers
+        rotate = notes is not None and notes.get(_ROTATE) is not None
         record = state.record
         generation = record.generation if record is not None else state.generation
+        if not issued and not state.stale and not rotate and generation == state.generation:
+            return headers  # nothing to record, re-send or tell: the usual current browser
+        now = self._clock()
         if issued:
             record = self._record(admission, state, issued, now)
             generation = record.generation
         if public:
             return headers
         for name, entry in state.stale.items():
-            if name not in issued:
-                headers = [*headers, ("Set-Cookie", entry.resend(now))]
-        if notes is not None and notes.get(_ROTATE) is not None:
+            cookie = entry.cookie
+            if name not in issued and cookie is not None:
+                headers = [*headers, ("Set-Cookie", entry.resend(cookie, now))]
+        if rotate:
             self._rotate(admission, state, record, now)
         elif generation != state.generation:  # the browser learns which jar state it now has
             admission.set_identity = self._identity.issue(state.request, state.identity, generation)
         return headers
 
     # -- records -------------------------------------------------------------------------
+
+    def _begin(self, admission: Admission, request: Request) -> _State | None:
+        """The request's state, made once (under the lease) and kept in its notes: who it
+        is, which jar generation it was sent with, and its record if this process has it."""
+        notes = admission.notes
+        if notes is None:
+            notes = admission.notes = {}
+        state = notes.get(_NOTE)
+        if isinstance(state, _State):
+            return state
+        fresh = admission.set_identity is not None
+        identity = _cookie_value(admission.set_identity) if fresh else self._identity(request)
+        if identity is None:  # cannot happen with Identity; never guess one
+            return None
+        generation = 0 if fresh else self._identity.generation(request)
+        state = _State(identity, generation, request, fresh)
+        if not fresh:
+            known = state.known = self._knowing(identity)
+            # The stamp stands for this identity's record only under this identity's lock.
+            state.cacheable = known.lock_key == admission.key
+            lease = admission.lease
+            cached = known.cached
+            if (
+                state.cacheable
+                and cached is not None
+                and lease is not None
+                and lease.stamp is not None
+                and cached[0] == lease.stamp
+            ):
+                state.record = cached[1]
+                state.loaded = True
+        notes[_NOTE] = state
+        return state
+
+    def _knowing(self, identity: str) -> _Known:
+        """The identity's keys (and cached record), made on first use; at most 4096 kept.
+
+        No lock (the event loop may call this): each step is one call into the C
+        OrderedDict, atomic under the GIL; two threads making one identity's keys at once
+        agree on the first stored.
+        """
+        known_map = self._known
+        known = known_map.get(identity)
+        if known is not None:
+            with contextlib.suppress(KeyError):  # evicted meanwhile: still valid here
+                known_map.move_to_end(identity)
+            return known
+        seal = _Seal(self._secret, identity, self.names, clear=self._clear)
+        known = known_map.setdefault(identity, _Known(seal, hash_key(self._secret, identity)))
+        while len(known_map) > _KNOWN:
+            try:
+                known_map.popitem(last=False)
+            except KeyError:  # emptied meanwhile
+                break
+        return known
+
+    def _forget(self, identity: str) -> None:
+        self._known.pop(identity, None)
 
     def _record(
         self, admission: Admission, state: _State, issued: dict[str, SetCookie | None], now: float
@@ -500,14 +653,21 @@ class SessionCookies:
         # A record lost meanwhile (expired) restarts from the browser's generation, and
         # cannot say what the browser held before: incomplete.
         # A generation the client claims is trusted only to restart a lost record.
-        record = state.record or _Record(min(state.generation, _MAX_GENERATION), {})
-        start = state.record is None and state.generation == 0
-        generation = record.generation + 1
+        old = state.record
+        entries = dict(old.entries) if old is not None else {}
+        generation = old.generation if old is not None else min(state.generation, _MAX_GENERATION)
+        start = old is None and state.generation == 0
+        following = generation + 1
         changed = False
         # Whether the stored record says the same, but for the times (see _still_current).
-        current = state.record is not None
+        current = old is not None
+        known = state.known
+        if known is None:  # a brand-new identity: its keys, kept for its return
+            known = state.known = self._knowing(state.identity)
+            state.cacheable = known.lock_key == admission.key
+        host = _request_host(state.request)
         for name, cookie in issued.items():
-            entry = record.entries.get(name)
+            entry = entries.get(name)
             if cookie is None:
                 # Unsafe to keep or re-send: forget, so requests see what the browser sends.
                 logger.warning(
@@ -515,7 +675,7 @@ class SessionCookies:
                     admission.key[:12],
                     extra={"sessionlock_key": admission.key[:12]},
                 )
-                forgotten = record.entries.pop(name, None) is not None
+                forgotten = entries.pop(name, None) is not None
                 changed |= forgotten
                 current &= not forgotten
                 continue
@@ -524,24 +684,26 @@ class SessionCookies:
             ttl = self.max_ttl if lifetime is None or deleted else min(lifetime, self.max_ttl)
             if state.fresh:  # a visitor who may never come back: its next write keeps it longer
                 ttl = min(ttl, NEW_BROWSER_TTL)
-            fingerprint = None if deleted else state.seal.fingerprint(cookie.value)
-            host = _request_host(state.request)
+            fingerprint = "" if deleted else known.seal.fingerprint(cookie.value)
             current &= entry is not None and _still_current(entry, cookie, host, now, ttl)
             if entry is None:
-                lineage: list[tuple[int, str | None]] = []
-                entry = _Entry(cookie, now, host, lineage, start or state.record is not None, 0)
-                record.entries[name] = entry
-            if not entry.lineage or entry.lineage[-1][1] != fingerprint:
-                entry.lineage.append((generation, fingerprint))
+                lineage, complete = "", start or old is not None
+            else:
+                lineage, complete = entry.lineage, entry.complete
+            if not lineage or entry is None or entry.fingerprint != fingerprint:
+                item = f"{following}:{fingerprint}"
+                lineage = f"{lineage},{item}" if lineage else item
                 changed = True
-                if len(entry.lineage) > _LINEAGE:
-                    del entry.lineage[0]
-                    entry.complete = False
-            entry.cookie, entry.issued, entry.host, entry.until = cookie, now, host, now + ttl
-        if changed:
-            record.generation = generation
-        if not current:  # an unchanged record is not rewritten: the cookie is re-issued as is
-            self._store(state.seal, record, now)
+                if lineage.count(",") >= _LINEAGE:
+                    lineage = lineage.partition(",")[2]
+                    complete = False
+            entries[name] = _Entry(
+                cookie.header, now, host, lineage, complete, now + ttl, deleted, cookie
+            )
+        if current and old is not None:
+            return old  # an unchanged record is not rewritten: the cookie is re-issued as is
+        record = _Record(following if changed else generation, entries)
+        self._store(admission, known, state.cacheable, record, now)
         return record
 
     def _rotate(
@@ -556,61 +718,127 @@ class SessionCookies:
         seal = _Seal(self._secret, identity, self.names, clear=self._clear)
         entries = {}
         for name, entry in (record.entries if record is not None else {}).items():
-            current = None if entry.deleted else seal.fingerprint(entry.cookie.value)
-            lineage = [(1, current)]
+            cookie = entry.cookie
+            if cookie is None:
+                continue
+            current = "" if entry.deleted else seal.fingerprint(cookie.value)
+            lineage = f"1:{current}"
             entries[name] = _Entry(
-                entry.cookie, entry.issued, entry.host, lineage, False, entry.until
+                entry.header,
+                entry.issued,
+                entry.host,
+                lineage,
+                False,
+                entry.until,
+                entry.deleted,
+                cookie,
             )
-        if entries:
-            self._store(seal, _Record(1, entries), now)
+        if entries:  # written without a lease of its own (nobody knows it yet): not cached
+            try:
+                self._put(seal, _Record(1, entries), now)
+            except BackendUnavailable as error:
+                self._failed("record", error)
+        old = state.known.seal if state.known is not None else None
+        self._forget(state.identity)
+        if old is None:
+            old = _Seal(self._secret, state.identity, self.names, clear=self._clear)
+        # Marked first, so that no process keeps using its copy of the old record; each
+        # step tried even if the other fails.
+        lease = admission.lease
         try:
-            self.backend.delete(state.seal.store_key)
+            if lease is not None:
+                self.backend.mark(lease)
+        except BackendUnavailable as error:
+            self._failed("forget", error)
+        try:
+            self.backend.delete(old.store_key)
         except BackendUnavailable as error:
             self._failed("forget", error)
         admission.set_identity = self._identity.issue(state.request, identity, 1 if entries else 0)
 
-    def _store(self, seal: _Seal, record: _Record, now: float) -> None:
-        live = {name: e for name, e in record.entries.items() if e.until > now}
+    def _store(
+        self, admission: Admission, known: _Known, cacheable: bool, record: _Record, now: float
+    ) -> None:
+        """Write ``record`` under the request's lease, marked first; then keep it, as of the
+        new stamp (not if the backend keeps no stamps, nor after a failed write)."""
+        stamp = None
         try:
-            if not live:
-                self.backend.delete(seal.store_key)
-                return
-            ttl = max(e.until for e in live.values()) - now
-            data = {"v": 2, "g": record.generation, "e": {n: e.dump() for n, e in live.items()}}
-            plain = json.dumps(data, separators=(",", ":")).encode("ascii")
-            self.backend.set(seal.store_key, seal.seal(plain), ttl)
+            lease = admission.lease
+            if lease is not None:
+                # Mark, then write: a crash in between leaves other processes with a new
+                # stamp, so they read the record again. The other way round they could keep
+                # using their copy of the record this write replaces.
+                stamp = self.backend.mark(lease)
+                if stamp is not None:
+                    self._stamped = True
+            live = self._put(known.seal, record, now)
         except BackendUnavailable as error:
+            known.cached = None
             # The response goes out as the app made it: this write is just not tracked (a
             # later replay is served as without the middleware). Never a 500 after the app ran.
             self._failed("record", error)
-        else:
-            self._failing = False
+            return
+        known.cached = None if stamp is None or not cacheable else (stamp, live)
 
-    def _load(self, seal: _Seal) -> _Record | None:
+    def _put(self, seal: _Seal, record: _Record, now: float) -> _Record | None:
+        """Write the live part of ``record`` (or delete it: nothing is live); that part.
+
+        Raises BackendUnavailable.
+        """
+        live = {name: entry for name, entry in record.entries.items() if entry.until > now}
+        if not live:
+            self.backend.delete(seal.store_key)
+            self._failing = False
+            return None
+        ttl = max(entry.until for entry in live.values()) - now
+        self.backend.set(seal.store_key, seal.seal(_dump(record.generation, live)), ttl)
+        self._failing = False
+        return record if len(live) == len(record.entries) else _Record(record.generation, live)
+
+    def _read(self, admission: Admission, state: _State) -> _Record | None:
+        """The identity's record from the backend, kept as of the lease's stamp."""
+        known = state.known
+        assert known is not None
+        lease = admission.lease
+        stamp = lease.stamp if lease is not None else None
         try:
-            text = self.backend.get(seal.store_key)
+            text = self.backend.get(known.seal.store_key)
         except BackendUnavailable as error:
             self._failed("read", error)
             return None
-        if text is None:
-            return None
+        record = None if text is None else self._parse(known.seal, text)
+        if stamp is not None and state.cacheable and self._stamped:
+            # Every writer marks before it writes: as long as the stamp stays, so does this.
+            known.cached = (stamp, record)
+        return record
+
+    def _parse(self, seal: _Seal, text: str) -> _Record | None:
+        """A stored record opened and parsed; None if it does not open or is not ours."""
         plain = seal.open(text)
         if plain is None:
             return None
-        try:
-            data = json.loads(plain)
-            if data["v"] != 2:
-                return None
-            generation = int(data["g"])
-            raw = dict(data["e"])
-        except (ValueError, KeyError, TypeError):
+        lines = plain.split("\n")
+        if lines[0] != _VERSION or len(lines) % _FIELDS != 2:
             return None
-        now = self._clock()
         entries = {}
-        for name, item in raw.items():
-            entry = _Entry.load(item)
-            if entry is not None and name in self.names and entry.until > now:
-                entries[name] = entry
+        try:
+            generation = int(lines[1])
+            for at in range(2, len(lines), _FIELDS):
+                name, header, host, issued, until, flags, lineage = lines[at : at + _FIELDS]
+                # Validated again as it is read (the header is parsed in full when needed).
+                if (
+                    name in self.names
+                    and lineage
+                    and len(header) <= _MAX_HEADER
+                    and _PRINTABLE.fullmatch(header)
+                ):
+                    bits = int(flags)
+                    complete, deleted = bool(bits & _COMPLETE), bool(bits & _DELETED)
+                    entries[name] = _Entry(
+                        header, float(issued), host, lineage, complete, float(until), deleted
+                    )
+        except ValueError:
+            return None
         return _Record(generation, entries)
 
     def _failed(self, what: str, error: BaseException) -> None:
@@ -639,11 +867,7 @@ def _still_current(entry: _Entry, cookie: SetCookie, host: str, now: float, ttl:
     (issued at the ``issued`` stored), and it is answered after this re-issue: its Max-Age is
     short by about its own time in flight at most, as a resend is short of it anyway.
     """
-    return (
-        cookie.header == entry.cookie.header
-        and host == entry.host
-        and (entry.until - now >= ttl / 2)
-    )
+    return cookie.header == entry.header and host == entry.host and (entry.until - now >= ttl / 2)
 
 
 def _cookie_value(set_cookie: str | None) -> str | None:
