@@ -51,8 +51,8 @@ import contextlib
 import functools
 import hashlib
 import logging
+import os
 import re
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -267,7 +267,7 @@ class _Seal:
         CPU than base64's; records are short)."""
         if self._aead is None:
             return plain
-        nonce = secrets.token_bytes(12)  # random 96-bit nonces: far below the collision bound
+        nonce = os.urandom(12)  # random 96-bit nonces: far below the collision bound
         return (nonce + self._aead.encrypt(nonce, plain.encode("ascii"), self._aad)).hex()
 
     def open(self, text: str) -> str | None:
@@ -399,7 +399,10 @@ def _live(record: _Record | None, now: float) -> _Record | None:
     if record is None:
         return None
     entries = record.entries
-    if all(entry.until > now for entry in entries.values()):
+    for entry in entries.values():
+        if entry.until <= now:
+            break
+    else:
         return record if entries else None
     live = {name: entry for name, entry in entries.items() if entry.until > now}
     return _Record(record.generation, live) if live else None
@@ -583,7 +586,9 @@ class SessionCookies:
         if rotate:
             self._rotate(admission, state, record, now)
         elif generation != state.generation:  # the browser learns which jar state it now has
-            admission.set_identity = self._identity.issue(state.request, state.identity, generation)
+            admission.set_identity = self._identity.issue_for(
+                admission.secure, state.identity, generation
+            )
         return headers
 
     # -- records -------------------------------------------------------------------------
@@ -598,10 +603,14 @@ class SessionCookies:
         if isinstance(state, _State):
             return state
         fresh = admission.set_identity is not None
-        identity = _cookie_value(admission.set_identity) if fresh else self._identity(request)
+        if fresh:
+            identity, generation = _cookie_value(admission.set_identity), 0
+        else:
+            # Identity's own parse: one pass for what __call__ and generation() each give.
+            found = self._identity._parse(request)
+            identity, generation = found if found is not None else (None, 0)
         if identity is None:  # cannot happen with Identity; never guess one
             return None
-        generation = 0 if fresh else self._identity.generation(request)
         state = _State(identity, generation, request, fresh)
         if not fresh:
             known = state.known = self._knowing(identity)
@@ -754,7 +763,9 @@ class SessionCookies:
             self.backend.delete(old.store_key)
         except BackendUnavailable as error:
             self._failed("forget", error)
-        admission.set_identity = self._identity.issue(state.request, identity, 1 if entries else 0)
+        admission.set_identity = self._identity.issue_for(
+            admission.secure, identity, 1 if entries else 0
+        )
 
     def _store(
         self, admission: Admission, known: _Known, cacheable: bool, record: _Record, now: float
@@ -785,13 +796,17 @@ class SessionCookies:
 
         Raises BackendUnavailable.
         """
-        live = {name: entry for name, entry in record.entries.items() if entry.until > now}
+        live = {}
+        last = now
+        for name, entry in record.entries.items():
+            if entry.until > now:
+                live[name] = entry
+                last = max(last, entry.until)
         if not live:
             self.backend.delete(seal.store_key)
             self._failing = False
             return None
-        ttl = max(entry.until for entry in live.values()) - now
-        self.backend.set(seal.store_key, seal.seal(_dump(record.generation, live)), ttl)
+        self.backend.set(seal.store_key, seal.seal(_dump(record.generation, live)), last - now)
         self._failing = False
         return record if len(live) == len(record.entries) else _Record(record.generation, live)
 
