@@ -153,7 +153,7 @@ def rows_for(shell: str, times: dict[str, list[float]]) -> list[list[str]]:
             rows[-1] += ["", ""]
         extra = added(times, file, memory)
         rows.append([shell, "file://", visit, f"{median(times[file]):.2f}", f"{cost + extra:.2f}"])
-        rows[-1] += [f"+{extra:.2f} (<= +{FILE_EXTRA:g})", "yes" if extra <= FILE_EXTRA else "NO"]
+        rows[-1] += [f"{extra:+.2f} (<= +{FILE_EXTRA:g})", "yes" if extra <= FILE_EXTRA else "NO"]
     return rows
 
 
