@@ -24,6 +24,7 @@ from sessionlock import asgi, keys, wsgi
 from sessionlock._types import Receive, Scope, Send
 from sessionlock.backends import Backend, from_url
 
+from ._figures import Figure
 from ._table import median, parse_args, print_table
 
 TARGETS = {"WSGI": 6.0, "ASGI": 3.0}
@@ -157,9 +158,14 @@ def rows_for(shell: str, times: dict[str, list[float]]) -> list[list[str]]:
     return rows
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
-    rounds, n = (7, 2000) if args.quick else (21, 10000)
+def sizes(quick: bool) -> tuple[int, int]:
+    """(rounds, requests per batch)."""
+    return (7, 2000) if quick else (21, 10000)
+
+
+def measure_shells(quick: bool) -> dict[str, dict[str, list[float]]]:
+    """µs/request per round of every variant, by shell (``WSGI``, ``ASGI``)."""
+    rounds, n = sizes(quick)
     directory = tempfile.mkdtemp(prefix="sessionlock-bench-")
     backends: dict[str, Backend] = {
         "memory://": from_url("memory://"),
@@ -175,14 +181,41 @@ def main() -> None:
             for visit, cookie in VISITS.items():
                 wsgi_variants[f"{label}, {visit}"] = wsgi_batch(wrapped_wsgi, cookie)
                 asgi_variants[f"{label}, {visit}"] = asgi_batch(wrapped_asgi, cookie, loop)
-        print(f"uncontended cost: {rounds} rounds x {n} requests per variant, medians")
-        rows = rows_for("WSGI", measure(wsgi_variants, rounds=rounds, n=n))
-        rows += rows_for("ASGI", measure(asgi_variants, rounds=rounds, n=n))
+        return {
+            "WSGI": measure(wsgi_variants, rounds=rounds, n=n),
+            "ASGI": measure(asgi_variants, rounds=rounds, n=n),
+        }
     finally:
         loop.close()
         for backend in backends.values():
             backend.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def figures(quick: bool) -> list[Figure]:
+    """The headline figures for ``python -m benchmarks``: the targets above, per shell."""
+    out = []
+    for shell, times in measure_shells(quick).items():
+        cost, target = added(times, "memory://, returning"), TARGETS[shell]
+        bare = f"bare raw {shell} app {median(times['bare']):.2f} µs"
+        name = f"uncontended cost per request, {shell}, memory://"
+        out.append(Figure(name, f"+{cost:.2f} µs", bare, f"<= {target:g} µs", cost <= target))
+        for visit in VISITS:
+            extra = added(times, f"file://, {visit}", f"memory://, {visit}")
+            name = f"uncontended cost per request, {shell}, file:// over memory://"
+            name += "" if visit == "returning" else f" ({visit})"
+            memory = f"memory:// {median(times[f'memory://, {visit}']):.2f} µs"
+            limit = f"<= +{FILE_EXTRA:g} µs"
+            out.append(Figure(name, f"{extra:+.2f} µs", memory, limit, extra <= FILE_EXTRA))
+    return out
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
+    shells = measure_shells(args.quick)
+    rounds, n = sizes(args.quick)
+    print(f"uncontended cost: {rounds} rounds x {n} requests per variant, medians")
+    rows = [row for shell, times in shells.items() for row in rows_for(shell, times)]
     headers = ["shell", "backend", "visit", "µs/request", "µs added", "target", "met"]
     print_table(headers, rows)
 
