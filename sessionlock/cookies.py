@@ -96,7 +96,9 @@ _NOTE = "cookies"
 _ROTATE = "rotate"  # the admission note of sessionlock.rotate_identity()
 _VERSION = "4"  # a record's first line; a record of another version reads as absent
 _FORMAT = b"sessionlock.cookies.4"  # bound into every sealed record
-_FIELDS = 7  # lines per entry in a record: name, header, host, issued, until, flags, lineage
+# Lines per entry in a record: name, header, host, issued and until (in microseconds),
+# flags, lineage.
+_FIELDS = 7
 _COMPLETE, _DELETED = 1, 2  # an entry's flags
 _LINEAGE = 16  # earlier values remembered per name: how far back a replay is recognized
 _MAX_GENERATION = 10**12  # the identity cookie carries at most 12 digits
@@ -386,8 +388,8 @@ def _dump(generation: int, entries: dict[str, _Entry]) -> str:
             name,
             entry.header,
             entry.host,
-            repr(entry.issued),
-            repr(entry.until),
+            str(int(entry.issued * 1e6)),  # microseconds: a float's repr costs more
+            str(int(entry.until * 1e6)),
             str(flags),
             entry.lineage,
         )
@@ -850,7 +852,13 @@ class SessionCookies:
                     bits = int(flags)
                     complete, deleted = bool(bits & _COMPLETE), bool(bits & _DELETED)
                     entries[name] = _Entry(
-                        header, float(issued), host, lineage, complete, float(until), deleted
+                        header,
+                        int(issued) / 1e6,
+                        host,
+                        lineage,
+                        complete,
+                        int(until) / 1e6,
+                        deleted,
                     )
         except ValueError:
             return None
