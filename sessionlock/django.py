@@ -11,7 +11,7 @@
         "sessionlock.django.SessionRulesMiddleware",      # the rules: after the session
     ]
     SESSIONLOCK = {
-        "backend": "file:///var/lib/myproject/locks",    # any sessionlock.core.Options
+        "backend": "file:///var/lib/myproject/locks",    # any middleware option
         "key": "cookie:sessionid",                        # database/cache sessions
         "rules": "exams.session_rules.RULES",             # a Ruleset, a list, or its path
     }
@@ -24,7 +24,9 @@ are sync and async capable. Both build what they need from ``SESSIONLOCK`` when 
 them (at handler load, never on an event loop at a request: the lock's backend opens its
 directory then), and rebuild it if the setting object changes, so ``override_settings``
 works; backends are shared per URL (:func:`sessionlock.backends.from_url`), so a rebuild on a
-known URL opens nothing.
+known URL opens nothing. A key of ``SESSIONLOCK`` that is neither a middleware option
+(:data:`sessionlock.options.NAMES`) nor ``rules`` is a ConfigurationError naming the known
+ones (and ``manage.py check`` reports it as ``sessionlock.E004``).
 
 Design note: the lock is a Django middleware so it can be listed, ordered and checked
 (``manage.py check``: ``sessionlock.E001`` ...) like any other. Django's ``signed_cookies``
@@ -49,8 +51,9 @@ from django.conf import settings  # type: ignore[import-untyped]
 from django.http import HttpResponse  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-from .core import REFUSED, Admission, Core, Options, shared_cacheable
+from .core import REFUSED, Admission, Core, shared_cacheable
 from .errors import ConfigurationError
+from .options import NAMES, check_names
 from .rules import Ruleset, as_ruleset
 
 __all__ = ["SessionLockConfig", "SessionLockMiddleware", "SessionRulesMiddleware", "conf"]
@@ -63,7 +66,7 @@ Response: TypeAlias = Any
 GetResponse: TypeAlias = Callable[[Request], Any]
 
 #: The keys SESSIONLOCK takes: every middleware option, and the rules.
-OPTION_KEYS = frozenset(Options.__annotations__)
+OPTION_KEYS = frozenset(NAMES)
 SETTING_KEYS = OPTION_KEYS | {"rules"}
 
 
@@ -87,11 +90,7 @@ def conf() -> Mapping[str, Any]:
     value = getattr(settings, "SESSIONLOCK", _UNSET)
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"SESSIONLOCK must be a dict, got {type(value).__name__}")
-    unknown = set(value) - SETTING_KEYS
-    if unknown:
-        raise ConfigurationError(
-            f"SESSIONLOCK has unknown keys {sorted(unknown)}; known: {sorted(SETTING_KEYS)}"
-        )
+    check_names(value, "the SESSIONLOCK setting", known=SETTING_KEYS)
     return value
 
 

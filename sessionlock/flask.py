@@ -17,10 +17,13 @@
 
 ``app.wsgi_app`` is wrapped with :class:`sessionlock.wsgi.SessionLockMiddleware`, which sits
 outside Flask's session handling: the lock is taken before Flask opens the session and
-released after the response is closed. The rules run as the *last* ``after_request``
-function: Flask's ``process_response`` calls every ``after_request`` function and only then
-``save_session``, so a repair is in the cookie (or server-side store) that goes out.
-Middleware options: see :class:`sessionlock.core.Core`. Removing ``SessionLock(...)`` undoes
+released when the response's status and headers go out, after Flask saved the session. The
+rules run as the *last* ``after_request`` function: Flask's ``process_response`` calls every
+``after_request`` function and only then ``save_session``, so a repair is in the cookie (or
+server-side store) that goes out.
+Middleware options: every one of :class:`sessionlock.wsgi.SessionLockMiddleware`'s
+(:data:`sessionlock.options.NAMES`); an unknown name is a ConfigurationError when
+``SessionLock(...)`` is made, naming the known ones. Removing ``SessionLock(...)`` undoes
 everything.
 """
 
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING
 from flask import Flask, Response, current_app
 from flask.globals import request_ctx
 
+from .options import NAMES, check_names
 from .rules import Rule, Ruleset, as_ruleset
 from .wsgi import SessionLockMiddleware
 
@@ -53,6 +57,7 @@ class SessionLock:
         rules: Ruleset | Iterable[Rule] = (),
         **options: Unpack[Options],
     ) -> None:
+        check_names(options, "SessionLock", known=(*NAMES, "rules"))
         self.rules = as_ruleset(rules)
         self.options = options
         if app is not None:

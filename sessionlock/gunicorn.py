@@ -4,10 +4,13 @@
     gunicorn -w 4 'sessionlock.gunicorn:wrap("proj.wsgi:application", key="cookie:sessionid")'
     gunicorn -w 4 -k uvicorn_worker.UvicornWorker 'sessionlock.gunicorn:wrap("pkg.asgi:app")'
 
-gunicorn's factory syntax takes literals only, so the options are strings and numbers (a
-key spec such as ``"cookie:sessionid"``, a backend URL). The WSGI or ASGI middleware is
+(``uvicorn_worker`` is its own package: ``pip install uvicorn-worker``.) gunicorn's factory
+syntax takes literals only, so the options are strings, numbers, lists and ``None`` (a key
+spec such as ``"cookie:sessionid"``, a backend URL, ``exempt=["/static/"]``,
+``cookie_session="session"``): every option but a callable. The WSGI or ASGI middleware is
 chosen from the worker class (``uvicorn``/``asgi`` workers get ASGI), or from the app when
-gunicorn's configuration cannot be seen.
+gunicorn's configuration cannot be seen. An unknown option name stops the start with the
+list of known ones.
 
 The config-file form takes any option object (a key callable, rules) and wraps the app each
 worker loaded, in ``gunicorn.conf.py``::
@@ -41,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from .backends import DEFAULT_URL, Backend, from_url
 from .errors import ConfigurationError
 from .fairness import waiting_threads_for
+from .options import check_names
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -54,6 +58,7 @@ logger = logging.getLogger("sessionlock")
 
 def wrap(target: str, **options: Unpack[Options]) -> Any:
     """The app at ``target`` ("module:attribute"), wrapped for the gunicorn running it."""
+    check_names(options, "sessionlock.gunicorn.wrap")
     config = _gunicorn_config()
     app = load(target)
     if config is None:
@@ -69,6 +74,7 @@ def wrap(target: str, **options: Unpack[Options]) -> Any:
 
 def post_worker_init(**options: Unpack[Options]) -> Any:
     """A gunicorn ``post_worker_init`` hook wrapping the app each worker loaded."""
+    check_names(options, "sessionlock.gunicorn.post_worker_init")  # when the config loads
 
     def wrap_worker_app(worker: Any) -> None:
         config = worker.cfg
@@ -92,10 +98,12 @@ def wrap_app(
     means unknown, and skips the check. ``threads``: a WSGI worker's thread count, from
     which ``max_waiting_threads`` is derived unless given (None: unknown, not capped).
     """
+    check_names(options, "sessionlock.gunicorn.wrap_app")
     backend = options.pop("backend", DEFAULT_URL)
+    url = backend if isinstance(backend, str) else None
     if isinstance(backend, str):
         backend = from_url(backend)
-    check_workers(backend, workers)
+    check_workers(backend, workers, url)
     if asgi is None:
         asgi = is_asgi_app(app)
     if asgi:
@@ -110,14 +118,18 @@ def wrap_app(
     return WSGIMiddleware(app, backend=backend, **options)
 
 
-def check_workers(backend: Backend, workers: int | None) -> None:
-    """Refuse a per-process backend under several worker processes (logged, then raised)."""
+def check_workers(backend: Backend, workers: int | None, url: str | None = None) -> None:
+    """Refuse a per-process backend under several worker processes (logged, then raised).
+
+    ``url``: the backend's URL as given, to name it in the error.
+    """
     if workers is None or workers <= 1 or backend.shared:
         return
+    named = f"backend {url!r}" if url is not None else "the backend given"
     message = (
-        f"backend {type(backend).__name__} serializes a session within one process only, but"
+        f"{named} serializes a session within one process only, but"
         f" {workers} worker processes would run its requests at once: use"
-        " backend='file:///dir' (one host) or 'redis://...' (many hosts), or one worker"
+        " backend='file:///dir' (every process of the host) or the default, or one worker"
     )
     logger.error(message)
     raise ConfigurationError(message)

@@ -21,15 +21,21 @@ when ``http.response.start`` passes through its ``send``. This middleware sits i
 runs the rules when the app sends ``http.response.start``, just before that message reaches
 ``SessionMiddleware``: the repaired session is the one written. Placed outside the session
 layer (no ``scope["session"]`` when the request arrives) it logs an error once and does
-nothing, since its repairs would come after the cookie was written.
+nothing, since its repairs would come after the cookie was written. It takes ``rules``
+only: the lock's options (``backend``, ``key``...) go to
+:class:`sessionlock.asgi.SessionLockMiddleware`, and any other keyword is a
+ConfigurationError naming what it takes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import NoReturn
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from .errors import ConfigurationError
+from .options import NAMES, check_names
 from .rules import Rule, Ruleset, as_ruleset
 
 __all__ = ["SessionRulesMiddleware"]
@@ -38,7 +44,13 @@ logger = logging.getLogger("sessionlock")
 
 
 class SessionRulesMiddleware:
-    def __init__(self, app: ASGIApp, *, rules: Ruleset | Iterable[Rule]) -> None:
+    # ``unknown``: a keyword it does not take, refused by name at run time (and by a type
+    # checker, since no value is a NoReturn).
+    def __init__(
+        self, app: ASGIApp, *, rules: Ruleset | Iterable[Rule], **unknown: NoReturn
+    ) -> None:
+        if unknown:
+            _refuse(unknown)
         self.app = app
         self.rules = as_ruleset(rules)
         self._misplaced_reported = False
@@ -75,3 +87,15 @@ class SessionRulesMiddleware:
                 "SessionRulesMiddleware found no scope['session']: place it inside "
                 "SessionMiddleware (listed after it), or its rules never run"
             )
+
+
+def _refuse(unknown: Mapping[str, object]) -> None:
+    lock_options = sorted(set(unknown) & set(NAMES))
+    if lock_options:
+        named = " and ".join(map(repr, lock_options))
+        are = "is an option" if len(lock_options) == 1 else "are options"
+        raise ConfigurationError(
+            f"SessionRulesMiddleware takes only rules; {named} {are} of the lock, "
+            "sessionlock.asgi.SessionLockMiddleware, listed before SessionMiddleware"
+        )
+    check_names(unknown, "SessionRulesMiddleware", known=("rules",))

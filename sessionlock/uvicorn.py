@@ -3,10 +3,26 @@
     SESSIONLOCK_APP=pkg.asgi:app SESSIONLOCK_KEY=cookie:sessionid \\
         uvicorn --factory sessionlock.uvicorn:app --workers 4
 
-uvicorn calls a factory without arguments, so the options come from the environment:
-``SESSIONLOCK_APP`` (required), ``SESSIONLOCK_BACKEND`` (a URL; default ``file://``, a
-private directory shared by all workers of the host), ``SESSIONLOCK_KEY`` (a key spec),
-``SESSIONLOCK_TIMEOUT`` (seconds), ``SESSIONLOCK_MAX_WAITERS``. Or write your own factory::
+uvicorn calls a factory without arguments, so the options come from the environment, one
+variable per option (parsed by :func:`sessionlock.options.from_environ`):
+
+- ``SESSIONLOCK_APP`` (required): the app to wrap, ``package.module:attribute``;
+- ``SESSIONLOCK_BACKEND``: a backend URL; default ``file://``, a private directory shared
+  by all workers of the host;
+- ``SESSIONLOCK_KEY``: a key spec (``identity``, ``cookie:NAME``, ``header:NAME``);
+- ``SESSIONLOCK_TIMEOUT``: seconds a request may wait for its turn, or ``none`` (forever);
+- ``SESSIONLOCK_MAX_WAITERS``: requests of one session allowed to wait at once;
+- ``SESSIONLOCK_MAX_WAITING_THREADS``: a whole number, or ``none`` (WSGI only: ignored by
+  the ASGI middleware's tasks, which cost no thread);
+- ``SESSIONLOCK_EXEMPT``: comma-separated path prefixes and methods (``/static/,OPTIONS``);
+  empty, ``none`` or ``off``: nothing exempt;
+- ``SESSIONLOCK_SECRET``: the key (16+ bytes) that hashes session keys;
+- ``SESSIONLOCK_COOKIE_SESSION``: comma-separated names of a signed-cookie session's
+  cookie (``session``); empty, ``none`` or ``off``: no cookie tracked;
+- ``SESSIONLOCK_RELEASE``: ``head`` or ``end``.
+
+Any other ``SESSIONLOCK_*`` variable stops the start with the list of known ones: a typo
+such as ``SESSIONLOCK_TIMOUT`` would otherwise be ignored. Or write your own factory::
 
     def create_app():
         return sessionlock.uvicorn.wrap("pkg.asgi:app", backend="file:///var/lib/app/locks")
@@ -19,11 +35,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._types import ASGIApp
 from .errors import ConfigurationError
 from .gunicorn import load, wrap_app
+from .options import APP, check_names, from_environ
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -32,36 +49,23 @@ if TYPE_CHECKING:
 
 __all__ = ["app", "wrap"]
 
+_PREFIX = "SESSIONLOCK_"
+
 
 def wrap(target: str, **options: Unpack[Options]) -> ASGIApp:
     """The ASGI app at ``target``, wrapped, checked against uvicorn's worker count."""
+    check_names(options, "sessionlock.uvicorn.wrap")
     wrapped: ASGIApp = wrap_app(load(target), asgi=True, workers=_workers(), **options)
     return wrapped
 
 
 def app() -> ASGIApp:
     """The ``--factory`` entry point, configured by ``SESSIONLOCK_*`` variables."""
-    env = os.environ
-    target = env.get("SESSIONLOCK_APP")
+    options = from_environ(os.environ, _PREFIX)  # first: a typo is reported even without APP
+    target = os.environ.get(_PREFIX + APP)
     if not target:
         raise ConfigurationError("set SESSIONLOCK_APP to the app to wrap, e.g. 'pkg.asgi:app'")
-    options: dict[str, Any] = {}
-    if env.get("SESSIONLOCK_BACKEND"):
-        options["backend"] = env["SESSIONLOCK_BACKEND"]
-    if env.get("SESSIONLOCK_KEY"):
-        options["key"] = env["SESSIONLOCK_KEY"]
-    if env.get("SESSIONLOCK_TIMEOUT"):
-        options["timeout"] = _number("SESSIONLOCK_TIMEOUT", float)
-    if env.get("SESSIONLOCK_MAX_WAITERS"):
-        options["max_waiters"] = _number("SESSIONLOCK_MAX_WAITERS", int)
     return wrap(target, **options)
-
-
-def _number(name: str, kind: type[float] | type[int]) -> Any:
-    try:
-        return kind(os.environ[name])
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number, got {os.environ[name]!r}") from None
 
 
 def _workers() -> int:

@@ -23,6 +23,7 @@ import pytest
 
 from sessionlock.core import Core
 from sessionlock.errors import ConfigurationError
+from sessionlock.options import NAMES
 from tests.e2e.servers import ROOT, gunicorn, running_server, uvicorn
 
 
@@ -268,8 +269,53 @@ def test_a_bad_setting_fails_when_django_loads_the_middleware() -> None:
 
     with override_settings(SESSIONLOCK={"bogus": 1}):
         for middleware in (SessionLockMiddleware, SessionRulesMiddleware):
-            with pytest.raises(ConfigurationError, match="unknown keys"):
+            with pytest.raises(ConfigurationError, match="unknown option 'bogus' for the SESSIO"):
                 middleware(_view)
+
+
+@pytest.mark.usefixtures("configured")
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        pytest.param(
+            {"timout": 5},
+            "unknown option 'timout' (did you mean 'timeout'?) for the SESSIONLOCK setting; "
+            "known: backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, "
+            "release, rules, secret, timeout",
+            id="option-typo",
+        ),
+        pytest.param({"rule": []}, "'rule' (did you mean 'rules'?)", id="rules-typo"),
+        pytest.param({3: 1}, "unknown option 3 for the SESSIONLOCK setting", id="not-a-name"),
+    ],
+)
+def test_an_unknown_setting_key_is_refused_with_the_known_ones(
+    setting: dict[Any, Any], message: str
+) -> None:
+    from django.test import override_settings
+
+    from sessionlock.django import SessionLockMiddleware
+
+    with override_settings(SESSIONLOCK=setting), pytest.raises(ConfigurationError) as raised:
+        SessionLockMiddleware(_view)
+    assert message in str(raised.value)
+    assert "Core" not in str(raised.value)
+
+
+@pytest.mark.usefixtures("configured")
+def test_every_middleware_option_is_a_setting_key() -> None:
+    """An option added to the middleware is taken by SESSIONLOCK too."""
+    from django.test import override_settings
+
+    from sessionlock.django import SessionLockMiddleware
+
+    setting = {"backend": "memory://", "timeout": None, "max_waiters": 3, "exempt": ["/s/"]}
+    setting |= {"max_waiting_threads": 2, "secret": "s" * 16, "release": "end"}
+    setting |= {"key": "cookie:sessionid", "cookie_session": None, "rules": []}
+    assert set(setting) - {"rules"} == set(NAMES)  # every one of them
+    with override_settings(SESSIONLOCK=setting):
+        core = SessionLockMiddleware(_view)._core.get()
+    assert (core.timeout, core.max_waiters, core.max_waiting_threads) == (None, 3, 2)
+    assert not core.release_at_head
 
 
 @pytest.mark.usefixtures("registry", "configured")

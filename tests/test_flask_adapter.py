@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from flask import Flask, Response, session
 
+from sessionlock.errors import ConfigurationError
 from sessionlock.flask import SessionLock
+from sessionlock.options import NAMES
 from sessionlock.rules import Ruleset, index_within, required
 from sessionlock.wsgi import SessionLockMiddleware
 
@@ -129,3 +131,50 @@ def test_init_app_factory_form_and_double_init() -> None:
     assert isinstance(app.wsgi_app, SessionLockMiddleware)
     with pytest.raises(RuntimeError):
         lock.init_app(app)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param(
+            {"timout": 5},
+            "unknown option 'timout' (did you mean 'timeout'?) for SessionLock; known: "
+            "backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, release, "
+            "rules, secret, timeout",
+            id="option-typo",
+        ),
+        pytest.param({"rule": RULES}, "'rule' (did you mean 'rules'?)", id="rules-typo"),
+        pytest.param(
+            {"backend": "memory://", "bogus": 1}, "unknown option 'bogus' for Sess", id="other"
+        ),
+    ],
+)
+def test_an_unknown_option_is_refused_when_made_with_the_known_ones(
+    options: dict[str, Any], message: str
+) -> None:
+    # Without an app (the factory form): refused at once, not at init_app.
+    with pytest.raises(ConfigurationError) as raised:
+        SessionLock(**options)
+    assert message in str(raised.value)
+    assert "Core" not in str(raised.value)
+
+
+def test_every_option_reaches_the_middleware() -> None:
+    options: dict[str, Any] = {
+        "backend": "memory://",
+        "key": "identity",
+        "timeout": 3.0,
+        "max_waiters": 2,
+        "max_waiting_threads": 1,
+        "exempt": ["/static/"],
+        "secret": "s" * 16,
+        "cookie_session": "session",
+        "release": "end",
+    }
+    assert set(options) == set(NAMES)  # an option added to the middleware is listed here
+    app = Flask(__name__)
+    SessionLock(app, **options)
+    core = app.extensions["sessionlock"].core
+    assert (core.timeout, core.max_waiters, core.max_waiting_threads) == (3.0, 2, 1)
+    assert core.cookies is not None
+    assert not core.release_at_head

@@ -20,6 +20,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from sessionlock.asgi import SessionLockMiddleware
+from sessionlock.errors import ConfigurationError
 from sessionlock.rules import Ruleset, index_within, required
 from sessionlock.starlette import SessionRulesMiddleware
 
@@ -119,3 +120,26 @@ def test_lock_inside_the_session_layer_is_detected_at_first_request(
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1
     assert "inside the session layer (scope['session']" in errors[0]
+
+
+async def _bare(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("not called")
+
+
+def test_a_lock_option_given_to_the_rules_middleware_names_the_lock_middleware() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        SessionRulesMiddleware(_bare, rules=RULES, backend="memory://", timeout=3)  # type: ignore[arg-type]
+    assert str(raised.value) == (
+        "SessionRulesMiddleware takes only rules; 'backend' and 'timeout' are options of the "
+        "lock, sessionlock.asgi.SessionLockMiddleware, listed before SessionMiddleware"
+    )
+
+
+def test_an_unknown_keyword_of_the_rules_middleware_is_refused_by_name() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        SessionRulesMiddleware(_bare, rules=RULES, rulez=RULES)  # type: ignore[arg-type]
+    message = str(raised.value)
+    assert message == (
+        "unknown option 'rulez' (did you mean 'rules'?) for SessionRulesMiddleware; known: rules"
+    )
+    assert "__init__" not in message

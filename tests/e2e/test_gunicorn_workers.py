@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.apps import init_db, read_stats
+from tests.e2e.apps import init_db, make_asgi_counter, read_stats
 from tests.e2e.servers import BIN, ROOT, fetch, free_port, gunicorn, in_parallel, running_server
 
 pytestmark = pytest.mark.e2e
@@ -228,6 +228,15 @@ def test_memory_backend_under_four_workers_stops_the_start(
     assert "Worker failed to boot" in output
 
 
+def test_a_misspelt_option_stops_the_start_naming_the_known_ones(db: Path) -> None:
+    command = gunicorn(factory(BARE, backend="memory://", timout=5))
+    code, output = run_to_exit(command, env_for(db), until="Shutting down: Master")
+    assert code not in (None, 0), output
+    expected = "unknown option 'timout' (did you mean 'timeout'?) for sessionlock.gunicorn.wrap"
+    assert expected in output
+    assert "unexpected keyword argument" not in output
+
+
 def test_control_memory_backend_under_one_worker_serves(db: Path) -> None:
     command = gunicorn(factory(BARE, backend="memory://", key="cookie:sid"), "--threads", "4")
     with running_server(command, env=env_for(db)) as (url, _):
@@ -412,6 +421,24 @@ def test_two_servers_started_apart_serialize_one_session(
 # -- uvicorn --factory -------------------------------------------------------------------
 
 
+#: The bare ASGI counter for ``sessionlock.uvicorn:app``, its database named by COUNTER_DB:
+#: the factory refuses every SESSIONLOCK_* variable that names no option, and so the
+#: SESSIONLOCK_TEST_DB that tests.e2e.apps:asgi_app reads.
+FACTORY_ASGI = "tests.e2e.test_gunicorn_workers:factory_counter"
+_factory_app: Any = None
+
+
+async def factory_counter(scope: Any, receive: Any, send: Any) -> None:
+    global _factory_app
+    if _factory_app is None:
+        _factory_app = make_asgi_counter(db=os.environ["COUNTER_DB"])
+    await _factory_app(scope, receive, send)
+
+
+def factory_env(db: Path, **variables: str) -> dict[str, str]:
+    return {"COUNTER_DB": str(db), "SESSIONLOCK_APP": FACTORY_ASGI, **variables}
+
+
 def uvicorn_factory(*extra: str) -> list[str]:
     return [
         "uvicorn",
@@ -423,12 +450,7 @@ def uvicorn_factory(*extra: str) -> list[str]:
 
 
 def test_uvicorn_factory_with_workers_loses_no_update(db: Path, locks: str) -> None:
-    env = {
-        **env_for(db),
-        "SESSIONLOCK_APP": BARE_ASGI,
-        "SESSIONLOCK_BACKEND": locks,
-        "SESSIONLOCK_KEY": "cookie:sid",
-    }
+    env = factory_env(db, SESSIONLOCK_BACKEND=locks, SESSIONLOCK_KEY="cookie:sid")
     with running_server(uvicorn_factory("--workers", "2"), env=env) as (url, _):
         sid = uuid.uuid4().hex
         hammer([url], sid)
@@ -438,9 +460,16 @@ def test_uvicorn_factory_with_workers_loses_no_update(db: Path, locks: str) -> N
 
 
 def test_uvicorn_factory_refuses_memory_under_workers(db: Path) -> None:
-    env = {**env_for(db), "SESSIONLOCK_APP": BARE_ASGI, "SESSIONLOCK_BACKEND": "memory://"}
+    env = factory_env(db, SESSIONLOCK_BACKEND="memory://")
     # uvicorn's supervisor restarts a worker that failed, so it keeps running: the error
     # in its output is the report.
     command = uvicorn_factory("--workers", "2")
     _, output = run_to_exit(command, env, until="ConfigurationError", exit_within=0.5)
     assert "2 worker processes would run its requests at once" in output
+
+
+def test_uvicorn_factory_refuses_a_misspelt_variable(db: Path) -> None:
+    env = factory_env(db, SESSIONLOCK_TIMOUT="5")
+    code, output = run_to_exit(uvicorn_factory(), env, until="ConfigurationError")
+    assert code not in (None, 0), output  # one process: uvicorn exits
+    assert "unknown variable 'SESSIONLOCK_TIMOUT' (did you mean 'SESSIONLOCK_TIMEOUT'?)" in output
