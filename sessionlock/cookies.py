@@ -500,9 +500,8 @@ class SessionCookies:
         self._failing = False
         # identity -> its keys and last record, least recently used first (see _Known)
         self._known: OrderedDict[str, _Known] = OrderedDict()
-        # Whether the backend's mark gave a stamp here once: only then are the stamps of
-        # leases trusted for what was read (a file system with coarse times is found out
-        # by a mark, and a process that never marked would not know).
+        # Whether a mark of this process gave a stamp (the backend found its times exact).
+        # See _trusted.
         self._stamped = False
 
     def needs_read(self, admission: Admission, request: Request) -> bool:
@@ -824,10 +823,22 @@ class SessionCookies:
             self._failed("read", error)
             return None
         record = None if text is None else self._parse(known.seal, text)
-        if stamp is not None and state.cacheable and self._stamped:
+        if stamp is not None and state.cacheable and self._trusted(stamp):
             # Every writer marks before it writes: as long as the stamp stays, so does this.
             known.cached = (stamp, record)
         return record
+
+    def _trusted(self, stamp: int) -> bool:
+        """Whether a lease's ``stamp`` may stand for what was read under it.
+
+        A backend finds out that its file system keeps coarse times (1 or 2 s) by a mark,
+        and then keeps no stamps; a process that never marked would not know, and another
+        process's mark, cut to the second, could then repeat a stamp seen before. So a read
+        is kept as of its stamp only once a mark of this process gave a stamp, or if the
+        stamp itself has digits below the microsecond (a mark cut to whole microseconds
+        could not repeat a stamp either: a lease, a read, a release and a mark take longer).
+        """
+        return self._stamped or stamp % 1000 != 0
 
     def _parse(self, seal: _Seal, text: str) -> _Record | None:
         """A stored record opened and parsed; None if it does not open or is not ours."""
