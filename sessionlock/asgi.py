@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .core import REFUSED, Admission, Core, Options
 from .errors import ClientGone
+from .options import check_names
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -40,6 +41,7 @@ _MAX_KEPT = 64 * 1024  # body bytes a waiting request reads ahead, at most
 
 class SessionLockMiddleware:
     def __init__(self, app: ASGIApp, **options: Unpack[Options]) -> None:
+        check_names(options, "SessionLockMiddleware")
         self.app = app
         self._options = options
         self._building: asyncio.Future[Core] | None = None

@@ -23,6 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .core import REFUSED, Core, Options
+from .options import check_names
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -33,6 +34,7 @@ __all__ = ["SessionLockMiddleware"]
 
 class SessionLockMiddleware:
     def __init__(self, app: WSGIApplication, **options: Unpack[Options]) -> None:
+        check_names(options, "SessionLockMiddleware")
         self.app = app
         self.core = Core(**options)
 

@@ -388,7 +388,7 @@ def test_a_per_process_backend_under_workers_is_named_by_its_url() -> None:
 
 
 @pytest.mark.parametrize("shell", ["wsgi", "asgi"])
-def pending_test_middleware_refuses_an_unknown_option_with_the_known_ones(shell: str) -> None:
+def test_middleware_refuses_an_unknown_option_with_the_known_ones(shell: str) -> None:
     middleware = _middleware(shell)
     with pytest.raises(ConfigurationError) as raised:
         middleware(wsgi_hello, backend="memory://", timout=5)
@@ -398,7 +398,7 @@ def pending_test_middleware_refuses_an_unknown_option_with_the_known_ones(shell:
     )
 
 
-def pending_test_asgi_middleware_made_on_the_event_loop_refuses_at_once() -> None:
+def test_asgi_middleware_made_on_the_event_loop_refuses_at_once() -> None:
     # On a running loop the ASGI middleware builds its core at the first request: the names
     # are checked before that, when it is made.
     from sessionlock.asgi import SessionLockMiddleware
