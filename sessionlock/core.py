@@ -431,17 +431,31 @@ class Core:
             self.queue.abandon(waiter, ClientGone())
 
     async def _backend_wait(self, admission: Admission, gone: asyncio.Future[object]) -> Lease:
-        acquiring = asyncio.ensure_future(
-            self.backend.acquire_async(admission.key, self._remaining(admission))
-        )
+        # The backend's future is awaited directly and the client's leaving cancels it: no
+        # task or asyncio.wait around it, whose extra loop steps delay every hand-off.
+        acquiring = self.backend.acquire_future(admission.key, self._remaining(admission))
+        left = False
+
+        def client_left(watcher: asyncio.Future[object]) -> None:
+            nonlocal left
+            if not watcher.cancelled():
+                watcher.exception()  # retrieved, so asyncio does not log it as lost
+                left = True
+                acquiring.cancel()
+
+        gone.add_done_callback(client_left)
         try:
-            await asyncio.wait((acquiring, gone), return_when=asyncio.FIRST_COMPLETED)
-            if not acquiring.done():
-                raise ClientGone()
+            lease = await acquiring
+        except asyncio.CancelledError:
+            self._drop(acquiring)
+            if left and not _cancelling():
+                raise ClientGone() from None
+            raise
         except BaseException:
             self._drop(acquiring)
             raise
-        lease = acquiring.result()
+        finally:
+            gone.remove_done_callback(client_left)
         if lease is None:
             raise LockTimeout(f"waited more than {self.timeout} s for the session lock")
         return lease
@@ -568,6 +582,13 @@ class Core:
         if self.timeout is None:
             return None
         return max(0.0, self.timeout - (time.perf_counter() - admission.started))
+
+
+def _cancelling() -> bool:
+    """Whether the current task itself is being cancelled (Python 3.11+ can tell)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
 
 
 _DIGEST_CACHE = 4096

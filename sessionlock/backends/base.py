@@ -95,6 +95,12 @@ class Backend(ABC):
             future.add_done_callback(self._release_orphan)
             raise
 
+    def acquire_future(self, key: str, timeout: float | None) -> asyncio.Future[Lease | None]:
+        """:meth:`acquire_async` as a future: cancelling it gives up (and gives back a lease
+        that arrives anyway). The default is a task running :meth:`acquire_async`; a backend
+        that can resolve a future itself returns that, and saves its waiters loop steps."""
+        return asyncio.ensure_future(self.acquire_async(key, timeout))
+
     def _release_orphan(self, future: asyncio.Future[Lease | None]) -> None:
         if not future.cancelled() and future.exception() is None:
             lease = future.result()

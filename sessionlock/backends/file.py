@@ -155,13 +155,16 @@ class _ThreadSlot(_Slot):
 
 
 class _TaskSlot(_Slot):
-    __slots__ = ("_backend", "future", "loop")
+    """A task's place in line: a future the lock's arrival resolves to a Lease."""
+
+    __slots__ = ("_backend", "future", "key", "loop")
 
     def __init__(self, backend: FileBackend, key: str) -> None:
         super().__init__()
         self._backend = backend
+        self.key = key
         self.loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[_Locked] = self.loop.create_future()
+        self.future: asyncio.Future[Lease | None] = self.loop.create_future()
 
     def deliver(self, got: _Locked | None, error: BaseException | None) -> None:
         try:
@@ -175,9 +178,19 @@ class _TaskSlot(_Slot):
             if got is not None:
                 self._backend._unlock_fd(got[0])
         elif got is not None:
-            self.future.set_result(got)
+            self.future.set_result(self._backend._lease(self.key, got))
         else:
-            self.future.set_exception(error or BackendUnavailable("lock not obtained"))
+            self.future.set_exception(unavailable(error or BackendUnavailable("no lock")))
+
+    def expire(self) -> None:
+        """The timeout: None, unless the lock is already on its way (then it is taken)."""
+        if not self.future.done() and self._backend._withdraw(self.key, self):
+            self.future.set_result(None)
+
+    def gone(self, future: asyncio.Future[Lease | None]) -> None:
+        """Cancelled: out of line (a lock on its way is given back by _settle)."""
+        if future.cancelled():
+            self._backend._withdraw(self.key, self)
 
 
 #: A lock as taken: its descriptor, and the stamp (ns mtime) the lock file had then.
@@ -284,35 +297,28 @@ class FileBackend(Backend):
             raise unavailable(slot.error)
         return self._lease(key, slot.got)
 
-    async def acquire_async(self, key: str, timeout: float | None) -> Lease | None:
+    def acquire_future(self, key: str, timeout: float | None) -> asyncio.Future[Lease | None]:
+        """The lock's future itself: its arrival wakes the awaiting task in one loop step."""
         if timeout is not None and timeout <= 0:
-            return self.try_acquire(key)
+            done: asyncio.Future[Lease | None] = asyncio.get_running_loop().create_future()
+            done.set_result(self.try_acquire(key))
+            return done
         slot = _TaskSlot(self, key)
         self._enlist(key, slot)
         future = slot.future
-        # The future is awaited directly (no asyncio.wait around it): the lock's arrival
-        # wakes the task in one step. The timeout cancels the future, not the task.
-        expired = False
+        future.add_done_callback(slot.gone)
+        if timeout is not None:
+            timer = slot.loop.call_later(timeout, slot.expire)
+            future.add_done_callback(lambda _: timer.cancel())
+        return future
 
-        def expire() -> None:
-            nonlocal expired
-            expired = not future.done()
-            future.cancel()
-
-        timer = None if timeout is None else slot.loop.call_later(timeout, expire)
+    async def acquire_async(self, key: str, timeout: float | None) -> Lease | None:
+        future = self.acquire_future(key, timeout)
         try:
-            got = await future
+            return await future
         except asyncio.CancelledError:
-            self._abandon(key, slot)
-            if expired and not _cancelling():
-                return None
+            _release_arrived(self, future)
             raise
-        except BaseException as error:
-            raise unavailable(error) from error
-        finally:
-            if timer is not None:
-                timer.cancel()
-        return self._lease(key, got)
 
     def release(self, lease: Lease) -> None:
         fd = lease.token
@@ -366,16 +372,6 @@ class FileBackend(Backend):
                 contender.slots.remove(slot)
                 return True
         return False
-
-    def _abandon(self, key: str, slot: _TaskSlot) -> None:
-        # Out of line; a lock already on its way is released by _settle (future cancelled),
-        # and one that already arrived is released here.
-        self._withdraw(key, slot)
-        future = slot.future
-        if not future.done():
-            future.cancel()
-        elif not future.cancelled() and future.exception() is None:
-            self._unlock_fd(future.result()[0])
 
     def _contend(self, key: str, contender: _Contender) -> None:
         name = self._name(key, _LOCK)
@@ -647,11 +643,14 @@ class FileBackend(Backend):
         self._held = {}
 
 
-def _cancelling() -> bool:
-    """Whether the current task itself is being cancelled (Python 3.11+ can tell)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return bool(cancelling()) if cancelling is not None else False
+def _release_arrived(backend: Backend, future: asyncio.Future[Lease | None]) -> None:
+    """A lease that arrived just as its task was cancelled goes back; a pending one stops."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled() and future.exception() is None:
+        lease = future.result()
+        if lease is not None:
+            backend.release(lease)
 
 
 _after_fork: weakref.WeakSet[FileBackend] = weakref.WeakSet()
