@@ -172,7 +172,7 @@ _UNAVAILABLE = Refusal(503, "The session lock service is unavailable; retry shor
 class Core:
     """Configuration and per-request decisions, shared by both middleware classes.
 
-    backend:     ``"memory://"``, ``"file:///dir"``, ``"redis://..."`` or a Backend object.
+    backend:     ``"memory://"``, ``"file:///dir"`` or a Backend object.
     key:         a key source or spec (see :mod:`sessionlock.keys`); default ``identity``.
     timeout:     seconds a request may wait for its turn before a 503 (None: forever). The
                  default, 25 s, answers before gunicorn's 30 s worker timeout kills a waiter.

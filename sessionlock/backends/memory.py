@@ -5,7 +5,7 @@
 The per-process FIFO queue above every backend already excludes threads and tasks of this
 process, so the memory backend's lease is free. It is right for one worker process (uvicorn
 with one worker, gunicorn ``-w 1 --threads N``, waitress); with several worker processes use
-``file://`` (one host) or ``redis://`` (many hosts).
+``file://`` (one host).
 
 Bounded values: at most ``max_values`` (10 000 by default) are kept; a ``set`` beyond that
 forgets the oldest written, and removes up to 4 expired ones at the front of that order, so a
