@@ -773,16 +773,19 @@ class SessionCookies:
     ) -> None:
         """Write ``record`` under the request's lease, marked first; then keep it, as of the
         new stamp (not if the backend keeps no stamps, nor after a failed write)."""
-        stamp = None
+        lease = admission.lease
+        if lease is None:
+            # Released meanwhile (release_session() from another thread): the next request
+            # may run already. Records are written under the lease only (see Core.finish).
+            known.cached = None
+            return
         try:
-            lease = admission.lease
-            if lease is not None:
-                # Mark, then write: a crash in between leaves other processes with a new
-                # stamp, so they read the record again. The other way round they could keep
-                # using their copy of the record this write replaces.
-                stamp = self.backend.mark(lease)
-                if stamp is not None:
-                    self._stamped = True
+            # Mark, then write: a crash in between leaves other processes with a new stamp,
+            # so they read the record again. The other way round they could keep using
+            # their copy of the record this write replaces.
+            stamp = self.backend.mark(lease)
+            if stamp is not None:
+                self._stamped = True
             live = self._put(known.seal, record, now)
         except BackendUnavailable as error:
             known.cached = None

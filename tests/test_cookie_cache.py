@@ -223,6 +223,24 @@ def test_a_failed_mark_writes_nothing(spy: Spy) -> None:
     assert _needs_read(browser.core, browser)
 
 
+def test_nothing_is_written_once_the_lease_is_gone(spy: Spy) -> None:
+    core = tracked(spy)
+    browser = Browser(core)
+    browser.request()
+    browser.request("session=v1; Path=/")
+    environ = browser.environ()
+    admission = core.admit(environ)
+    assert isinstance(admission, Admission)
+    assert isinstance(core.cookies, cookies.SessionCookies)
+    core.enter(admission)
+    core.prepare(admission, environ)
+    admission.release()  # e.g. release_session() from another thread, as finish runs
+    calls = len(spy.calls)
+    core.cookies.finish(admission, [("Set-Cookie", "session=v2; Path=/")])
+    assert spy.calls[calls:] == []  # neither marked nor written: the next request may run
+    assert browser.request()[0] == "v1"
+
+
 def test_a_backend_that_keeps_no_stamps_is_always_read(spy: Spy) -> None:
     spy.stamps = False
     browser = Browser(tracked(spy))
