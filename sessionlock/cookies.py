@@ -64,7 +64,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from . import cookieheader
 from ._types import Request
-from .backends.base import Backend
+from .backends.base import Backend, Lease
 from .backends.memory import MemoryBackend
 from .errors import BackendUnavailable, ConfigurationError
 from .keys import Identity, hash_key, new_identity, request_scheme
@@ -435,6 +435,7 @@ class _State:
         "record",
         "request",
         "stale",
+        "writes",
     )
 
     def __init__(self, identity: str, generation: int, request: Request, fresh: bool) -> None:
@@ -447,6 +448,8 @@ class _State:
         self.loaded = fresh  # whether ``record`` is known (a brand-new identity has none)
         self.record: _Record | None = None
         self.stale: dict[str, _Entry] = {}  # names whose latest cookie was substituted
+        # Writes left for the shell to run after the head (finish(defer=True)), else None.
+        self.writes: list[Callable[[], None]] | None = None
 
 
 # -- the tracker -----------------------------------------------------------------------------
@@ -549,12 +552,19 @@ class SessionCookies:
             cookieheader.replace(request, rewritten)
 
     def finish(
-        self, admission: Admission, headers: list[tuple[str, str]], *, public: bool = False
+        self,
+        admission: Admission,
+        headers: list[tuple[str, str]],
+        *,
+        public: bool = False,
+        writes: list[Callable[[], None]] | None = None,
     ) -> list[tuple[str, str]]:
         """Record the app's Set-Cookie for tracked names; re-send the latest if it set none.
 
         ``public``: a shared cache may store the response; nothing is re-sent on it (the
-        browser catches up on its next private response).
+        browser catches up on its next private response). ``writes``: a list that receives
+        the record's write instead of running it, for a caller that runs it later, still
+        under the lease (the ASGI shell, off the event loop); a rotation writes at once.
         """
         notes = admission.notes
         # Taken out: finishing happens once, and the state (which holds the request) must not
@@ -562,6 +572,7 @@ class SessionCookies:
         state = notes.pop(_NOTE, None) if notes is not None else None
         if not isinstance(state, _State):
             return headers
+        state.writes = writes
         issued: dict[str, SetCookie | None] = {}
         names = self.names
         for field, value in headers:
@@ -713,7 +724,18 @@ class SessionCookies:
         if current and old is not None:
             return old  # an unchanged record is not rewritten: the cookie is re-issued as is
         record = _Record(following if changed else generation, entries)
-        self._store(admission, known, state.cacheable, record, now)
+        lease = admission.lease
+        if lease is None:
+            # Released meanwhile (release_session() from another thread): the next request
+            # may run already. Records are written under the lease only (see Core.finish).
+            known.cached = None
+        elif state.writes is not None:  # the ASGI shell writes it off the loop, still held
+            known.cached = None
+            state.writes.append(
+                functools.partial(self._store, lease, known, state.cacheable, record, now)
+            )
+        else:
+            self._store(lease, known, state.cacheable, record, now)
         return record
 
     def _rotate(
@@ -769,16 +791,10 @@ class SessionCookies:
         )
 
     def _store(
-        self, admission: Admission, known: _Known, cacheable: bool, record: _Record, now: float
+        self, lease: Lease, known: _Known, cacheable: bool, record: _Record, now: float
     ) -> None:
         """Write ``record`` under the request's lease, marked first; then keep it, as of the
         new stamp (not if the backend keeps no stamps, nor after a failed write)."""
-        lease = admission.lease
-        if lease is None:
-            # Released meanwhile (release_session() from another thread): the next request
-            # may run already. Records are written under the lease only (see Core.finish).
-            known.cached = None
-            return
         try:
             # Mark, then write: a crash in between leaves other processes with a new stamp,
             # so they read the record again. The other way round they could keep using

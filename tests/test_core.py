@@ -111,7 +111,7 @@ def test_good_options_are_accepted(middleware: Any, options: dict[str, Any]) -> 
 def test_options_are_keyword_only_and_unknown_ones_are_named(middleware: Any) -> None:
     with pytest.raises(TypeError):
         middleware(app, "memory://")
-    with pytest.raises(ConfigurationError, match="unknown option 'timout' .*'timeout'"):
+    with pytest.raises(ConfigurationError, match=r"unknown option 'timout' .*'timeout'"):
         middleware(app, timout=5)
 
 

@@ -15,7 +15,7 @@ Waiting. Inside a process only the head of a key's local FIFO queue asks the bac
 (:mod:`sessionlock.core`), so at most one request per (process, key) contends here. It first
 tries without waiting, which fails while anyone holds *or is queued*. If the key is busy, one
 *contender* per (process, key), run on a helper thread kept alive between waits
-(:mod:`sessionlock.backends._helpers`), queues in the kernel (no polling: the kernel wakes it
+(:mod:`sessionlock._helpers`), queues in the kernel (no polling: the kernel wakes it
 on release) and hands the lock to whoever waits for it in this process: a thread (a
 ``threading.Lock`` released) or a task (a future resolved through ``call_soon_threadsafe``),
 so the ASGI path never blocks the event loop and costs no thread per waiting task. A kernel
@@ -86,6 +86,7 @@ from collections import deque
 from collections.abc import Callable
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from .._helpers import Helpers
 from ..errors import BackendUnavailable, ConfigurationError
 from . import _ticketlock
 from ._filedir import (
@@ -98,7 +99,6 @@ from ._filedir import (
     unavailable,
 )
 from ._filevalues import VALUE, VALUES, ValueStore
-from ._helpers import Helpers
 from .base import DEFAULT_MAX_VALUES, Backend, Lease, check_max_values
 
 __all__ = ["FileBackend", "default_directory", "from_url", "normalize"]
@@ -628,7 +628,6 @@ class FileBackend(Backend):
         # (LOCK_UN would release the parent's lock), and forget the parent's contenders.
         self._mutex = threading.Lock()
         self._contenders = {}
-        self._helpers = Helpers("sessionlock-file-waiter")  # the parent's threads are not here
         self._idle = {}
         self._janitor = False
         self._stop = threading.Event()  # the parent's keeper stays the parent's

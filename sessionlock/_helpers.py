@@ -8,8 +8,10 @@ reuse a handful of threads, and an idle process keeps none.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 
 __all__ = ["LINGER", "Helpers"]
@@ -22,6 +24,11 @@ class Helpers:
 
     def __init__(self, name: str) -> None:
         self._name = name
+        self._reset()
+        _all.add(self)
+
+    def _reset(self) -> None:
+        # Also in a forked child, where none of the parent's helpers runs.
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._mutex = threading.Lock()
         # Helpers waiting for a job, minus jobs queued for them: > 0 means one is free.
@@ -54,3 +61,14 @@ class Helpers:
                             self._idle -= 1
                             return
                     # every waiting helper is spoken for: a job is on its way to one of us
+
+
+_all: weakref.WeakSet[Helpers] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    for helpers in list(_all):
+        helpers._reset()
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
