@@ -27,8 +27,8 @@ pile up: at most one per key that is busy in another process right now.
 
 Bounded files. Releasing only unlocks: a session's next request reuses its file (creating
 and unlinking a file costs 10x a lock on a journaled file system). Each process remembers the
-keys it released; once more than 256 are idle, or one has been idle 2 s, a short-lived janitor
-thread removes them: it takes the lock with ``LOCK_NB`` (skipping keys in use) and unlinks
+keys it released; once more than 256 are idle, or one has been idle 30 s, a short-lived janitor
+thread removes them: it takes the lock without waiting (skipping keys in use) and unlinks
 the file *before* unlocking (if it falls behind, releases made off an event loop remove the
 oldest themselves). So the directory holds the held keys plus about 1024 idle ones per
 process at most, whatever the number of sessions ever seen. A waiter that opened the old
@@ -119,7 +119,9 @@ _KEEPER = "sessionlock-file-keeper"
 _TMPFILES = "tmpfiles.d(5)"
 _IDLE_FILES = 256  # lock files a process leaves for keys it used lately, at most
 _OPEN_FILES = 64  # unlocked descriptors kept open for the keys used last, per process
-_IDLE_SECONDS = 2.0  # a lock file unused this long here is removed (on the next release)
+# A lock file unused this long here is removed (on a later release). Long enough for a
+# session's next click: its file keeps the stamp that lets a process trust its cached record.
+_IDLE_SECONDS = 30.0
 _STALE_TMP = 60.0  # seconds after which a temporary file is a crash's leftover
 _JANITOR = "sessionlock-file-janitor"
 _LOOK_EVERY = 0.25  # seconds between two looks for idle files by releases
