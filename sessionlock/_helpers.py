@@ -20,10 +20,15 @@ LINGER = 10.0  # seconds an idle helper waits for another job before it exits
 
 
 class Helpers:
-    """Runs each job on an idle helper thread, or on a new one if all are busy."""
+    """Runs each job on an idle helper thread, or on a new one if all are busy.
 
-    def __init__(self, name: str) -> None:
+    ``most``: the most threads at once (None: no limit); beyond, jobs wait their turn. Jobs
+    that block on each other (lock waits whose release another job brings) need no limit.
+    """
+
+    def __init__(self, name: str, most: int | None = None) -> None:
         self._name = name
+        self._most = most
         self._reset()
         _all.add(self)
 
@@ -31,36 +36,38 @@ class Helpers:
         # Also in a forked child, where none of the parent's helpers runs.
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._mutex = threading.Lock()
-        # Helpers waiting for a job, minus jobs queued for them: > 0 means one is free.
+        # Helpers waiting for a job, minus jobs queued: > 0 means one is free, < 0 that jobs
+        # wait for a helper.
         self._idle = 0
+        self._threads = 0
 
     def run(self, job: Callable[[], None]) -> None:
-        """Start ``job`` on a helper; it must handle its own errors."""
+        """Start ``job`` on a helper (or queue it); it must handle its own errors."""
         with self._mutex:
-            free = self._idle > 0
-            if free:
-                self._idle -= 1
+            self._idle -= 1
+            start = self._idle < 0 and (self._most is None or self._threads < self._most)
+            if start:  # one more helper, waiting for a job from its start
+                self._idle += 1
+                self._threads += 1
         self._jobs.put(job)
-        if not free:
+        if start:
             threading.Thread(target=self._serve, name=self._name, daemon=True).start()
 
     def _serve(self) -> None:
-        job = self._jobs.get()
         while True:
+            try:
+                job = self._jobs.get(timeout=LINGER)
+            except queue.Empty:
+                with self._mutex:
+                    if self._idle > 0:  # more helpers wait than jobs are coming: leave
+                        self._idle -= 1
+                        self._threads -= 1
+                        return
+                continue  # every waiting helper is spoken for: a job is on its way
             job()
-            del job  # nothing of a finished wait stays alive while this helper lingers
+            del job  # nothing of a finished job stays alive while this helper lingers
             with self._mutex:
                 self._idle += 1
-            while True:
-                try:
-                    job = self._jobs.get(timeout=LINGER)
-                    break
-                except queue.Empty:
-                    with self._mutex:
-                        if self._idle > 0:  # more helpers wait than jobs are coming: leave
-                            self._idle -= 1
-                            return
-                    # every waiting helper is spoken for: a job is on its way to one of us
 
 
 _all: weakref.WeakSet[Helpers] = weakref.WeakSet()

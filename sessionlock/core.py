@@ -658,8 +658,9 @@ def _cancelling() -> bool:
     return bool(cancelling()) if cancelling is not None else False
 
 
-#: Threads that write cookie records for the ASGI shell (kept alive between writes).
-_writers = Helpers("sessionlock-record-writer")
+#: Threads that write cookie records for the ASGI shell (kept alive between writes). Two at
+#: most: many writer threads only fight over the GIL, and a slow disk delays two at a time.
+_writers = Helpers("sessionlock-record-writer", most=2)
 _DIGEST_CACHE = 4096
 _CACHED_KEY = 256  # longer raw keys are hashed every time, never kept in memory
 
