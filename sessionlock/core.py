@@ -283,6 +283,28 @@ class Core:
                 cookie_session, backend=backend, secret=self.secret, key=self.key_source
             )
             self._tracked = frozenset(name.encode() for name in self.cookies.names)
+        logger.info("sessionlock: %s", self.describe())
+
+    def describe(self) -> str:
+        """One line saying what this layer does: the start-up INFO line of the logger."""
+        backend = self.backend
+        directory = getattr(backend, "directory", None)
+        if directory is not None:
+            where = f"file://{directory} (shared by this host's processes)"
+        elif not backend.shared:
+            where = "memory:// (this process only)"
+        else:
+            where = type(backend).__name__
+        key = getattr(self.key_source, "__qualname__", None) or repr(self.key_source)
+        names = getattr(self.cookies, "names", None)
+        cookies = ", ".join(names) if names else "none"
+        timeout = "none (wait forever)" if self.timeout is None else f"{self.timeout:g} s"
+        threads = "derived" if not self._threads_derived else self.max_waiting_threads
+        return (
+            f"backend {where}; key {key}; tracked cookie sessions: {cookies}; timeout {timeout};"
+            f" max_waiters {self.max_waiters}; max_waiting_threads {threads};"
+            f" released at the {'head' if self.release_at_head else 'end'}"
+        )
 
     # -- admission -----------------------------------------------------------------------
 

@@ -337,3 +337,24 @@ def test_gunicorn_wrap_app_passes_the_derived_cap(threads: int | None, cap: int 
         app, asgi=False, workers=1, threads=1, backend="memory://", max_waiting_threads=9
     )
     assert mine.core.max_waiting_threads == 9
+
+
+def test_one_info_line_at_start_says_what_the_layer_does(
+    caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    secret = "a-secret-that-must-never-be-logged"
+    with caplog.at_level("INFO", logger="sessionlock"):
+        wsgi.SessionLockMiddleware(
+            app, backend=f"file://{tmp_path}/locks", cookie_session="session", secret=secret
+        )
+        asgi.SessionLockMiddleware(app, backend="memory://", key="cookie:sid", timeout=None)
+    lines = [r.getMessage() for r in caplog.records if r.name == "sessionlock"]
+    assert len(lines) == 2
+    assert f"file://{tmp_path}/locks (shared by this host's processes)" in lines[0]
+    assert "key identity('sessionlock')" in lines[0]
+    assert "tracked cookie sessions: session" in lines[0]
+    assert "timeout 25 s" in lines[0]
+    assert "memory:// (this process only)" in lines[1]
+    assert "key cookie('sid')" in lines[1]
+    assert "timeout none (wait forever)" in lines[1]
+    assert all(secret not in line for line in lines)

@@ -80,6 +80,17 @@ def _until(condition: Callable[[], bool]) -> None:
         time.sleep(0.005)  # watching another process's kernel state: no event to wait on
 
 
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP is delivered asynchronously)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()[0] in ("T", "t")
+
+
+def _stop(pid: int) -> None:
+    os.kill(pid, signal.SIGSTOP)
+    _until(lambda: _stopped(pid))
+
+
 def _hold(lock_file: Path) -> int:
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
     assert _ticketlock.try_take(fd)
@@ -103,7 +114,7 @@ def test_a_newcomer_never_overtakes_a_queued_waiter(
     holder = _hold(lock_file)
     waiter = spawn("w")
     _until(lambda: _blocked(lock_file) == 1)
-    os.kill(waiter.pid, signal.SIGSTOP)  # it cannot even run when the lock comes free
+    _stop(waiter.pid)  # it cannot even run when the lock comes free
     _ticketlock.give(holder)
     newcomer = os.open(lock_file, os.O_RDWR | os.O_APPEND)
     try:
@@ -126,7 +137,7 @@ def test_control_a_plain_flock_lets_the_newcomer_overtake(
     fcntl.flock(holder, fcntl.LOCK_EX)
     waiter = spawn("w", FLOCK_WAITER)
     _until(lambda: _blocked(lock_file) == 1)
-    os.kill(waiter.pid, signal.SIGSTOP)
+    _stop(waiter.pid)
     fcntl.flock(holder, fcntl.LOCK_UN)
     newcomer = os.open(lock_file, os.O_RDWR)
     try:
