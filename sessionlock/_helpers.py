@@ -8,6 +8,7 @@ reuse a handful of threads, and an idle process keeps none.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -15,6 +16,8 @@ import weakref
 from collections.abc import Callable
 
 __all__ = ["LINGER", "Helpers"]
+
+logger = logging.getLogger("sessionlock")
 
 LINGER = 10.0  # seconds an idle helper waits for another job before it exits
 
@@ -64,7 +67,10 @@ class Helpers:
                         self._threads -= 1
                         return
                 continue  # every waiting helper is spoken for: a job is on its way
-            job()
+            try:
+                job()
+            except Exception:  # a job's own bug: said, and the helper lives on (a dead one
+                logger.exception("a sessionlock helper job failed")  # would stay counted)
             del job  # nothing of a finished job stays alive while this helper lingers
             with self._mutex:
                 self._idle += 1

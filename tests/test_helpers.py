@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from sessionlock._helpers import Helpers
 
 
@@ -49,3 +51,21 @@ def test_without_a_limit_each_blocked_job_gets_its_own_helper() -> None:
     for _ in range(5):
         assert started.acquire(timeout=30)  # all five run at once
     gate.set()
+
+
+def test_a_failing_job_is_logged_and_its_helper_serves_the_next(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With a thread limit, a helper that died of a job's error would stay counted, and
+    the jobs after it would wait forever."""
+    helpers = Helpers("test-helper", most=1)
+    done = threading.Event()
+
+    def failing() -> None:
+        raise RuntimeError("a bug in a job")
+
+    with caplog.at_level("ERROR", logger="sessionlock"):
+        helpers.run(failing)
+        helpers.run(done.set)
+        assert done.wait(30)
+    assert "a sessionlock helper job failed" in caplog.text
