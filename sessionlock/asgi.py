@@ -86,9 +86,10 @@ class SessionLockMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))  # our copy, completed in place
-                writes: list[Callable[[], None]] = []
+                writes: list[Callable[[], None]] | None = None
                 if core.cookies_block and core.stores(admission, headers):
                     if core.writes_later(admission) and _on_event_loop():  # not under trio
+                        writes = []
                         # The record is written after the head, off the loop, then the
                         # session is released: no thread hop in the response's path.
                         message["headers"] = _finish(core, admission, headers, writes)

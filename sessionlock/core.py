@@ -475,28 +475,18 @@ class Core:
         try:
             lease = await acquiring
         except asyncio.CancelledError:
-            self._drop(acquiring)
+            self.backend.give_up(acquiring)
             if left and not _cancelling():
                 raise ClientGone() from None
             raise
         except BaseException:
-            self._drop(acquiring)
+            self.backend.give_up(acquiring)
             raise
         finally:
             gone.remove_done_callback(client_left)
         if lease is None:
             raise LockTimeout(f"waited more than {self.timeout} s for the session lock")
         return lease
-
-    def _drop(self, acquiring: asyncio.Future[Lease | None]) -> None:
-        # A lease that arrived as we gave up is released; one still coming is cancelled,
-        # and acquire_async releases it if it lands anyway.
-        if not acquiring.done():
-            acquiring.cancel()
-        elif not acquiring.cancelled() and acquiring.exception() is None:
-            lease = acquiring.result()
-            if lease is not None:
-                self.backend.release(lease)
 
     async def leave_async(self, admission: Admission) -> None:
         lease = self._take(admission)

@@ -102,8 +102,15 @@ class Backend(ABC):
         return asyncio.ensure_future(self.acquire_async(key, timeout))
 
     def _release_orphan(self, future: asyncio.Future[Lease | None]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            lease = future.result()
+        self.give_up(future)
+
+    def give_up(self, acquiring: asyncio.Future[Lease | None]) -> None:
+        """Stop a wait for a lease nobody will use: cancelled if still coming, released if
+        it arrived (a backend's future gives back a lease that lands after its cancel)."""
+        if not acquiring.done():
+            acquiring.cancel()
+        elif not acquiring.cancelled() and acquiring.exception() is None:
+            lease = acquiring.result()
             if lease is not None:
                 self.release(lease)
 

@@ -319,7 +319,7 @@ class FileBackend(Backend):
         try:
             return await future
         except asyncio.CancelledError:
-            _release_arrived(self, future)
+            self.give_up(future)
             raise
 
     def release(self, lease: Lease) -> None:
@@ -642,16 +642,6 @@ class FileBackend(Backend):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._held = {}
-
-
-def _release_arrived(backend: Backend, future: asyncio.Future[Lease | None]) -> None:
-    """A lease that arrived just as its task was cancelled goes back; a pending one stops."""
-    if not future.done():
-        future.cancel()
-    elif not future.cancelled() and future.exception() is None:
-        lease = future.result()
-        if lease is not None:
-            backend.release(lease)
 
 
 _after_fork: weakref.WeakSet[FileBackend] = weakref.WeakSet()
