@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["median", "parse_args", "percentile", "print_table", "rss_bytes"]
 
@@ -65,3 +65,22 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def measure(
+    variants: dict[str, Callable[[int], float]], *, rounds: int, n: int
+) -> dict[str, list[float]]:
+    """µs/request per variant per round, variants interleaved in a rotating order.
+
+    ``variants`` map a name to a batch: run ``n`` requests, return µs per request. Each is
+    warmed up first (imports, lazy middleware stacks, caches).
+    """
+    names = list(variants)
+    for name in names:
+        variants[name](max(1, n // 10))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for i in range(len(names)):
+            name = names[(r + i) % len(names)]
+            times[name].append(variants[name](n))
+    return times

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from sessionlock import asgi, keys, wsgi
 
-from ._table import median, parse_args, print_table
+from ._table import measure, median, parse_args, print_table
 
 TARGET = 1.05
 SID = "3f2b9c1d8e7a6f5041322a1b0c9d8e7f"  # a Django-like session id
@@ -138,19 +138,6 @@ def asgi_batch(app: Callable[..., Any], loop: asyncio.AbstractEventLoop) -> Batc
 
 
 # -- measurement ------------------------------------------------------------------------------
-
-
-def measure(variants: dict[str, Batch], *, rounds: int, n: int) -> dict[str, list[float]]:
-    """µs/request per variant per round, variants interleaved in a rotating order."""
-    names = list(variants)
-    for name in names:  # warm up: imports, lazy middleware stacks, caches
-        variants[name](max(1, n // 10))
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for i in range(len(names)):
-            name = names[(r + i) % len(names)]
-            times[name].append(variants[name](n))
-    return times
 
 
 def rows_for(framework: str, times: dict[str, list[float]]) -> list[list[str]]:

@@ -25,7 +25,7 @@ from sessionlock._types import Receive, Scope, Send
 from sessionlock.backends import Backend, from_url
 
 from ._figures import Figure
-from ._table import median, parse_args, print_table
+from ._table import measure, median, parse_args, print_table
 
 TARGETS = {"WSGI": 6.0, "ASGI": 3.0}
 FILE_EXTRA = 5.0  # file:// over memory://, µs
@@ -121,19 +121,6 @@ def asgi_batch(app: Callable[..., Any], cookie: str, loop: asyncio.AbstractEvent
 
 
 # -- measurement ------------------------------------------------------------------------------
-
-
-def measure(variants: dict[str, Batch], *, rounds: int, n: int) -> dict[str, list[float]]:
-    """µs/request per variant per round, variants interleaved in a rotating order."""
-    names = list(variants)
-    for name in names:  # warm up: caches (digests, verified cookies, open lock files)
-        variants[name](max(1, n // 10))
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for i in range(len(names)):
-            name = names[(r + i) % len(names)]
-            times[name].append(variants[name](n))
-    return times
 
 
 def added(times: dict[str, list[float]], name: str, base: str = "bare") -> float:
