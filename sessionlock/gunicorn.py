@@ -129,7 +129,8 @@ def check_workers(backend: Backend, workers: int | None, url: str | None = None)
     message = (
         f"{named} serializes a session within one process only, but"
         f" {workers} worker processes would run its requests at once: use"
-        " backend='file:///dir' (every process of the host) or the default, or one worker"
+        " backend='file:///dir' (every process of the host) or the default,"
+        " backend='redis://host:6379/0' (every process of several hosts), or one worker"
     )
     logger.error(message)
     raise ConfigurationError(message)

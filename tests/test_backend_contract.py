@@ -21,9 +21,11 @@ from sessionlock.asgi import SessionLockMiddleware as ASGISessionLockMiddleware
 from sessionlock.backends import Backend, _shared, close_all, from_url
 from sessionlock.backends.file import FileBackend
 from sessionlock.backends.memory import MemoryBackend
+from sessionlock.backends.redis import RedisBackend
 from sessionlock.core import Admission, Core
 from sessionlock.errors import ConfigurationError, LockTimeout
 from sessionlock.wsgi import SessionLockMiddleware
+from tests.redis_server import flush, shared_server
 
 SECRET = b"contract-test-secret-0123456789"
 KEY = "0123456789abcdef0123456789abcdef"
@@ -48,6 +50,21 @@ class Kind:
 
     make: Callable[..., Backend]
     url: Callable[[Path], str] | None  # None: not shared across processes
+    # Whether the store keeps at most max_values; redis:// bounds values by their TTLs
+    # (every key has one) and takes no max_values.
+    bounded: bool = True
+
+
+_flushed: set[Path] = set()
+
+
+def _redis_url(tmp: Path) -> str:
+    """The run's redis-server, emptied once per test (tmp: the test's own directory)."""
+    server = shared_server()
+    if tmp not in _flushed:
+        _flushed.add(tmp)
+        flush(server)
+    return server.url
 
 
 ALL_BACKENDS = [
@@ -58,6 +75,14 @@ ALL_BACKENDS = [
             lambda tmp: f"file://{tmp / 'locks'}",
         ),
         id="file",
+    ),
+    pytest.param(
+        Kind(
+            lambda tmp, **options: RedisBackend(_redis_url(tmp), **options),
+            _redis_url,
+            bounded=False,
+        ),
+        id="redis",
     ),
 ]
 
@@ -298,8 +323,10 @@ def test_stamps_change_exactly_when_marked(make_backend: MakeBackend) -> None:
     second.release(again)
 
 
-def test_values_are_capped_and_the_last_set_is_kept(make_backend: MakeBackend) -> None:
+def test_values_are_capped_and_the_last_set_is_kept(kind: Kind, make_backend: MakeBackend) -> None:
     """A flood of distinct keys: at most ``max_values`` stay, and each set one is readable."""
+    if not kind.bounded:
+        pytest.skip("bounded by TTLs, not by a count (tests/test_redis_backend.py)")
     backend = make_backend(max_values=256)  # file://: one value per bucket
     keys = [f"{number:032x}" for number in range(1000)]
     for key in keys:
@@ -311,6 +338,8 @@ def test_values_are_capped_and_the_last_set_is_kept(make_backend: MakeBackend) -
 
 @pytest.mark.parametrize("max_values", [0, -1, 2.5, True])
 def test_max_values_must_be_a_positive_int(kind: Kind, tmp_path: Path, max_values: Any) -> None:
+    if not kind.bounded:
+        pytest.skip("takes no max_values")
     with pytest.raises(ConfigurationError, match="max_values"):
         kind.make(tmp_path, max_values=max_values)
 

@@ -4,8 +4,9 @@
     backend = from_url("memory://")
 
 Schemes: ``memory://`` (one process), ``file:///path`` (the processes of one host; ``file://``
-alone: a private directory under the system temp dir, the default). A Redis backend for
-several hosts is not part of this release. An unknown scheme raises ConfigurationError.
+alone: a private directory under the system temp dir, the default), ``redis://host:6379/0``,
+``rediss://`` and ``unix:///path/redis.sock`` (every process of several hosts; needs
+``pip install 'sessionlock[redis]'``). An unknown scheme raises ConfigurationError.
 
 One backend per URL per process: :func:`from_url` returns the same instance for the same
 normalized URL (``file://`` and ``file:///tmp/sessionlock-1000/`` name one directory), so
@@ -38,6 +39,9 @@ DEFAULT_URL = "file://"
 _SCHEMES: dict[str, str] = {
     "memory": "sessionlock.backends.memory",
     "file": "sessionlock.backends.file",
+    "redis": "sessionlock.backends.redis",
+    "rediss": "sessionlock.backends.redis",
+    "unix": "sessionlock.backends.redis",
 }
 
 
