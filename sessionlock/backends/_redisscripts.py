@@ -34,6 +34,7 @@ __all__ = [
     "RENEW",
     "SECRET_KEY",
     "SET_HELD",
+    "STORE",
     "WITHDRAW",
     "names",
     "value_name",
@@ -215,6 +216,23 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 """
+
+# A held key's own record replaced (or deleted: no text) and its mark bumped, in one step.
+# KEYS: lease, state, value. ARGV: token, state ttl ms, text or '', ttl ms. The new mark;
+# -1: the lease is lost, nothing changed.
+STORE = (
+    _COMMON
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local stamp = bump(KEYS[2], 'mark', ARGV[2])
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[3])
+else
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+end
+return stamp
+"""
+)
 
 # KEYS: lease, value. ARGV: token. 1: deleted (or absent); 0: refused.
 DELETE_HELD = """

@@ -166,6 +166,7 @@ class RedisBackend(Backend):
         self._mark_script = script(lua.MARK)
         self._set_script = script(lua.SET_HELD)
         self._delete_script = script(lua.DELETE_HELD)
+        self._store_script = script(lua.STORE)
         self._secret: bytes | None = None
         self._helpers = Helpers("sessionlock-redis-waiter")
         self._closed = False
@@ -294,6 +295,22 @@ class RedisBackend(Backend):
         _marked.set(lease)
         return lease.stamp
 
+    def store(self, lease: Lease, value: str | None, ttl: float | None) -> int:
+        """The held key's own record replaced (None: deleted) and its mark bumped, in one
+        round trip, refused in Lua if the lease is lost (BackendUnavailable from LeaseLost).
+
+        The record shares the lease's hash tag, so the check and the write are one step.
+        """
+        grant = _grant_of(lease)
+        lease_name, _, state, _ = lua.names(lease.key)
+        text, px = ("", "0") if value is None else self._stored(value, ttl)
+        keys = [lease_name, state, lua.value_name(lease.key)]
+        stamp = self._call(self._store_script, keys, [grant.ticket, self._state_ms, text, px])
+        if stamp == -1:
+            raise self._refused(lease, "its record not stored")
+        lease.stamp = int(stamp)
+        return lease.stamp
+
     # -- values ------------------------------------------------------------------------
 
     def get(self, key: str) -> str | None:
@@ -310,11 +327,8 @@ class RedisBackend(Backend):
         return value
 
     def set(self, key: str, value: str, ttl: float | None) -> None:
-        seconds = NO_TTL if ttl is None else max(ttl, 0.001)
-        expires = "-" if self._clock is None else repr(self._clock() + seconds)
-        text = expires + "\n" + value
+        text, px = self._stored(value, ttl)
         name = lua.value_name(self._safe(key))
-        px = str(max(1, math.ceil(seconds * 1000)))
         lease = self._writing_under()
         if lease is None:
             self._check_open()
@@ -341,6 +355,13 @@ class RedisBackend(Backend):
         lease_name = lua.names(lease.key)[0]
         if not self._call(self._delete_script, [lease_name, name], [_grant_of(lease).ticket]):
             raise self._refused(lease, "its cookie record not deleted")
+
+    def _stored(self, value: str, ttl: float | None) -> tuple[str, str]:
+        """(text, PX ms) of a value: its expiry as read on an injected clock ("-": none, the
+        TTL alone expires it), a newline, the value."""
+        seconds = NO_TTL if ttl is None else max(ttl, 0.001)
+        expires = "-" if self._clock is None else repr(self._clock() + seconds)
+        return expires + "\n" + value, str(max(1, math.ceil(seconds * 1000)))
 
     def _writing_under(self) -> Lease | None:
         """The lease a mark of this thread or task just checked, if this process still
