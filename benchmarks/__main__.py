@@ -37,6 +37,7 @@ MODULES: list[tuple[str, str, str]] = [
     ("load", "bench_load", "wrk on uvicorn and gunicorn: tracking cost, hello overhead"),
     ("fifo", "bench_fifo", "one session over 2 workers vs 1"),
     ("file", "bench_file", "cross-process hand-off vs raw flock and filelock"),
+    ("redis", "bench_redis", "redis:// hand-off vs raw BLPOP, redis-py Lock; round trips"),
     ("uncontended", "bench_uncontended", "µs per uncontended request, in process"),
     ("wake", "bench_wake", "in-process wake vs the raw primitive"),
     ("queue", "bench_queue", "N queued requests on one key: efficiency"),
