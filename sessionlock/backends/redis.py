@@ -321,7 +321,9 @@ class RedisBackend(Backend):
             raise _unavailable(exc) from exc
         if not isinstance(text, str):
             return None
-        expires, _, value = text.partition("\n")
+        expires, newline, value = text.partition("\n")
+        if not newline:  # not written by this backend
+            return None
         if expires != "-" and self._clock is not None and float(expires) <= self._clock():
             return None
         return value
