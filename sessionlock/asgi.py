@@ -86,21 +86,16 @@ class SessionLockMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))  # our copy, completed in place
-                writes: list[Callable[[], None]] | None = None
-                if core.cookies_block and core.stores(admission, headers):
-                    if core.writes_later(admission) and _on_event_loop():  # not under trio
-                        writes = []
-                        # The record is written after the head, off the loop, then the
-                        # session is released: no thread hop in the response's path.
-                        message["headers"] = _finish(core, admission, headers, writes)
-                    else:  # a first visit, a rotation, "end", trio: all of it off the loop
-                        message["headers"] = await _off_loop(_finish, core, admission, headers)
+                if (
+                    core.cookies_block
+                    and core.stores(admission, headers)
+                    and not core.records_inline(admission)
+                ):  # a record to write away from a held descriptor: in a worker thread
+                    message["headers"] = await _off_loop(_finish, core, admission, headers)
                 else:
                     message["headers"] = _finish(core, admission, headers)
                 if core.release_at_head:  # the session is saved: the next request may load it
-                    if writes:
-                        core.leave_after(admission, writes)
-                    elif core.releases_inline:
+                    if core.releases_inline:
                         core.leave(admission)
                     else:
                         await core.leave_async(admission)
@@ -191,14 +186,9 @@ class _Inbox:
 
 
 def _finish(
-    core: Core,
-    admission: Admission,
-    headers: list[tuple[bytes, bytes]],
-    writes: list[Callable[[], None]] | None = None,
+    core: Core, admission: Admission, headers: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
-    """The response's final headers; ``headers`` is the shell's own copy (extended in place).
-
-    ``writes`` receives the cookie record's write instead of running it (see Core.finish)."""
+    """The response's final headers; ``headers`` is the shell's own copy (extended in place)."""
     if not core.sets_cookies(admission):  # the common case: no decoding
         if admission.waited < 0.00005:  # no wait: the preformatted, pre-encoded header
             headers.append(_NO_WAIT)
@@ -206,7 +196,7 @@ def _finish(
             headers.extend(_encode([admission.timing()]))
         return headers
     decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
-    return _encode(core.finish(admission, decoded, writes))
+    return _encode(core.finish(admission, decoded))
 
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

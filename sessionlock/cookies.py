@@ -94,8 +94,8 @@ NEW_BROWSER_TTL = 600.0
 
 _NOTE = "cookies"
 _ROTATE = "rotate"  # the admission note of sessionlock.rotate_identity()
-_VERSION = "4"  # a record's first line; a record of another version reads as absent
-_FORMAT = b"sessionlock.cookies.4"  # bound into every sealed record
+_VERSION = "5"  # a record's first line; a record of another version reads as absent
+_FORMAT = b"sessionlock.cookies.5"  # bound into every sealed record
 # Lines per entry in a record: name, header, host, issued and until (in microseconds),
 # flags, lineage.
 _FIELDS = 7
@@ -238,27 +238,27 @@ class _Seal:
     """Keys for one identity's record: where it is filed, how it is sealed, fingerprints.
 
     Records that leave the process (file, Redis) are sealed with ChaCha20-Poly1305 from
-    ``cryptography`` (a maintained AEAD), the format version, the cookie names and the record's
-    own key bound as associated data. Every key derives from the backend-wide secret *and the
-    raw identity*, which is never stored: a reader of the backend can neither open nor forge a
-    record, nor move one to another identity. Records in process memory (``memory://``) are
-    kept as they are: encrypting them would hide nothing from the process that holds them.
+    ``cryptography`` (a maintained AEAD), the format version, the cookie names and the lock
+    key the record is filed under bound as associated data. The AEAD key derives from the
+    backend-wide secret *and the raw identity*, which is never stored: a reader of the backend
+    can neither open nor forge a record, nor move one to another identity. Records in process
+    memory (``memory://``) are kept as they are: encrypting them would hide nothing from the
+    process that holds them.
     """
 
-    __slots__ = ("_aad", "_aead", "_mac", "store_key")
+    __slots__ = ("_aad", "_aead", "_mac")
 
-    def __init__(self, secret: bytes, identity: str, names: Sequence[str], *, clear: bool) -> None:
+    def __init__(
+        self, secret: bytes, identity: str, names: Sequence[str], lock_key: str, *, clear: bool
+    ) -> None:
         material = hashlib.blake2b(
             "\0".join(names).encode() + b"\1" + identity.encode("utf-8", "surrogatepass"),
             key=secret,
             person=b"sessionlock.ck3",
         ).digest()
         self._mac = material[32:]
-        # Hex, like every key a backend sees; unrelated to the lock key of the identity.
-        digest = hashlib.blake2b(material, digest_size=16, person=b"sessionlock.ckid")
-        self.store_key = digest.hexdigest()
         self._aead = None if clear else ChaCha20Poly1305(material[:32])
-        self._aad = _FORMAT + b"\0" + "\0".join(names).encode() + b"\0" + self.store_key.encode()
+        self._aad = _FORMAT + b"\0" + "\0".join(names).encode() + b"\0" + lock_key.encode()
 
     def fingerprint(self, value: str) -> str:
         """A short keyed digest of a cookie value: the lineage never holds a value itself."""
@@ -435,7 +435,6 @@ class _State:
         "record",
         "request",
         "stale",
-        "writes",
     )
 
     def __init__(self, identity: str, generation: int, request: Request, fresh: bool) -> None:
@@ -448,8 +447,6 @@ class _State:
         self.loaded = fresh  # whether ``record`` is known (a brand-new identity has none)
         self.record: _Record | None = None
         self.stale: dict[str, _Entry] = {}  # names whose latest cookie was substituted
-        # Writes left for the shell to run after the head (finish(defer=True)), else None.
-        self.writes: list[Callable[[], None]] | None = None
 
 
 # -- the tracker -----------------------------------------------------------------------------
@@ -557,14 +554,11 @@ class SessionCookies:
         headers: list[tuple[str, str]],
         *,
         public: bool = False,
-        writes: list[Callable[[], None]] | None = None,
     ) -> list[tuple[str, str]]:
         """Record the app's Set-Cookie for tracked names; re-send the latest if it set none.
 
         ``public``: a shared cache may store the response; nothing is re-sent on it (the
-        browser catches up on its next private response). ``writes``: a list that receives
-        the record's write instead of running it, for a caller that runs it later, still
-        under the lease (the ASGI shell, off the event loop); a rotation writes at once.
+        browser catches up on its next private response).
         """
         notes = admission.notes
         # Taken out: finishing happens once, and the state (which holds the request) must not
@@ -572,7 +566,6 @@ class SessionCookies:
         state = notes.pop(_NOTE, None) if notes is not None else None
         if not isinstance(state, _State):
             return headers
-        state.writes = writes
         issued: dict[str, SetCookie | None] = {}
         names = self.names
         for field, value in headers:
@@ -655,8 +648,9 @@ class SessionCookies:
             with contextlib.suppress(KeyError):  # evicted meanwhile: still valid here
                 known_map.move_to_end(identity)
             return known
-        seal = _Seal(self._secret, identity, self.names, clear=self._clear)
-        known = known_map.setdefault(identity, _Known(seal, hash_key(self._secret, identity)))
+        lock_key = hash_key(self._secret, identity)
+        seal = _Seal(self._secret, identity, self.names, lock_key, clear=self._clear)
+        known = known_map.setdefault(identity, _Known(seal, lock_key))
         while len(known_map) > _KNOWN:
             try:
                 known_map.popitem(last=False)
@@ -729,13 +723,8 @@ class SessionCookies:
             # Released meanwhile (release_session() from another thread): the next request
             # may run already. Records are written under the lease only (see Core.finish).
             known.cached = None
-        elif state.writes is not None:  # the ASGI shell writes it off the loop, still held
-            known.cached = None
-            state.writes.append(
-                functools.partial(self._store, lease, known, state.cacheable, record, now)
-            )
         else:
-            self._store(lease, known, state.cacheable, record, now)
+            self._store(lease, known, state, record, now)
         return record
 
     def _rotate(
@@ -747,7 +736,8 @@ class SessionCookies:
         left with a lineage that has no record: it can never be handed this session.
         """
         identity = new_identity()
-        seal = _Seal(self._secret, identity, self.names, clear=self._clear)
+        lock_key = hash_key(self._secret, identity)
+        seal = _Seal(self._secret, identity, self.names, lock_key, clear=self._clear)
         entries = {}
         for name, entry in (record.entries if record is not None else {}).items():
             cookie = entry.cookie
@@ -765,25 +755,20 @@ class SessionCookies:
                 entry.deleted,
                 cookie,
             )
-        if entries:  # written without a lease of its own (nobody knows it yet): not cached
+        sealed = _sealed(seal, _Record(1, entries), now)
+        if sealed is not None:  # nobody knows the new identity yet: no lease needed
             try:
-                self._put(seal, _Record(1, entries), now)
+                self.backend.set(lock_key, sealed[0], sealed[1])
             except BackendUnavailable as error:
                 self._failed("record", error)
-        old = state.known.seal if state.known is not None else None
         self._forget(state.identity)
-        if old is None:
-            old = _Seal(self._secret, state.identity, self.names, clear=self._clear)
-        # Marked first, so that no process keeps using its copy of the old record; each
-        # step tried even if the other fails.
+        # The old record goes, with a new stamp: no process keeps using its copy of it.
         lease = admission.lease
         try:
-            if lease is not None:
-                self.backend.mark(lease)
-        except BackendUnavailable as error:
-            self._failed("forget", error)
-        try:
-            self.backend.delete(old.store_key)
+            if lease is not None and not state.fresh:
+                self.backend.store(lease, None, None)
+            else:  # a first visit's record was set() as its key's first (see _store)
+                self.backend.delete(admission.key)
         except BackendUnavailable as error:
             self._failed("forget", error)
         admission.set_identity = self._identity.issue_for(
@@ -791,59 +776,52 @@ class SessionCookies:
         )
 
     def _store(
-        self, lease: Lease, known: _Known, cacheable: bool, record: _Record, now: float
+        self, lease: Lease, known: _Known, state: _State, record: _Record, now: float
     ) -> None:
-        """Write ``record`` under the request's lease, marked first; then keep it, as of the
-        new stamp (not if the backend keeps no stamps, nor after a failed write)."""
+        """Write ``record`` under the request's lease (a new stamp with it); then keep it, as
+        of that stamp (not if the backend keeps no stamps, nor after a failed write).
+
+        A browser seen first now has a lease that holds nothing in the backend (nobody else
+        can know its identity yet): its record is the key's first, set() before the browser
+        learns the identity, and not cached (its next lease brings the stamp).
+        """
+        sealed = _sealed(known.seal, record, now)
+        stamp = None
         try:
-            # Mark, then write: a crash in between leaves other processes with a new stamp,
-            # so they read the record again. The other way round they could keep using
-            # their copy of the record this write replaces.
-            stamp = self.backend.mark(lease)
-            if stamp is not None:
-                self._stamped = True
-            live = self._put(known.seal, record, now)
+            if state.fresh:
+                if sealed is not None:
+                    self.backend.set(lease.key, *sealed)
+            else:
+                stamp = self.backend.store(lease, *(sealed or (None, None)))
         except BackendUnavailable as error:
             known.cached = None
             # The response goes out as the app made it: this write is just not tracked (a
             # later replay is served as without the middleware). Never a 500 after the app ran.
             self._failed("record", error)
             return
-        known.cached = None if stamp is None or not cacheable else (stamp, live)
-
-    def _put(self, seal: _Seal, record: _Record, now: float) -> _Record | None:
-        """Write the live part of ``record`` (or delete it: nothing is live); that part.
-
-        Raises BackendUnavailable.
-        """
-        live = {}
-        last = now
-        for name, entry in record.entries.items():
-            if entry.until > now:
-                live[name] = entry
-                last = max(last, entry.until)
-        if not live:
-            self.backend.delete(seal.store_key)
-            self._failing = False
-            return None
-        self.backend.set(seal.store_key, seal.seal(_dump(record.generation, live)), last - now)
         self._failing = False
-        return record if len(live) == len(record.entries) else _Record(record.generation, live)
+        if stamp is None or not state.cacheable:
+            known.cached = None
+        else:
+            self._stamped = True
+            known.cached = (stamp, _live(record, now))
 
     def _read(self, admission: Admission, state: _State) -> _Record | None:
         """The identity's record from the backend, kept as of the lease's stamp."""
         known = state.known
-        assert known is not None
         lease = admission.lease
-        stamp = lease.stamp if lease is not None else None
+        assert known is not None
+        if lease is None:
+            return None
+        stamp = lease.stamp
         try:
-            text = self.backend.get(known.seal.store_key)
+            text = self.backend.load(lease)
         except BackendUnavailable as error:
             self._failed("read", error)
             return None
         record = None if text is None else self._parse(known.seal, text)
         if stamp is not None and state.cacheable and self._trusted(stamp):
-            # Every writer marks before it writes: as long as the stamp stays, so does this.
+            # Every writer stamps as it writes: as long as the stamp stays, so does this.
             known.cached = (stamp, record)
         return record
 
@@ -905,6 +883,19 @@ class SessionCookies:
                 error,
                 extra={"sessionlock_degraded": what},
             )
+
+
+def _sealed(seal: _Seal, record: _Record, now: float) -> tuple[str, float] | None:
+    """The live part of ``record``, sealed, and how long it lives; None if nothing is live."""
+    live = {}
+    last = now
+    for name, entry in record.entries.items():
+        if entry.until > now:
+            live[name] = entry
+            last = max(last, entry.until)
+    if not live:
+        return None
+    return seal.seal(_dump(record.generation, live)), last - now
 
 
 def _still_current(entry: _Entry, cookie: SetCookie, host: str, now: float, ttl: float) -> bool:

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Literal, Protocol, TypedDict
 
 from . import keys
-from ._helpers import Helpers
 from ._types import Request
 from .backends import DEFAULT_URL, Backend, Lease, from_url
 from .errors import BackendUnavailable, ClientGone, ConfigurationError, LockTimeout, QueueFull
@@ -134,12 +133,10 @@ class CookieTracker(Protocol):
         headers: list[tuple[str, str]],
         *,
         public: bool = False,
-        writes: list[Callable[[], None]] | None = None,
     ) -> list[tuple[str, str]]:
         """Under the lease, as the response starts: record and complete its Set-Cookie.
 
         ``public``: a shared cache may store the response: add no Set-Cookie to it.
-        ``writes``: receives the record's write, for the caller to run later under the lease.
         """
 
 
@@ -529,29 +526,6 @@ class Core:
             and cookies.needs_read(admission, request)
         )
 
-    def leave_after(self, admission: Admission, writes: list[Callable[[], None]]) -> None:
-        """Run ``writes``, then release the session, on a helper thread; return at once.
-
-        The ASGI shell's way to write a cookie record without a thread hop in the response
-        path: the head goes out now, and the session's next request (which must read the
-        record) waits for the release, as it would for the write. The lease leaves the
-        admission now, so neither the backstop nor an early release can free it before.
-        """
-        lease = self._take(admission)
-        if lease is None:
-            return
-
-        def write_then_leave() -> None:
-            try:
-                for write in writes:
-                    write()  # logs and swallows a backend failure (the response is out)
-            except Exception:  # a bug: still released, and said
-                logger.exception("session %s: writing its cookie record failed", lease.key[:12])
-            finally:
-                self._give_back(lease)
-
-        _writers.run(write_then_leave)
-
     def _give_back(self, lease: Lease) -> None:
         if type(lease) is _Unshared:
             return
@@ -560,17 +534,15 @@ class Core:
         finally:
             self.queue.release(lease.key)
 
-    def writes_later(self, admission: Admission) -> bool:
-        """Whether a cookie record may be written after the head (:meth:`leave_after`).
-
-        Only under a backend lease released at the head: a brand-new identity's lease holds
-        nothing, so its first record is written before the browser can learn the identity
-        (and send a request that reads it); a rotation writes and deletes at once.
+    def records_inline(self, admission: Admission) -> bool:
+        """Whether :meth:`finish` may write a cookie record on an event loop: under a lease of
+        a backend whose record I/O is a system call or two on a held descriptor
+        (``Backend.inline_records``). A first visit's record (a new file), a rotation (a
+        write and a delete elsewhere) and other backends' records go to a worker thread.
         """
         lease = admission.lease
         return (
-            self.release_at_head
-            and self.releases_inline
+            self.backend.inline_records
             and lease is not None
             and type(lease) is not _Unshared
             and not (admission.notes and admission.notes.get(_ROTATE_NOTE))
@@ -600,18 +572,11 @@ class Core:
             or admission.notes is not None  # rotate_identity() was called
         )
 
-    def finish(
-        self,
-        admission: Admission,
-        headers: list[tuple[str, str]],
-        writes: list[Callable[[], None]] | None = None,
-    ) -> list[tuple[str, str]]:
+    def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Called by the shells as the response starts: its final headers.
 
         Cookie tracking records only under the lease: after an early release the next
         request may already run, and its record must not be overwritten by an older one.
-        ``writes``: receives the record's write instead of running it (see
-        :meth:`leave_after`).
         """
         if not self.sets_cookies(admission):  # the usual case
             return [*headers, admission.timing()]
@@ -619,7 +584,7 @@ class Core:
         # served to everyone): the identity, or a re-sent cookie, waits for the next response.
         public = shared_cacheable(headers)
         if self.cookies is not None and admission.lease is not None:
-            headers = self.cookies.finish(admission, headers, public=public, writes=writes)
+            headers = self.cookies.finish(admission, headers, public=public)
         elif self._identity is not None and admission.notes and admission.notes.get(_ROTATE_NOTE):
             fresh = keys.new_identity()
             admission.set_identity = self._identity.issue_for(admission.secure, fresh)
@@ -670,9 +635,6 @@ def _cancelling() -> bool:
     return bool(cancelling()) if cancelling is not None else False
 
 
-#: Threads that write cookie records for the ASGI shell (kept alive between writes). Two at
-#: most: many writer threads only fight over the GIL, and a slow disk delays two at a time.
-_writers = Helpers("sessionlock-record-writer", most=2)
 _DIGEST_CACHE = 4096
 _CACHED_KEY = 256  # longer raw keys are hashed every time, never kept in memory
 

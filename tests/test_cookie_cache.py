@@ -22,12 +22,14 @@ from .test_cookies import Browser, session_cookies, tracked
 
 
 class Spy(FileBackend):
-    """A file backend that logs the value and stamp calls it gets, in order."""
+    """A file backend that logs the record and stamp calls it gets, in order: ``load`` and
+    ``store`` (``forget``: a store that deletes) under a lease, ``set`` for a key's first
+    record, ``mark`` for a new stamp (which ``store`` gives)."""
 
     def __init__(self, directory: str) -> None:
         super().__init__(directory)
         self.calls: list[tuple[str, str]] = []
-        self.fail_sets = 0  # how many of the next sets fail (after their mark)
+        self.fail_sets = 0  # how many of the next stores fail (nothing written)
         self.stamps = True
 
     def count(self, what: str) -> int:
@@ -39,10 +41,27 @@ class Spy(FileBackend):
 
     def set(self, key: str, value: str, ttl: float | None) -> None:
         self.calls.append(("set", key))
+        super().set(key, value, ttl)
+
+    def load(self, lease: Lease) -> str | None:
+        self.calls.append(("load", lease.key))
+        return super().load(lease)
+
+    def store(self, lease: Lease, value: str | None, ttl: float | None) -> int | None:
+        self.calls.append(("store" if value is not None else "forget", lease.key))
         if self.fail_sets:
             self.fail_sets -= 1
             raise BackendUnavailable("no space left on device")
-        super().set(key, value, ttl)
+        return super().store(lease, value, ttl)
+
+    def put(self, key: str, value: str) -> None:
+        """Replace ``key``'s record under a lease of its own, as another writer would."""
+        lease = self.try_acquire(key)
+        assert lease is not None
+        try:
+            FileBackend.store(self, lease, value, None)
+        finally:
+            self.release(lease)
 
     def delete(self, key: str) -> None:
         self.calls.append(("delete", key))
@@ -100,15 +119,14 @@ def _needs_read(core: Core, browser: Browser) -> bool:
 def test_a_session_written_here_is_not_read_again_while_nobody_marked_it(spy: Spy) -> None:
     browser = Browser(tracked(spy))
     browser.request()  # a first visit: nothing to read
-    browser.request("session=v1; Path=/")  # read (nothing yet), marked, written
-    assert (spy.count("get"), spy.count("mark"), spy.count("set")) == (1, 1, 1)
+    browser.request("session=v1; Path=/")  # read (nothing yet), written with a new stamp
+    assert (spy.count("load"), spy.count("store"), spy.count("mark")) == (1, 1, 1)
     assert not _needs_read(browser.core, browser)
     browser.request()  # a read-only request: the cached record
-    browser.request("session=v2; Path=/")  # a write: mark and set, no read
+    browser.request("session=v2; Path=/")  # a write, no read
     browser.request()
-    assert (spy.count("get"), spy.count("mark"), spy.count("set")) == (1, 2, 2)
-    # Mark before every write.
-    assert [call for call, _ in spy.calls if call != "get"] == ["mark", "set", "mark", "set"]
+    assert (spy.count("load"), spy.count("store"), spy.count("mark")) == (1, 2, 2)
+    assert [call for call, _ in spy.calls] == ["load", "store", "mark", "store", "mark"]
 
 
 def test_a_stale_replay_is_fixed_from_the_cache(spy: Spy) -> None:
@@ -116,10 +134,10 @@ def test_a_stale_replay_is_fixed_from_the_cache(spy: Spy) -> None:
     browser.request("session=v1; Path=/")
     old = dict(browser.jar)
     browser.request("session=v2; Path=/")
-    reads = spy.count("get")
+    reads = spy.count("load")
     seen, sent = Browser(browser.core, old).request()
     assert (seen, session_cookies(sent)) == ("v2", ["session=v2; Path=/"])
-    assert spy.count("get") == reads
+    assert spy.count("load") == reads
 
 
 def test_a_write_by_another_process_is_read_again(spy: Spy, other: Spy) -> None:
@@ -134,13 +152,13 @@ def test_a_write_by_another_process_is_read_again(spy: Spy, other: Spy) -> None:
     assert browser.request("session=v3; Path=/")[0] == "v2"  # read there, and v3 written
     browser.core = here
     assert _needs_read(here, browser)  # marked by the other process: the copy is stale
-    reads = spy.count("get")
+    reads = spy.count("load")
     # A stale replay served here is handed the newest cookie, not the cached v2.
     seen, sent = Browser(here, old).request()
     assert (seen, session_cookies(sent)) == ("v3", ["session=v3; Path=/"])
-    assert spy.count("get") == reads + 1
+    assert spy.count("load") == reads + 1
     assert browser.request()[0] == "v3"  # and the read is cached again
-    assert spy.count("get") == reads + 1
+    assert spy.count("load") == reads + 1
 
 
 def test_a_read_of_another_process_s_write_is_cached_too(spy: Spy, other: Spy) -> None:
@@ -149,7 +167,7 @@ def test_a_read_of_another_process_s_write_is_cached_too(spy: Spy, other: Spy) -
     browser.core = tracked(spy)
     assert browser.request()[0] == "v1"
     assert browser.request()[0] == "v1"
-    assert spy.count("get") == 1
+    assert spy.count("load") == 1
 
 
 class Coarse(Spy):
@@ -180,7 +198,7 @@ def test_coarse_stamps_are_not_trusted_by_a_process_that_never_marked(directory:
         writer.request("session=v2; Path=/")  # marked (the same coarse stamp) and written
         seen, sent = Browser(reader, old).request()
         assert (seen, session_cookies(sent)) == ("v2", ["session=v2; Path=/"])
-        assert here.count("get") == 2
+        assert here.count("load") == 2
     finally:
         here.close()
         there.close()
@@ -198,29 +216,34 @@ def test_a_failed_write_drops_the_cached_record(spy: Spy, other: Spy) -> None:
     spy.fail_sets = 1
     _, sent = browser.request("session=v3; Path=/")  # marked, then the write fails
     assert session_cookies(sent) == ["session=v3; Path=/"]  # the response goes out as made
-    assert [call for call, _ in spy.calls[-2:]] == ["mark", "set"]
+    assert [call for call, _ in spy.calls[-1:]] == ["store"]  # refused: nothing written
     assert known.cached is None
     assert _needs_read(browser.core, browser)
-    reads = spy.count("get")
+    reads = spy.count("load")
     # What is stored (v2) is what every process is handed now, this one included.
     assert Browser(browser.core, old).request()[0] == "v2"
     assert Browser(tracked(other), old).request()[0] == "v2"
-    assert spy.count("get") == reads + 1
+    assert spy.count("load") == reads + 1
 
 
-def test_a_failed_mark_writes_nothing(spy: Spy) -> None:
+def test_a_write_whose_stamp_fails_still_makes_every_copy_stale(spy: Spy, other: Spy) -> None:
     browser = Browser(tracked(spy))
     browser.request("session=v1; Path=/")
-    sets = spy.count("set")
+    old = dict(browser.jar)
+    reader = tracked(other)
+    assert Browser(reader, old).request()[0] == "v1"  # the other process keeps v1
+    assert not _needs_read(reader, Browser(reader, old))
 
     def failing(lease: Lease) -> int | None:
         raise BackendUnavailable("read-only file system")
 
     spy.mark = failing  # type: ignore[method-assign]
-    _, sent = browser.request("session=v2; Path=/")
-    assert session_cookies(sent) == ["session=v2; Path=/"]
-    assert spy.count("set") == sets  # never a write that others could not see was made
+    _, sent = browser.request("session=v2; Path=/")  # written, then the stamp fails
+    assert session_cookies(sent) == ["session=v2; Path=/"]  # the response goes out as made
     assert _needs_read(browser.core, browser)
+    # The write itself moved the lock file's mtime: the other process's copy is stale too.
+    assert _needs_read(reader, Browser(reader, old))
+    assert Browser(reader, old).request()[0] == "v2"
 
 
 def test_nothing_is_written_once_the_lease_is_gone(spy: Spy) -> None:
@@ -246,11 +269,11 @@ def test_a_backend_that_keeps_no_stamps_is_always_read(spy: Spy) -> None:
     browser = Browser(tracked(spy))
     browser.request()
     browser.request("session=v1; Path=/")  # read, marked (no stamp), written: not cached
-    assert (spy.count("get"), spy.count("mark")) == (1, 1)
+    assert (spy.count("load"), spy.count("mark")) == (1, 1)
     for _ in range(3):
         assert _needs_read(browser.core, browser)
         assert browser.request()[0] == "v1"
-    assert spy.count("get") == 1 + 3
+    assert spy.count("load") == 1 + 3
 
 
 def test_a_fresh_identity_needs_no_read_and_its_record_is_not_cached(spy: Spy) -> None:
@@ -295,12 +318,17 @@ def test_rotation_marks_before_it_forgets_the_old_record(spy: Spy, other: Spy) -
         here.prepare(admission, environ)
         assert sessionlock.rotate_identity(environ)
         spy.calls.clear()
-        here.finish(admission, [])  # the app sets no cookie: only the rotation marks
+        here.finish(admission, [])  # the app sets no cookie: only the rotation writes
         old_key = admission.key
     finally:
         here.leave(admission)
-    calls = [(call, key) for call, key in spy.calls if call in ("mark", "delete")]
-    assert calls[-2:] == [("mark", old_key), ("delete", calls[-1][1])]  # marked, then forgotten
+    # The old record is forgotten under its lease, with a new stamp; the new identity's
+    # record is its key's first.
+    assert [(call, key) for call, key in spy.calls if key == old_key] == [
+        ("forget", old_key),
+        ("mark", old_key),
+    ]
+    assert [call for call, key in spy.calls if key != old_key] == ["set"]
     # The other process had the old record cached: the mark makes it read again, and find
     # nothing. The planted identity is handed nothing.
     seen, sent = Browser(there, planted).request()
@@ -316,10 +344,10 @@ def test_the_cache_is_bounded(spy: Spy, monkeypatch: pytest.MonkeyPatch) -> None
         browser.request("session=v; Path=/")
     assert isinstance(core.cookies, cookies.SessionCookies)
     assert len(core.cookies._known) == 3
-    reads = spy.count("get")
+    reads = spy.count("load")
     browsers[0].request()  # evicted: read again
     browsers[-1].request()  # kept: not read
-    assert spy.count("get") == reads + 1
+    assert spy.count("load") == reads + 1
 
 
 def test_a_cached_record_expires_as_a_stored_one_would(spy: Spy) -> None:
@@ -382,10 +410,15 @@ def test_a_record_of_another_format_reads_as_absent(spy: Spy) -> None:
     reader = tracked(spy)
     assert isinstance(reader.cookies, cookies.SessionCookies)
     assert Browser(reader, old).request()[0] == "v2"  # control
-    key = spy.calls[-1][1]
+    key = next(key for call, key in spy.calls if call == "store")
     identity = old["sessionlock"].partition(".")[0]
-    seal = cookies._Seal(reader.secret, identity, ("session",), clear=False)
-    assert seal.store_key == key
-    for plain in ('{"v":2,"g":9,"e":{}}', "3\n9", "4\n9\nsession"):
-        spy.set(key, seal.seal(plain), None)
+    seal = cookies._Seal(reader.secret, identity, ("session",), key, clear=False)
+    lease = spy.try_acquire(key)
+    assert lease is not None
+    stored = FileBackend.load(spy, lease)
+    spy.release(lease)
+    assert stored is not None
+    assert seal.open(stored) is not None  # the record's own seal
+    for plain in ('{"v":2,"g":9,"e":{}}', "3\n9", "4\n9\nsession", "5\n9\nsession"):
+        spy.put(key, seal.seal(plain))
         assert Browser(tracked(spy), old).request()[0] == "v1"

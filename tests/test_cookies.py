@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from sessionlock import BackendUnavailable, ConfigurationError, cookieheader, keys
-from sessionlock.backends import Backend, from_url
+from sessionlock.backends import Backend, Lease, from_url
 from sessionlock.backends.file import FileBackend
 from sessionlock.backends.memory import MemoryBackend
 from sessionlock.cookies import (
@@ -493,7 +493,8 @@ def test_resend_shortens_max_age_by_the_time_elapsed() -> None:
 
 
 class RecordingFile(FileBackend):
-    """A file backend that remembers what was stored."""
+    """A file backend that remembers what was stored (as a key's first value, or under its
+    lease), and can put a record in place as a writer would."""
 
     def __init__(self, directory: str) -> None:
         super().__init__(directory)
@@ -502,6 +503,20 @@ class RecordingFile(FileBackend):
     def set(self, key: str, value: str, ttl: float | None) -> None:
         self.sets.append((key, value, ttl))
         super().set(key, value, ttl)
+
+    def store(self, lease: Lease, value: str | None, ttl: float | None) -> int | None:
+        if value is not None:
+            self.sets.append((lease.key, value, ttl))
+        return super().store(lease, value, ttl)
+
+    def put(self, key: str, value: str) -> None:
+        """Replace ``key``'s record (under a lease of its own), recording nothing."""
+        lease = self.try_acquire(key)
+        assert lease is not None
+        try:
+            FileBackend.store(self, lease, value, None)
+        finally:
+            self.release(lease)
 
 
 def test_records_are_sealed_and_bound_to_identity(tmp_path: Path) -> None:
@@ -530,13 +545,13 @@ def test_records_are_sealed_and_bound_to_identity(tmp_path: Path) -> None:
     # Control: an intact record makes a stale replay see the latest value.
     assert Browser(reader(), one_old).request()[0] == "SECRETVALUE1b"
     # Moved under another identity's key, it does not open there: the replay goes as sent.
-    backend.set(key_two, value_one, None)
+    backend.put(key_two, value_one)
     assert Browser(reader(), two_old).request()[0] == "SECRETVALUE2a"
     # Tampered anywhere (nonce, ciphertext, tag), it is ignored.
     raw = bytes.fromhex(value_one)
     for at in (0, len(raw) // 2, len(raw) - 1):
         tampered = raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1 :]
-        backend.set(key_one, tampered.hex(), None)
+        backend.put(key_one, tampered.hex())
         assert Browser(reader(), one_old).request()[0] == "SECRETVALUE1a"
     backend.close()
 
@@ -731,7 +746,11 @@ def test_admission_notes_say_the_browser_was_stale() -> None:
     environ = Browser(core, old).environ()
     admission = core.admit(environ)
     assert isinstance(admission, Admission)
-    core.prepare(admission, environ)
+    core.enter(admission)  # prepare runs under the lease
+    try:
+        core.prepare(admission, environ)
+    finally:
+        core.leave(admission)
     assert admission.notes is not None
     state: Any = admission.notes["cookies"]
     assert list(state.stale) == ["session"]

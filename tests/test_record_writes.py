@@ -1,41 +1,46 @@
-"""ASGI: a cookie record is written after the response head, off the loop, and the session is
-released only once it is written (sessionlock.core.Core.leave_after)."""
+"""ASGI: where and when a cookie record is written (sessionlock.core.Core.records_inline).
+
+A returning browser's record is one pwrite into the lock file its lease holds, made on the
+loop before the head; a first visit's (a file of its own) in a worker thread before the head;
+a file system found slow moves them all to worker threads."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sessionlock.asgi import SessionLockMiddleware
+from sessionlock.backends import file
 from sessionlock.backends.base import Lease
 from sessionlock.backends.file import FileBackend
 
 
-class SlowFile(FileBackend):
-    """A file backend whose record writes wait until the test lets them go on."""
+class WatchedFile(FileBackend):
+    """A file backend that says on which thread, and when, each record was written."""
 
     def __init__(self, directory: str) -> None:
         super().__init__(directory)
-        self.writing = threading.Event()
-        self.proceed = threading.Event()
-        self.released = threading.Event()
         self.writers: list[str] = []
         self.events: list[str] = []
-        self.slow = False
 
     def set(self, key: str, value: str, ttl: float | None) -> None:
         self.writers.append(threading.current_thread().name)
-        self.events.append("write")
-        if self.slow:
-            self.writing.set()
-            assert self.proceed.wait(30)
+        self.events.append("first record")
         super().set(key, value, ttl)
 
+    def store(self, lease: Lease, value: str | None, ttl: float | None) -> int | None:
+        self.writers.append(threading.current_thread().name)
+        self.events.append("record")
+        return super().store(lease, value, ttl)
+
     def release(self, lease: Lease) -> None:
+        self.events.append("released")
         super().release(lease)
-        self.released.set()
 
 
 def _app(counter: list[int]) -> Any:
@@ -87,39 +92,78 @@ async def _call(
     return sent, jar
 
 
-def test_the_head_goes_out_before_the_record_is_written_and_the_lock_waits_for_it(
+def test_a_returning_browser_s_record_is_written_before_its_head_on_the_held_file(
     tmp_path: Path,
 ) -> None:
-    backend = SlowFile(str(tmp_path / "locks"))
+    """On the loop: a pwrite on the descriptor the lease holds (no thread hop), then the head,
+    then the release."""
+    backend = WatchedFile(str(tmp_path / "locks"))
     app = SessionLockMiddleware(_app([0]), backend=backend, cookie_session="session")
+    assert backend.inline_records
 
-    async def scenario() -> None:
-        _, jar = await _call(app, "")  # first visit: identity issued, record written
-        _, jar = await _call(app, jar)  # a returning browser
-        assert await asyncio.to_thread(backend.released.wait, 30)  # its write is done too
-        backend.slow = True
-        backend.released.clear()
-        sent, jar = await _call(app, jar)  # its write now waits for the test
-        # The whole response went out while the record's write had not even finished...
-        assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
-        assert await asyncio.to_thread(backend.writing.wait, 30)
-        # ... and the session stays held until it has.
-        assert not backend.released.is_set()
-        assert backend.held() == 1
-        backend.proceed.set()
-        assert await asyncio.to_thread(backend.released.wait, 30)
-        assert backend.held() == 0
+    async def scenario() -> str:
+        _, jar = await _call(app, "")  # first visit: identity issued, its first record
+        backend.events.clear()
+        await _call(app, jar, backend.events)  # a returning browser
+        return threading.current_thread().name
 
-    asyncio.run(scenario())
-    loop_thread = threading.current_thread().name
-    assert backend.writers[-1] != loop_thread  # written off the event loop
+    loop_thread = asyncio.run(scenario())
+    assert backend.events == ["record", "released", "http.response.start", "http.response.body"]
+    assert backend.writers[-1] == loop_thread
     backend.close()
 
 
-def test_the_next_request_reads_what_was_written_after_the_head(tmp_path: Path) -> None:
-    """A stale replay (an older jar) right after a deferred write gets the newest cookie."""
-    backend = SlowFile(str(tmp_path / "locks"))
-    other = SlowFile(str(tmp_path / "locks"))  # another process's view: reads the file
+def test_a_first_visit_is_recorded_in_a_worker_thread_before_its_head_goes_out(
+    tmp_path: Path,
+) -> None:
+    """A brand-new identity's lease holds no lock: were its record written after the head,
+    the browser's next request could run first and read nothing. It is a file of its own
+    (created), so it is written off the loop."""
+    backend = WatchedFile(str(tmp_path / "locks"))
+    app = SessionLockMiddleware(_app([0]), backend=backend, cookie_session="session")
+
+    async def scenario() -> str:
+        await _call(app, "", backend.events)
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(scenario())
+    assert backend.events == ["first record", "http.response.start", "http.response.body"]
+    assert len(backend.writers) == 1
+    assert backend.writers[0] != loop_thread
+    backend.close()
+
+
+def test_a_slow_file_system_moves_record_writes_off_the_loop_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = WatchedFile(str(tmp_path / "locks"))
+    app = SessionLockMiddleware(_app([0]), backend=backend, cookie_session="session")
+
+    async def requests(jar: str, count: int) -> tuple[str, str]:
+        for _ in range(count):
+            _, jar = await _call(app, jar)
+        return jar, threading.current_thread().name
+
+    # Control: at the real threshold, every write of this test's file system stays inline.
+    jar, loop_thread = asyncio.run(requests("", file._SLOW_STREAK + 2))
+    assert backend.inline_records
+    assert set(backend.writers[1:]) == {loop_thread}
+    monkeypatch.setattr(file, "_SLOW_RECORD", -1.0)  # every write now counts as slow
+    backend.writers.clear()
+    with caplog.at_level(logging.WARNING, logger="sessionlock"):
+        jar, loop_thread = asyncio.run(requests(jar, file._SLOW_STREAK + 2))
+    assert not backend.inline_records
+    assert backend.writers[: file._SLOW_STREAK] == [loop_thread] * file._SLOW_STREAK
+    assert loop_thread not in backend.writers[file._SLOW_STREAK :]  # a worker thread's now
+    warnings = [r for r in caplog.records if "off the event loop" in r.getMessage()]
+    assert len(warnings) == 1
+    backend.close()
+
+
+def test_the_next_request_elsewhere_reads_what_was_written(tmp_path: Path) -> None:
+    """A stale replay (an older jar) in "another process" gets the newest cookie."""
+    backend = WatchedFile(str(tmp_path / "locks"))
+    other = WatchedFile(str(tmp_path / "locks"))  # another process's view: reads the file
     counter = [0]
     app = SessionLockMiddleware(_app(counter), backend=backend, cookie_session="session")
     seen: list[str] = []
@@ -134,20 +178,10 @@ def test_the_next_request_reads_what_was_written_after_the_head(tmp_path: Path) 
     async def scenario() -> None:
         _, jar = await _call(app, "")
         _, old = await _call(app, jar)
-        _, jar = await _call(app, old)  # written after its head
+        _, jar = await _call(app, old)
         await _call(watching, old)  # the old jar, in "another process": handed the newest
 
     asyncio.run(scenario())
     assert "session=v3" in seen[-1]
     backend.close()
     other.close()
-
-
-def test_a_first_visit_is_recorded_before_its_head_goes_out(tmp_path: Path) -> None:
-    """A brand-new identity's lease holds no lock: were its record written after the head,
-    the browser's next request could run first and read nothing (or be overwritten)."""
-    backend = SlowFile(str(tmp_path / "locks"))
-    app = SessionLockMiddleware(_app([0]), backend=backend, cookie_session="session")
-    asyncio.run(_call(app, "", backend.events))
-    assert backend.events == ["write", "http.response.start", "http.response.body"]
-    backend.close()

@@ -86,7 +86,7 @@ class ValueStore:
             raise unavailable(exc) from exc
         finally:
             os.close(fd)
-        parsed = _parse_value(data)
+        parsed = parse(data)
         if parsed is None:
             return None  # torn, damaged or of the older format: absent, as an evicted value
         expires, value = parsed
@@ -96,12 +96,7 @@ class ValueStore:
 
     def set(self, name: str, value: str, ttl: float | None) -> None:
         deadline = None if ttl is None else self._clock() + ttl
-        # Microseconds, fixed width (until 2286): a rewrite's length changes only with the
-        # value's, and an unchanged length needs no ftruncate.
-        expires = b"-" if deadline is None else b"%.6f" % deadline
-        payload = value.encode("utf-8", "surrogatepass")
-        check = zlib.crc32(payload, zlib.crc32(expires))
-        data = b"%s %d %08x\n%s" % (expires, len(payload), check, payload)
+        data = pack(value, deadline)
         # The expiry is also the file's mtime, so tending finds expired files by stat alone.
         mtime = _NEVER if deadline is None else deadline
         path = self.path(name)
@@ -268,8 +263,19 @@ def _read_all(fd: int) -> bytes:
     return b"".join(parts)
 
 
-def _parse_value(data: bytes) -> tuple[float | None, str] | None:
-    """(expiry time or None, value), or None for a file that holds no whole value."""
+def pack(value: str, deadline: float | None) -> bytes:
+    """``value`` as stored: the header line (expiry, length, CRC-32), then the payload."""
+    # Microseconds, fixed width (until 2286): a rewrite's length changes only with the
+    # value's, and an unchanged length needs no ftruncate.
+    expires = b"-" if deadline is None else b"%.6f" % deadline
+    payload = value.encode("utf-8", "surrogatepass")
+    check = zlib.crc32(payload, zlib.crc32(expires))
+    return b"%s %d %08x\n%s" % (expires, len(payload), check, payload)
+
+
+def parse(data: bytes) -> tuple[float | None, str] | None:
+    """(expiry time or None, value) of what :func:`pack` made; None for anything else (no
+    whole value: empty, torn, or of the older format)."""
     head, newline, rest = data.partition(b"\n")
     fields = head.split(b" ")
     if not newline or len(fields) != 3:

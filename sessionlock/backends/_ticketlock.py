@@ -11,18 +11,20 @@ descriptor closes, SIGKILL included), in a CLH-style queue:
 - byte 1, read-locked by every waiter: "someone is queued". The fast path write-locks bytes
   0-1 with no waiting, so it only succeeds when nobody holds *and* nobody waits: a newcomer
   never overtakes a queued request. It then keeps byte 0 only.
-- a ticket per waiter: one byte appended to the file (``O_APPEND`` makes the offset atomic
-  across processes); the waiter write-locks byte ``BASE + ticket``, then waits for a read lock
-  on every earlier ticket byte ``[BASE, BASE + ticket)``, i.e. until each earlier waiter has
-  become holder (it then drops its ticket) or died. Only then does it wait for byte 0, where
-  at most one waiter is ever blocked: the next in line.
+- a ticket per waiter: one byte appended to the file (``O_APPEND``, set on the descriptor
+  for that one write, makes the offset atomic across processes); the waiter write-locks
+  byte ``BASE + ticket``, then waits for a read lock on every earlier ticket byte
+  ``[BASE, BASE + ticket)``, i.e. until each earlier waiter has become holder (it then drops
+  its ticket) or died. Only then does it wait for byte 0, where at most one waiter is ever
+  blocked: the next in line.
 
 A waiter only waits on bytes below its own (and on the holder, who waits on nothing), so no
 cycle, hence no deadlock, can form; the kernel's deadlock detection does not apply to OFD
 locks. A waiter that dies frees its ticket: those behind it move on. Tickets grow by one byte
-per contended wait; the file is emptied by a holder that finds it over 64 KiB with nobody
-queued (a ticket numbered from 1 again can at worst overtake one older waiter once: order,
-never exclusion, is what a reset may bend).
+per contended wait; the file is cut back by a holder that finds it over 64 KiB with nobody
+queued (a ticket numbered lower again can at worst overtake one older waiter once: order,
+never exclusion, is what a reset may bend). The bytes themselves mean nothing to the lock:
+the file backend keeps a session's record at the start of its lock file (a reset keeps it).
 
 Without OFD locks (not Linux) this falls back to plain ``flock``: exclusive, not fair.
 """
@@ -64,14 +66,10 @@ if FAIR:
         return True
 
     def take_in_turn(fd: int) -> None:
-        """Queue behind every earlier waiter, then wait for the holder (blocks the thread).
-
-        ``fd`` must be opened with ``O_APPEND`` (the ticket is its end of file).
-        """
+        """Queue behind every earlier waiter, then wait for the holder (blocks the thread)."""
         fcntl.fcntl(fd, _WAIT, _MARK)
         try:
-            os.write(fd, b"\n")
-            ticket = os.lseek(fd, 0, os.SEEK_CUR)
+            ticket = _append(fd)
             mine = _range(fcntl.F_WRLCK, BASE + ticket, 1)
             fcntl.fcntl(fd, _WAIT, mine)  # nobody else has this byte: immediate
             try:
@@ -87,16 +85,31 @@ if FAIR:
         """Release the lock (the next in line, if any, takes it)."""
         fcntl.fcntl(fd, _SET, _GIVE)
 
-    def reset_if_long(fd: int) -> None:
-        """Empty the file of its tickets if nobody is queued (called holding, past RESET_SIZE)."""
+    def reset_if_long(fd: int, keep: int = 0) -> None:
+        """Cut the file back to its first ``keep`` bytes if nobody is queued (called holding,
+        past RESET_SIZE)."""
         try:
             fcntl.fcntl(fd, _SET, _range(fcntl.F_WRLCK, 1, 1))
         except (BlockingIOError, PermissionError):
             return  # someone is queued: later
         try:
-            os.ftruncate(fd, 0)
+            os.ftruncate(fd, keep)
         finally:
             fcntl.fcntl(fd, _SET, _DROP_MARK)
+
+    def _append(fd: int) -> int:
+        """One byte appended: its end offset, unique and growing across processes.
+
+        ``O_APPEND`` only for this write: Linux's ``pwrite`` appends on an ``O_APPEND``
+        descriptor, and the holder writes its record at offset 0 of the same file.
+        """
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_APPEND)
+        try:
+            os.write(fd, b"\n")
+        finally:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        return os.lseek(fd, 0, os.SEEK_CUR)
 
 else:  # pragma: no cover - not Linux
 
@@ -113,5 +126,5 @@ else:  # pragma: no cover - not Linux
     def give(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def reset_if_long(fd: int) -> None:
+    def reset_if_long(fd: int, keep: int = 0) -> None:
         return None

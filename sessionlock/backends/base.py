@@ -129,6 +129,30 @@ class Backend(ABC):
         """
         return None
 
+    #: Whether :meth:`load` and :meth:`store` under a held lease are cheap enough for an
+    #: event loop: a few system calls on a descriptor the lease holds open, never a wait on a
+    #: disk or a network. The ASGI shell runs the others in a worker thread.
+    inline_records: bool = False
+
+    def load(self, lease: Lease) -> str | None:
+        """The record of the held key: what the last :meth:`store` under one of its leases
+        stored, or else what :meth:`set` stored under the key (a key's first record, written
+        before anyone could hold it). None if absent or expired."""
+        return self.get(lease.key)
+
+    def store(self, lease: Lease, value: str | None, ttl: float | None) -> int | None:
+        """Replace the held key's record (None: delete it) and give the key a new stamp.
+
+        Returns the new stamp (as :meth:`mark`). The stamp changes first: a failure midway
+        leaves others reading the record again, never trusting their older copy.
+        """
+        stamp = self.mark(lease)
+        if value is None:
+            self.delete(lease.key)
+        else:
+            self.set(lease.key, value, ttl)
+        return stamp
+
     @abstractmethod
     def get(self, key: str) -> str | None:
         """The value stored under ``key``, or None if absent, expired or evicted."""

@@ -28,6 +28,7 @@ _EXPIRE_PER_SET = 4  # expired values a set may remove, at most: bounded work pe
 
 class MemoryBackend(Backend):
     shared = False
+    inline_records = True  # a dict: nothing to wait for
 
     def __init__(
         self,
