@@ -40,6 +40,7 @@ class Options(TypedDict, total=False):
     secret: str | bytes | None
     cookie_session: str | Sequence[str] | None
     release: Literal["head", "end"]
+    on_backend_error: Literal["closed", "open"]
 
 
 #: Where the request's :class:`Admission` is, as its handle (early release, rotation).
@@ -151,6 +152,14 @@ class _Unshared(Lease):
     __slots__ = ()
 
 
+class _Degraded(Lease):
+    """The lease of a request let in while the backend fails (``on_backend_error="open"``):
+    it holds this process's turn only, and nothing in the backend; cookie records are neither
+    read nor written under it (the request sees its cookies as sent)."""
+
+    __slots__ = ()
+
+
 class Refusal:
     """The answer to a request that could not get its turn: 429, or 503."""
 
@@ -202,6 +211,12 @@ class Core:
                  body streaming, ``close()`` and background tasks run outside the lock.
                  ``"end"``: held until the response is complete, for apps that write
                  server-side session state while streaming.
+    on_backend_error: ``"closed"`` (default): a request whose backend fails (Redis down, a
+                 full disk) is answered 503 with Retry-After. ``"open"``: it runs anyway,
+                 serialized with this process's other requests of its session only (across
+                 processes or hosts two may overlap); a warning is logged once per outage, and
+                 another once the backend answers again. Each request still asks the backend
+                 first, so the first one after it is back is serialized everywhere again.
     """
 
     def __init__(
@@ -216,6 +231,7 @@ class Core:
         secret: str | bytes | None = None,
         cookie_session: str | Sequence[str] | None = None,
         release: Literal["head", "end"] = "head",
+        on_backend_error: Literal["closed", "open"] = "closed",
     ) -> None:
         if timeout is not None and (
             not isinstance(timeout, (int, float))
@@ -239,6 +255,15 @@ class Core:
             )
         if release not in ("head", "end"):
             raise ConfigurationError(f"release must be 'head' or 'end', got {release!r}")
+        if on_backend_error not in ("closed", "open"):
+            raise ConfigurationError(
+                f"on_backend_error must be 'closed' or 'open', got {on_backend_error!r}"
+            )
+        self.fail_open = on_backend_error == "open"
+        # Whether the backend is failing now, as last seen: said once when an outage begins
+        # and once when it ends, never per request.
+        self._outage = False
+        self._outage_lock = threading.Lock()
         if isinstance(backend, str):
             backend = from_url(backend)
         elif not isinstance(backend, Backend):
@@ -266,8 +291,13 @@ class Core:
         # Recent keys' digests: the hash is the largest fixed cost of an uncontended request.
         # In process memory only, where the raw keys already are; never written anywhere.
         self._digests: dict[str, str] = {}
-        # A backend that keeps the default release_async releases without awaiting.
-        self.releases_inline = type(backend).release_async is Backend.release_async
+        # Lease calls over a network (redis://, Backend.inline_leases False) never run on an
+        # event loop: a task awaits acquire_future even when uncontended, and releases through
+        # release_async. A local backend keeping the default release_async releases inline.
+        self.enters_inline = backend.inline_leases
+        self.releases_inline = (
+            backend.inline_leases and type(backend).release_async is Backend.release_async
+        )
         # Cookie records on a backend outside process memory cost file or network I/O: the
         # ASGI shell moves that off the event loop.
         self.cookies_block = cookie_session is not None and backend.shared
@@ -300,7 +330,8 @@ class Core:
         return (
             f"backend {where}; key {key}; tracked cookie sessions: {cookies}; timeout {timeout};"
             f" max_waiters {self.max_waiters}; max_waiting_threads {threads};"
-            f" released at the {'head' if self.release_at_head else 'end'}"
+            f" released at the {'head' if self.release_at_head else 'end'};"
+            f" on backend error: {'open' if self.fail_open else 'closed'}"
         )
 
     # -- admission -----------------------------------------------------------------------
@@ -355,9 +386,17 @@ class Core:
             lease = self.backend.try_acquire(key)
             if lease is None:  # held by another process: wait for the backend
                 lease, waited = self._backend_acquire(admission), True
+        except BackendUnavailable as error:
+            if not self.fail_open:
+                self.queue.release(key)
+                raise
+            lease = self._degraded(key, error)
         except BaseException:
             self.queue.release(key)
             raise
+        else:
+            if self._outage:
+                self._backend_back()
         if waited:
             self._entered(admission, lease)
         else:
@@ -402,17 +441,26 @@ class Core:
         """Take the session at once if nobody holds it; never wait (the ASGI fast path)."""
         if admission.lease is not None:  # a brand-new identity, held since admit()
             return True
+        if not self.enters_inline:  # a backend over the network: never asked on the loop
+            return False
         key = admission.key
         if not self.queue.try_acquire(key):
             return False
         try:
             lease = self.backend.try_acquire(key)
-        except BaseException:  # e.g. BackendUnavailable: the turn must not stay taken
+        except BackendUnavailable:  # the turn must not stay taken: the long way decides
+            self.queue.release(key)
+            if self.fail_open:
+                return False
+            raise
+        except BaseException:
             self.queue.release(key)
             raise
         if lease is None:  # another process holds it: wait the long way
             self.queue.release(key)
             return False
+        if self._outage:
+            self._backend_back()
         admission.lease = lease  # no wait: Server-Timing says 0.0
         return True
 
@@ -435,14 +483,24 @@ class Core:
                 gone.add_done_callback(lambda done: self._client_gone(done, waiter))
                 await self.queue.wait(waiter, self.timeout)
             try:
-                lease = self.backend.try_acquire(key)
+                # A backend over the network is not asked on the loop: its future answers,
+                # at once when the key is free (a round trip on a helper thread).
+                lease = self.backend.try_acquire(key) if self.enters_inline else None
                 if lease is None:
                     if gone is None:
                         gone = asyncio.ensure_future(until_gone())
                     lease = await self._backend_wait(admission, gone)
+            except BackendUnavailable as error:
+                if not self.fail_open:
+                    self.queue.release(key)
+                    raise
+                lease = self._degraded(key, error)
             except BaseException:
                 self.queue.release(key)
                 raise
+            else:
+                if self._outage:
+                    self._backend_back()
         finally:
             if gone is not None:
                 gone.cancel()
@@ -486,11 +544,16 @@ class Core:
         return lease
 
     async def leave_async(self, admission: Admission) -> None:
+        """:meth:`leave` for a task: a backend's release is awaited, never run on the loop
+        unless the backend's lease calls are local (``Backend.inline_leases``)."""
         lease = self._take(admission)
         if lease is None or type(lease) is _Unshared:
             return
         try:
-            await self.backend.release_async(lease)
+            if type(lease) is not _Degraded:
+                await self.backend.release_async(lease)
+        except BackendUnavailable as error:
+            self._not_released(error)
         finally:
             self.queue.release(lease.key)
 
@@ -503,7 +566,7 @@ class Core:
         mine = (self._mark, admission.key)
         request[HELD] = (mine,) if held is None else (*held, mine)
         request[HANDLE] = admission
-        if self.cookies is not None:
+        if self.cookies is not None and type(admission.lease) is not _Degraded:
             self.cookies.prepare(admission, request)
 
     def _rotate(self, admission: Admission) -> bool:
@@ -523,6 +586,7 @@ class Core:
             self.cookies_block
             and cookies is not None
             and admission.set_identity is None
+            and type(admission.lease) is not _Degraded
             and cookies.needs_read(admission, request)
         )
 
@@ -530,7 +594,10 @@ class Core:
         if type(lease) is _Unshared:
             return
         try:
-            self.backend.release(lease)
+            if type(lease) is not _Degraded:
+                self.backend.release(lease)
+        except BackendUnavailable as error:
+            self._not_released(error)
         finally:
             self.queue.release(lease.key)
 
@@ -583,7 +650,8 @@ class Core:
         # A response a shared cache may store gets none of our Set-Cookies (they would be
         # served to everyone): the identity, or a re-sent cookie, waits for the next response.
         public = shared_cacheable(headers)
-        if self.cookies is not None and admission.lease is not None:
+        lease = admission.lease
+        if self.cookies is not None and lease is not None and type(lease) is not _Degraded:
             headers = self.cookies.finish(admission, headers, public=public)
         elif self._identity is not None and admission.notes and admission.notes.get(_ROTATE_NOTE):
             fresh = keys.new_identity()
@@ -617,6 +685,45 @@ class Core:
         finally:
             leaving.release()
         return lease
+
+    # -- backend outages -----------------------------------------------------------------
+
+    def _degraded(self, key: str, error: BackendUnavailable) -> Lease:
+        """``on_backend_error="open"``: the request runs on this process's turn alone (the
+        caller holds it). The outage is said once, not per request."""
+        self._outage_began(
+            "sessionlock: the backend is unavailable (%s); on_backend_error='open': requests"
+            " run serialized within this process only until it answers again",
+            error,
+        )
+        return _Degraded(key)
+
+    def _not_released(self, error: BackendUnavailable) -> None:
+        """A release that failed after the response went out: the app's work stands (no
+        error for it); the lease expires in the backend (redis://: within ``lease_ttl``)."""
+        self._outage_began(
+            "sessionlock: a session could not be released (%s); its lease expires on its own",
+            error,
+        )
+
+    def _outage_began(self, message: str, error: BackendUnavailable) -> None:
+        if self._outage:
+            return
+        with self._outage_lock:
+            if self._outage:
+                return
+            self._outage = True
+        logger.warning(message, error, extra={"sessionlock_outage": True})
+
+    def _backend_back(self) -> None:
+        with self._outage_lock:
+            if not self._outage:
+                return
+            self._outage = False
+        logger.warning(
+            "sessionlock: the backend answers again; sessions are serialized by it again",
+            extra={"sessionlock_outage": False},
+        )
 
     def _entered(self, admission: Admission, lease: Lease) -> None:
         admission.lease = lease

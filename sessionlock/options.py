@@ -6,8 +6,8 @@ forms and the environment at once. A name that is not one of them is refused wit
 of known ones, and the closest name when there is one::
 
     unknown option 'timout' for SessionLockMiddleware (did you mean 'timeout'?); known:
-    backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, release, secret,
-    timeout
+    backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, on_backend_error,
+    release, secret, timeout
 
 The environment form (:func:`from_environ`, read by ``sessionlock.uvicorn:app``) is
 ``SESSIONLOCK_<OPTION>`` for every option:
@@ -23,7 +23,9 @@ The environment form (:func:`from_environ`, read by ``sessionlock.uvicorn:app``)
 - ``SESSIONLOCK_SECRET``: the key that hashes session keys (16+ bytes);
 - ``SESSIONLOCK_COOKIE_SESSION``: comma-separated cookie names (``session``); empty,
   ``none`` or ``off``: no cookie tracked;
-- ``SESSIONLOCK_RELEASE``: ``head`` or ``end``.
+- ``SESSIONLOCK_RELEASE``: ``head`` or ``end``;
+- ``SESSIONLOCK_ON_BACKEND_ERROR``: ``closed`` (503 while the backend fails) or ``open``
+  (serve, serialized within the process only).
 
 Any other variable that starts with ``SESSIONLOCK_`` is refused (a typo would otherwise be
 ignored in silence), except ``SESSIONLOCK_APP``, the uvicorn factory's app. A variable set
@@ -176,6 +178,14 @@ def _release(variable: str, text: str) -> object:
     raise ConfigurationError(f"{variable} must be 'head' or 'end', got {text!r}")
 
 
+def _on_backend_error(variable: str, text: str) -> object:
+    if not text:
+        return _DEFAULT
+    if text.lower() in ("closed", "open"):
+        return text.lower()
+    raise ConfigurationError(f"{variable} must be 'closed' or 'open', got {text!r}")
+
+
 #: How each option's variable is read; an option without one is read as text.
 _PARSERS: dict[str, Callable[[str, str], object]] = {
     "backend": _text,
@@ -187,4 +197,5 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "secret": _text,
     "cookie_session": _cookie_names,
     "release": _release,
+    "on_backend_error": _on_backend_error,
 }

@@ -66,6 +66,8 @@ def app(*args: Any) -> Any:  # never called: these tests only build the middlewa
         pytest.param({"key": "cookie:"}, "key spec", id="key-spec-empty-name"),
         pytest.param({"key": "sessionid"}, "key spec", id="key-spec-bare-name"),
         pytest.param({"key": 3}, "key must be", id="key-not-spec-or-callable"),
+        pytest.param({"on_backend_error": "fail"}, "'closed' or 'open'", id="on-error-word"),
+        pytest.param({"on_backend_error": True}, "'closed' or 'open'", id="on-error-bool"),
     ],
 )
 @pytest.mark.parametrize("middleware", MIDDLEWARE)

@@ -18,13 +18,13 @@ from sessionlock.errors import ConfigurationError
 from sessionlock.options import _PARSERS, NAMES, check_names, from_environ
 
 KNOWN = (
-    "backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, release, secret, "
-    "timeout"
+    "backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, on_backend_error, "
+    "release, secret, timeout"
 )
 VARIABLES = (
     "SESSIONLOCK_APP, SESSIONLOCK_BACKEND, SESSIONLOCK_COOKIE_SESSION, SESSIONLOCK_EXEMPT, "
     "SESSIONLOCK_KEY, SESSIONLOCK_MAX_WAITERS, SESSIONLOCK_MAX_WAITING_THREADS, "
-    "SESSIONLOCK_RELEASE, SESSIONLOCK_SECRET, SESSIONLOCK_TIMEOUT"
+    "SESSIONLOCK_ON_BACKEND_ERROR, SESSIONLOCK_RELEASE, SESSIONLOCK_SECRET, SESSIONLOCK_TIMEOUT"
 )
 SECRET = "options-test-secret-0123456789"
 
@@ -117,6 +117,7 @@ EVERY = {
     "SESSIONLOCK_SECRET": SECRET,
     "SESSIONLOCK_COOKIE_SESSION": "session,remember",
     "SESSIONLOCK_RELEASE": "end",
+    "SESSIONLOCK_ON_BACKEND_ERROR": "open",
 }
 
 
@@ -132,6 +133,7 @@ def test_every_option_is_read_from_its_variable() -> None:
         "secret": SECRET,
         "cookie_session": ["session", "remember"],
         "release": "end",
+        "on_backend_error": "open",
     }
     assert set(options) == set(NAMES)  # every option has its variable
 
@@ -142,6 +144,7 @@ def test_what_is_read_builds_the_middleware_it_says() -> None:
     core = SessionLockMiddleware(wsgi_hello, **from_environ(EVERY)).core
     assert (core.timeout, core.max_waiters, core.max_waiting_threads) == (2.5, 3, 1)
     assert not core.release_at_head
+    assert core.fail_open
     assert core.cookies is not None
     assert core.is_exempt is not None
     assert core.is_exempt({"REQUEST_METHOD": "OPTIONS", "PATH_INFO": "/x"})
@@ -170,6 +173,9 @@ def test_nothing_set_is_nothing_given() -> None:
         pytest.param("EXEMPT", "off", {"exempt": None}, id="exempt-off"),
         pytest.param("EXEMPT", "GET", {"exempt": ["GET"]}, id="exempt-one"),
         pytest.param("RELEASE", "HEAD", {"release": "head"}, id="release-case"),
+        pytest.param("ON_BACKEND_ERROR", "Open", {"on_backend_error": "open"}, id="open-case"),
+        pytest.param("ON_BACKEND_ERROR", "closed", {"on_backend_error": "closed"}, id="closed"),
+        pytest.param("ON_BACKEND_ERROR", "", {}, id="on-backend-error-empty"),
         # An empty scalar is the option's default (a shell's VAR=${UNSET}):
         pytest.param("TIMEOUT", "", {}, id="timeout-empty"),
         pytest.param("BACKEND", "", {}, id="backend-empty"),
@@ -216,6 +222,12 @@ def test_values(variable: str, text: str, expected: dict[str, object]) -> None:
             "later",
             "SESSIONLOCK_RELEASE must be 'head' or 'end', got 'later'",
             id="release-word",
+        ),
+        pytest.param(
+            "ON_BACKEND_ERROR",
+            "fail-open",
+            "SESSIONLOCK_ON_BACKEND_ERROR must be 'closed' or 'open', got 'fail-open'",
+            id="on-backend-error-word",
         ),
     ],
 )
@@ -327,7 +339,7 @@ GUNICORN_EVERY = (
     'sessionlock.gunicorn:wrap("tests.test_options:wsgi_hello", backend="memory://", '
     'key="identity", timeout=None, max_waiters=2, max_waiting_threads=1, '
     f'exempt=["/static/", "OPTIONS"], secret="{SECRET}", cookie_session="session", '
-    'release="end")'
+    'release="end", on_backend_error="open")'
 )
 
 
@@ -347,6 +359,7 @@ def test_gunicorn_factory_syntax_reaches_every_option() -> None:
     assert (core.timeout, core.max_waiters, core.max_waiting_threads) == (None, 2, 1)
     assert core.cookies is not None
     assert not core.release_at_head
+    assert core.fail_open
 
 
 @pytest.mark.parametrize(

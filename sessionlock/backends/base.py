@@ -12,7 +12,9 @@ leaves each Core to serialize its own requests, as before the registry.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+import threading
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -20,6 +22,8 @@ from ..errors import ConfigurationError
 from . import _shared
 
 __all__ = ["DEFAULT_MAX_VALUES", "Backend", "Lease", "check_max_values"]
+
+logger = logging.getLogger("sessionlock")
 
 #: Values a backend stores at most (per process for memory://, per directory for file://):
 #: a flood of new browser identities, each leaving a record, costs bounded memory and disk.
@@ -65,6 +69,16 @@ class Backend(ABC):
     #: what the gunicorn integration checks before starting more than one worker.
     shared: ClassVar[bool] = True
 
+    #: Whether :meth:`try_acquire` and :meth:`release` may run on an event loop: they never
+    #: wait on a network or on another process (memory://: a dict; file://: a non-blocking
+    #: ``fcntl`` on a descriptor the process holds). A backend that talks to a server over
+    #: the network (redis://) sets it False: then no lease call of an ASGI request runs on
+    #: the loop. Its tasks await :meth:`acquire_future` (which answers at once, with a
+    #: Lease, when the key is free) instead of calling :meth:`try_acquire`, and release
+    #: through :meth:`release_async`, whose default then runs :meth:`release` in a worker
+    #: thread; a lease given up (:meth:`give_up`) is released in one too.
+    inline_leases: bool = True
+
     def secret(self) -> bytes:
         """The default hashing secret when the user gives none.
 
@@ -106,20 +120,36 @@ class Backend(ABC):
 
     def give_up(self, acquiring: asyncio.Future[Lease | None]) -> None:
         """Stop a wait for a lease nobody will use: cancelled if still coming, released if
-        it arrived (a backend's future gives back a lease that lands after its cancel)."""
+        it arrived (a backend's future gives back a lease that lands after its cancel).
+        Without :attr:`inline_leases` that release happens in a worker thread."""
         if not acquiring.done():
             acquiring.cancel()
         elif not acquiring.cancelled() and acquiring.exception() is None:
             lease = acquiring.result()
             if lease is not None:
-                self.release(lease)
+                if self.inline_leases:
+                    self.release(lease)
+                else:
+                    self._release_elsewhere(lease)
+
+    def _release_elsewhere(self, lease: Lease) -> None:
+        """Release ``lease`` in a worker thread, not waiting for it; a failure is logged."""
+        thread = threading.Thread(
+            target=_release_quietly, args=(self, lease), name="sessionlock-release", daemon=True
+        )
+        thread.start()
 
     @abstractmethod
     def release(self, lease: Lease) -> None:
         """Give the key back; the next waiter (in any process) may take it."""
 
     async def release_async(self, lease: Lease) -> None:
-        self.release(lease)
+        """:meth:`release` for a task: inline with :attr:`inline_leases`, else in a worker
+        thread (the release happens even if the awaiting task is cancelled meanwhile)."""
+        if self.inline_leases:
+            self.release(lease)
+        else:
+            await asyncio.shield(asyncio.to_thread(self.release, lease))
 
     def mark(self, lease: Lease) -> int | None:
         """Give the held key a new stamp, before changing state that others may cache.
@@ -177,3 +207,10 @@ class Backend(ABC):
         makes a fresh one. Subclasses that override this call ``super().close()``.
         """
         _shared.forget(self)
+
+
+def _release_quietly(backend: Backend, lease: Lease) -> None:
+    try:
+        backend.release(lease)
+    except Exception as error:  # its lease expires or is released with its process
+        logger.warning("sessionlock: a lease given up could not be released: %s", error)

@@ -24,10 +24,12 @@ one release round trip after the holder let go. That is FIFO across processes an
 (inside a process only the head of a key's local queue is in line here). A waiter re-checks
 every second at most (:data:`RECHECK`), so a lost wake-up (a restart, a failover) or an
 expired holder delays it by that much, never forever. Threads wait in ``BLPOP`` themselves;
-an asyncio task's wait runs on a helper thread (:mod:`sessionlock._helpers`) that resolves
-the task's future (no ``redis.asyncio`` pool per event loop to open and close; the hand-off
-costs one ``call_soon_threadsafe``). A waiter that times out or is cancelled leaves the line;
-a lease handed to it meanwhile is taken (threads) or handed on (tasks): never leaked.
+an asyncio task's acquire (even an uncontended one: :attr:`inline_leases` is False) and its
+release run on a helper thread (:mod:`sessionlock._helpers`) that resolves the task's future,
+so the event loop never waits on Redis (no ``redis.asyncio`` pool per event loop to open and
+close; the hand-off costs one ``call_soon_threadsafe``). A waiter that times out or is
+cancelled leaves the line; a lease handed to it meanwhile is taken (threads) or handed on
+(tasks): never leaked.
 
 Fencing. Every grant increments the key's ``fence`` (``Lease.token.fence``, a number that
 only grows), every :meth:`mark` its ``mark`` (``Lease.stamp``). :meth:`mark` and the value
@@ -134,6 +136,9 @@ class RedisBackend(Backend):
     """Leases and values in one Redis database (see the module docstring)."""
 
     shared = True
+    #: Every lease call is a round trip (up to the connect timeout during an outage): an
+    #: ASGI request's run on a helper thread (:meth:`acquire_future`, :meth:`release_async`).
+    inline_leases = False
 
     def __init__(
         self,
@@ -244,15 +249,17 @@ class RedisBackend(Backend):
             self._delist(ticket)
 
     def acquire_future(self, key: str, timeout: float | None) -> asyncio.Future[Lease | None]:
-        """A future a helper thread resolves: it waits in ``BLPOP`` for the task."""
+        """A future a helper thread resolves: the lease at once if the key is free (one
+        round trip), else after waiting in ``BLPOP`` for the task. Nothing here talks to
+        Redis on the calling thread, the event loop (``timeout <= 0``: one try, no line)."""
         loop = asyncio.get_running_loop()
-        if timeout is not None and timeout <= 0:
-            done: asyncio.Future[Lease | None] = loop.create_future()
-            done.set_result(self.try_acquire(key))
-            return done
         self._check_open()
-        waiting = _TaskWait(self, self._safe(key), loop)
+        line = timeout is None or timeout > 0
+        waiting = _TaskWait(self, self._safe(key), loop, line=line)
         future = waiting.future
+        if not line:
+            self._helpers.run(waiting.run)
+            return future
         future.add_done_callback(waiting.finished)
         if timeout is not None:
             timer = loop.call_later(timeout, waiting.expire)
@@ -282,6 +289,37 @@ class RedisBackend(Backend):
         if result == -1 and not grant.lost:
             grant.lost = True
             _say_lost(lease.key, "at its release")
+
+    async def release_async(self, lease: Lease) -> None:
+        """:meth:`release` on a helper thread; the task awaits it (a cancelled task does not
+        stop it). Its BackendUnavailable is raised here."""
+        if _marked.get() is lease:
+            _marked.set(None)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if done.done():  # the task was cancelled meanwhile
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        def job() -> None:
+            error: BaseException | None = None
+            try:
+                self.release(lease)
+            except BaseException as exc:
+                error = exc
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+                loop.call_soon_threadsafe(settle, error)
+
+        self._helpers.run(job)
+        await done
+
+    def _release_elsewhere(self, lease: Lease) -> None:
+        self._helpers.run(functools.partial(_release_quietly, self, lease))
 
     def mark(self, lease: Lease) -> int:
         """The key's next mark, if ``lease`` still holds it; else BackendUnavailable (from
@@ -527,12 +565,15 @@ class RedisBackend(Backend):
 class _TaskWait:
     """One task's wait, run on a helper thread that alone talks to Redis for it."""
 
-    __slots__ = ("_backend", "_given_up", "_key", "_loop", "_ticket", "future")
+    __slots__ = ("_backend", "_given_up", "_key", "_line", "_loop", "_ticket", "future")
 
-    def __init__(self, backend: RedisBackend, key: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, backend: RedisBackend, key: str, loop: asyncio.AbstractEventLoop, *, line: bool
+    ) -> None:
         self._backend = backend
         self._key = key
         self._loop = loop
+        self._line = line  # False: one try, never in line (the future says None if busy)
         self._ticket = _ticket()
         self._given_up = False  # set on the loop; read by the helper between blocks
         self.future: asyncio.Future[Lease | None] = loop.create_future()
@@ -545,7 +586,10 @@ class _TaskWait:
         """The helper's job: join the line, block until the lease comes or the task leaves."""
         backend, key, ticket = self._backend, self._key, self._ticket
         try:
-            got = backend._run(backend._acquire_script, key, ticket, "1")
+            got = backend._run(backend._acquire_script, key, ticket, "1" if self._line else "0")
+            if got is None and not self._line:
+                self._deliver(None, None)
+                return
             if got is None:
                 backend._enlist(ticket, key)
                 try:
@@ -578,10 +622,9 @@ class _TaskWait:
             if lease is not None:
                 release = functools.partial(_release_quietly, self._backend, lease)
                 self._backend._helpers.run(release)
-        elif lease is not None:
+        elif lease is not None or error is None:
             self.future.set_result(lease)
         else:
-            assert error is not None
             wrapped = error if isinstance(error, BackendUnavailable) else _unavailable(error)
             self.future.set_exception(wrapped)
 
