@@ -175,7 +175,11 @@ class Identity:
         """:meth:`issue` for a request known to be https (``secure``) or not."""
         name, attributes = self._secured if secure else self._plain
         body = f"{identity}.{generation}"
-        return f"{name}={body}.{self._tag(body)}{attributes}"
+        value = f"{body}.{self._tag(body)}"
+        # Known valid: the browser's next request (a tracked session's re-issue on every
+        # write) is then verified by a dict lookup, not a second MAC.
+        self._remember(value, (identity, generation))
+        return f"{name}={value}{attributes}"
 
     def _tag(self, body: str) -> str:
         digest = hashlib.blake2b(
@@ -236,10 +240,13 @@ class Identity:
         if not hmac.compare_digest(tag, self._tag(f"{identity}.{generation}")):
             return None  # never issued by this server: replaced, not adopted
         found = (identity, int(generation))
+        self._remember(value, found)
+        return found
+
+    def _remember(self, value: str, found: tuple[str, int]) -> None:
         if len(self._verified) >= _VERIFIED:
             self._verified.clear()
         self._verified[value] = found
-        return found
 
     def _form(self, request: Request) -> tuple[str, str]:
         return self._secured if self._secure(request) else self._plain

@@ -28,6 +28,7 @@ class Spy(FileBackend):
 
     def __init__(self, directory: str) -> None:
         super().__init__(directory)
+        assert self.swept.wait(30)  # no start sweep locking a file behind a test's back
         self.calls: list[tuple[str, str]] = []
         self.fail_sets = 0  # how many of the next stores fail (nothing written)
         self.stamps = True

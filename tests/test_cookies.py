@@ -498,6 +498,7 @@ class RecordingFile(FileBackend):
 
     def __init__(self, directory: str) -> None:
         super().__init__(directory)
+        assert self.swept.wait(30)  # no start sweep locking a file behind a test's back
         self.sets: list[tuple[str, str, float | None]] = []
 
     def set(self, key: str, value: str, ttl: float | None) -> None:

@@ -33,9 +33,17 @@ def directory(tmp_path: Path) -> str:
     return str(tmp_path / "locks")
 
 
+def _started(directory: str, **options: Clock) -> FileBackend:
+    """A backend whose start sweep is over: it would otherwise lock (and remove) the test's
+    lock files behind its back."""
+    made = FileBackend(directory, **options)
+    assert made.swept.wait(30)
+    return made
+
+
 @pytest.fixture
 def backend(directory: str) -> Iterator[FileBackend]:
-    made = FileBackend(directory)
+    made = _started(directory)
     yield made
     made.close()
 
@@ -69,7 +77,7 @@ def _lock_file(directory: str) -> str:
 def test_a_record_is_read_back_by_another_process_and_deleted(
     backend: FileBackend, directory: str
 ) -> None:
-    other = FileBackend(directory)  # another process's view of the directory
+    other = _started(directory)  # another process's view of the directory
     try:
         assert _load(other) is None
         _store(backend, "first record, longer than the next")
@@ -143,7 +151,7 @@ def test_a_torn_record_reads_as_none_never_as_an_older_copy(
 
 def test_an_expired_record_reads_as_none(directory: str) -> None:
     clock = Clock()
-    backend = FileBackend(directory, clock=clock)
+    backend = _started(directory, clock=clock)
     try:
         _store(backend, "short-lived", ttl=10)
         clock.now += 9
@@ -157,7 +165,7 @@ def test_an_expired_record_reads_as_none(directory: str) -> None:
 def test_tickets_queued_after_a_record_leave_it_whole(backend: FileBackend, directory: str) -> None:
     holder = _held(backend)
     backend.store(holder, "record", None)
-    other = FileBackend(directory)
+    other = _started(directory)
     got: list[Lease | None] = []
     waiter = threading.Thread(target=lambda: got.append(other.acquire(KEY, None)))
     waiter.start()
@@ -194,3 +202,13 @@ def test_a_reset_of_the_tickets_keeps_the_record(
         assert backend.load(lease) == "record"
     finally:
         backend.release(lease)
+
+
+def test_a_damaged_header_claiming_a_huge_record_is_neither_read_nor_kept(
+    backend: FileBackend, directory: str
+) -> None:
+    _store(backend, "record")
+    with open(_lock_file(directory), "r+b") as damaged:
+        damaged.write(b"- 999999999999 00000000\n")  # a length no record has
+    assert _load(backend) is None  # here but unreadable: no older copy, no 1 TB read
+    assert os.path.getsize(_lock_file(directory)) < 100

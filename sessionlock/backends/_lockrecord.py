@@ -29,6 +29,7 @@ from ._filevalues import pack, parse
 __all__ = ["Found", "extent", "read", "write"]
 
 _FIRST_READ = 16_384  # bytes read at once: a record is rarely longer
+_MAX_RECORD = 1 << 20  # a header claiming more is damage: never read (or kept) that much
 
 
 class Found(NamedTuple):
@@ -45,6 +46,8 @@ def read(fd: int) -> Found:
     size = _size(data)
     if size is None:
         return Found(False, None, None)
+    if size > _MAX_RECORD:
+        return Found(True, None, None)
     parsed = parse(data if size <= len(data) else os.pread(fd, size, 0))
     if parsed is None:
         return Found(True, None, None)
@@ -72,7 +75,7 @@ def extent(fd: int) -> int:
     """How many leading bytes of ``fd``'s file the record takes (0: none), to keep on a reset."""
     data = os.pread(fd, 64, 0)
     size = _size(data)
-    return 0 if size is None else size
+    return 0 if size is None or size > _MAX_RECORD else size
 
 
 def _size(data: bytes) -> int | None:
