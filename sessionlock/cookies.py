@@ -113,6 +113,7 @@ _PRINTABLE = re.compile(r"[\x20-\x7e]*")  # the whole header: no CR, LF, NUL or 
 _PLAIN_HOST = re.compile(r"[\x20-\x5b\x5d-\x7e]*")  # printable but a backslash: kept as is
 _MAX_AGE_ATTR = re.compile(r"(?i)^\s*max-age\s*=")
 _MAX_AGE_VALUE = re.compile(r"-?[0-9]{1,12}")
+_TIMES = frozenset({"expires", "max-age"})  # attributes that only say how long a cookie lives
 
 
 class SetCookie:
@@ -700,7 +701,7 @@ class SessionCookies:
             if state.fresh:  # a visitor who may never come back: its next write keeps it longer
                 ttl = min(ttl, NEW_BROWSER_TTL)
             fingerprint = "" if deleted else known.seal.fingerprint(cookie.value)
-            current &= entry is not None and _still_current(entry, cookie, host, now, ttl)
+            current &= entry is not None and _still_current(entry, cookie, deleted, host, now, ttl)
             if entry is None:
                 lineage, complete = "", start or old is not None
             else:
@@ -898,20 +899,36 @@ def _sealed(seal: _Seal, record: _Record, now: float) -> tuple[str, float] | Non
     return seal.seal(_dump(record.generation, live)), last - now
 
 
-def _still_current(entry: _Entry, cookie: SetCookie, host: str, now: float, ttl: float) -> bool:
+def _still_current(
+    entry: _Entry, cookie: SetCookie, deleted: bool, host: str, now: float, ttl: float
+) -> bool:
     """Whether ``entry``, as stored, may stand for ``cookie`` issued again now for ``ttl``.
 
-    The same header (value and attributes) from the same host, and a stored expiry that
-    still covers half of ``ttl``: then only ``issued`` and ``until`` would move, and the
-    record is not rewritten (a long-lived session's is still extended now and then). A value
-    that changed (Flask and Starlette sign a timestamp into theirs) is always written.
+    The same value and attributes but for the expiry (``Expires`` moves every second when
+    an app re-issues a server-side session's id), from the same host, and a stored expiry
+    that still covers half of ``ttl``: then only times would move, and the record is not
+    rewritten (a long-lived session's is still extended now and then). A value that changed
+    (Flask and Starlette sign a timestamp into theirs) is always written.
 
-    The one trace of the older ``issued``: :meth:`_Entry.resend` shortens Max-Age from it. A
-    stale request is resent the cookie only if it left before its browser got the value
-    (issued at the ``issued`` stored), and it is answered after this re-issue: its Max-Age is
-    short by about its own time in flight at most, as a resend is short of it anyway.
+    The one trace of the older times: a re-sent cookie (:meth:`_Entry.resend`) carries the
+    stored one's. A stale request is resent the cookie only if it left before its browser got
+    the value, and it is answered after this re-issue: its lifetime is short by about its own
+    time in flight, or by half of ``ttl`` at most, as a resend is short of it anyway.
     """
-    return cookie.header == entry.header and host == entry.host and (entry.until - now >= ttl / 2)
+    if host != entry.host or deleted != entry.deleted or entry.until - now < ttl / 2:
+        return False
+    if cookie.header == entry.header:
+        return True
+    stored = entry.cookie
+    return (
+        stored is not None
+        and stored.value == cookie.value
+        and _timeless(stored.attributes) == _timeless(cookie.attributes)
+    )
+
+
+def _timeless(attributes: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in attributes.items() if name not in _TIMES}
 
 
 def _cookie_value(set_cookie: str | None) -> str | None:

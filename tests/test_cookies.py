@@ -834,6 +834,31 @@ def test_a_cookie_issued_again_unchanged_is_not_rewritten(tmp_path: Path) -> Non
     backend.close()
 
 
+def test_a_server_side_session_id_re_issued_with_a_new_expiry_is_not_rewritten(
+    tmp_path: Path,
+) -> None:
+    """Flask-Session and the like re-send their unchanged id with a later Expires on every
+    response: tracking "session" by default must not cost them a write each time."""
+    backend = RecordingFile(str(tmp_path / "locks"))
+    browser = Browser(tracked(backend))
+    browser.request()
+
+    def issued(second: int) -> str:
+        return f"session=ID; Expires=Wed, 01 Jan 2031 00:00:{second:02d} GMT; HttpOnly; Path=/"
+
+    browser.request(issued(0))
+    assert len(backend.sets) == 1
+    for second in range(1, 6):
+        browser.request(issued(second))
+    assert len(backend.sets) == 1
+    # Controls: the same id deleted, or with another attribute, is a change: written.
+    browser.request("session=ID; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; Path=/")
+    assert len(backend.sets) == 2
+    browser.request(issued(7).replace("; HttpOnly", ""))
+    assert len(backend.sets) == 3
+    backend.close()
+
+
 def test_a_stale_replay_sees_the_latest_cookie_after_unchanged_reissues(backend: Backend) -> None:
     browser = Browser(tracked(backend))
     browser.request("session=v1; Path=/")
