@@ -16,6 +16,7 @@ from .errors import (
     QueueFull,
     SessionLockError,
 )
+from .fencing import session_fence
 from .release import release_session
 from .rotate import rotate_identity
 
@@ -36,4 +37,5 @@ __all__ = [
     "from_url",
     "release_session",
     "rotate_identity",
+    "session_fence",
 ]

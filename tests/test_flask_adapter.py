@@ -139,8 +139,8 @@ def test_init_app_factory_form_and_double_init() -> None:
         pytest.param(
             {"timout": 5},
             "unknown option 'timout' (did you mean 'timeout'?) for SessionLock; known: "
-            "backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, release, "
-            "rules, secret, timeout",
+            "backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, "
+            "on_backend_error, release, rules, secret, timeout",
             id="option-typo",
         ),
         pytest.param({"rule": RULES}, "'rule' (did you mean 'rules'?)", id="rules-typo"),
@@ -170,6 +170,7 @@ def test_every_option_reaches_the_middleware() -> None:
         "secret": "s" * 16,
         "cookie_session": "session",
         "release": "end",
+        "on_backend_error": "open",
     }
     assert set(options) == set(NAMES)  # an option added to the middleware is listed here
     app = Flask(__name__)
@@ -178,3 +179,4 @@ def test_every_option_reaches_the_middleware() -> None:
     assert (core.timeout, core.max_waiters, core.max_waiting_threads) == (3.0, 2, 1)
     assert core.cookies is not None
     assert not core.release_at_head
+    assert core.fail_open

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+import sessionlock
 from sessionlock import asgi, keys, wsgi
 from sessionlock.backends import Backend
 from sessionlock.backends.redis import RedisBackend
@@ -416,3 +417,49 @@ def test_open_still_serializes_within_the_process_during_an_outage(
         assert len(middleware.core.queue) == 0
     finally:
         backend.close()
+
+
+# -- the fence, exposed to the app -------------------------------------------------------------
+
+
+def test_the_app_reads_a_fence_that_grows_with_every_grant(redis_server: RedisServer) -> None:
+    seen: list[object] = []
+
+    def app(environ: Any, start_response: Any) -> Any:
+        seen.append(sessionlock.session_fence(environ))
+        start_response("200 OK", [])
+        seen.append(sessionlock.session_fence(environ))  # released with the head: none held
+        return [b"ok"]
+
+    async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(sessionlock.session_fence(scope))
+        await _hello(scope, receive, send)
+
+    backend = RedisBackend(redis_server.url)
+    options: Any = {"backend": backend, "key": "header:X-S", "secret": SECRET}
+    try:
+        threads = wsgi.SessionLockMiddleware(app, **options)
+        tasks = asgi.SessionLockMiddleware(asgi_app, **options)
+        b"".join(threads({"REQUEST_METHOD": "GET", "HTTP_X_S": "s1"}, lambda *_: None))
+        asyncio.run(_call(tasks, _scope()))
+        b"".join(threads({"REQUEST_METHOD": "GET", "HTTP_X_S": "s1"}, lambda *_: None))
+    finally:
+        backend.close()
+    first, after_head, second, third, _ = seen
+    assert after_head is None
+    assert [type(fence) for fence in (first, second, third)] == [int, int, int]
+    assert first < second < third  # type: ignore[operator]  # one session, three grants, on two shells
+
+
+def test_control_no_fence_without_a_backend_that_keeps_one() -> None:
+    seen: list[object] = []
+
+    def app(environ: Any, start_response: Any) -> Any:
+        seen.append(sessionlock.session_fence(environ))
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    middleware = wsgi.SessionLockMiddleware(app, backend="memory://", key="header:X-S")
+    b"".join(middleware({"REQUEST_METHOD": "GET", "HTTP_X_S": "s1"}, lambda *_: None))
+    assert seen == [None]
+    assert sessionlock.session_fence({"REQUEST_METHOD": "GET"}) is None  # no layer at all

@@ -43,14 +43,20 @@ class Lease:
     ``stamp``: the key's version when the lease was granted (None: the backend keeps none).
     Two leases of a key with equal stamps prove that nobody called :meth:`Backend.mark` for
     it in between, so what a process cached from the first is still current in the second.
+
+    ``fence``: a number that grows with every grant of the key, for the app's own writes
+    (:func:`sessionlock.session_fence`); None if the backend keeps none (memory, file).
     """
 
-    __slots__ = ("key", "stamp", "token")
+    __slots__ = ("fence", "key", "stamp", "token")
 
-    def __init__(self, key: str, token: Any = None, stamp: int | None = None) -> None:
+    def __init__(
+        self, key: str, token: Any = None, stamp: int | None = None, fence: int | None = None
+    ) -> None:
         self.key = key
         self.token = token
         self.stamp = stamp
+        self.fence = fence
 
     def __repr__(self) -> str:
         return f"Lease({self.key[:8]}...)"

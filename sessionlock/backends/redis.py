@@ -507,8 +507,8 @@ class RedisBackend(Backend):
 
     def _granted(self, key: str, ticket: str, got: Sequence[Any]) -> Lease:
         """The lease a script granted: registered for renewal."""
-        mark = got[1]
-        lease = Lease(key, Grant(ticket, int(got[0])), None if mark == "-" else int(mark))
+        mark, fence = got[1], int(got[0])
+        lease = Lease(key, Grant(ticket, fence), None if mark == "-" else int(mark), fence)
         with self._mutex:
             self._held[ticket] = lease
         self._ensure_watchdog()
