@@ -119,6 +119,12 @@ class Admission:
         return ("Server-Timing", f"sessionlock;dur={self.waited * 1000:.1f};{_WAIT_DESC}")
 
 
+#: The cookie tracked by default (``cookie_session``): the name of Flask's, Starlette's (so
+#: FastAPI's), Quart's and Pyramid's default signed-cookie session. A session kept on the
+#: server under that name (Flask-Session) costs a comparison per response that sets it.
+DEFAULT_COOKIE_SESSION: tuple[str, ...] = ("session",)
+
+
 class CookieTracker(Protocol):
     """Keeps a cookie session's latest value across serialized requests (see cookies.py)."""
 
@@ -203,9 +209,12 @@ class Core:
     exempt:      path prefixes ("/static/"), methods ("GET"), or a predicate of the
                  environ/scope; exempt requests run at once, unserialized.
     secret:      key for hashing session keys (16+ bytes); default: the backend's.
-    cookie_session: the name(s) of a signed-cookie session's cookie (Flask's and
-                 Starlette's ``"session"``): each request gets the latest one issued to its
-                 browser (see :mod:`sessionlock.cookies`). Needs the identity key.
+    cookie_session: the name(s) of a signed-cookie session's cookie: each request gets the
+                 latest one issued to its browser (see :mod:`sessionlock.cookies`). Default
+                 ``"session"``: Flask's, Starlette's (FastAPI's), Quart's and Pyramid's
+                 default session cookie, so their default sessions lose no update without
+                 any option. None: no tracking. Needs the identity key (with another key
+                 the default tracks nothing).
     release:     ``"head"`` (default): the session is released as soon as the response's
                  status and headers go out, when every framework has saved its session;
                  body streaming, ``close()`` and background tasks run outside the lock.
@@ -229,7 +238,7 @@ class Core:
         max_waiting_threads: int | None = None,
         exempt: Collection[str] | Callable[[Request], bool] | None = None,
         secret: str | bytes | None = None,
-        cookie_session: str | Sequence[str] | None = None,
+        cookie_session: str | Sequence[str] | None = DEFAULT_COOKIE_SESSION,
         release: Literal["head", "end"] = "head",
         on_backend_error: Literal["closed", "open"] = "closed",
     ) -> None:
@@ -300,6 +309,10 @@ class Core:
         )
         # Cookie records on a backend outside process memory cost file or network I/O: the
         # ASGI shell moves that off the event loop.
+        if cookie_session is DEFAULT_COOKIE_SESSION and not isinstance(
+            self.key_source, keys.Identity
+        ):
+            cookie_session = None  # a chosen key source: tracking only if asked for
         self.cookies_block = cookie_session is not None and backend.shared
         self._tracked: frozenset[bytes] = frozenset()
         self.cookies: CookieTracker | None = None

@@ -4,9 +4,9 @@
     SL_COOKIE_MODE=bare uvicorn --factory tests.e2e.cookie_apps:starlette_app
     SL_COOKIE_MODE=tracked gunicorn -k gthread --threads 8 'tests.e2e.cookie_apps:exam_app()'
 
-SL_COOKIE_MODE: ``tracked`` (the middleware with ``cookie_session="session"``), ``lock-only``
-(the middleware without cookie tracking: serialized, yet each request starts from the cookie
-it carries) or ``bare`` (no middleware). SL_COOKIE_BACKEND: the backend URL (default
+SL_COOKIE_MODE: ``tracked`` (the middleware with no option: it tracks the ``session`` cookie
+by default), ``lock-only`` (``cookie_session=None``: serialized, yet each request starts
+from the cookie it carries) or ``bare`` (no middleware). SL_COOKIE_BACKEND: the backend URL (default
 ``memory://``). SL_COOKIE_WORK: seconds of "work" inside each handler between the session
 load and its save (default 0.05): the window in which concurrent requests read the same state.
 
@@ -43,8 +43,8 @@ def _work() -> float:
 
 def _options() -> dict[str, Any]:
     options: dict[str, Any] = {"backend": os.environ.get("SL_COOKIE_BACKEND", "memory://")}
-    if _mode() == "tracked":
-        options["cookie_session"] = "session"
+    if _mode() == "lock-only":
+        options["cookie_session"] = None  # tracking off; "tracked" relies on the default
     return options
 
 

@@ -3,12 +3,13 @@
 Real servers (gunicorn gthread, uvicorn) run the apps of cookie_apps.py; clients are threads
 sharing one cookie jar, as a browser's tabs do: each request carries the jar as it is when
 sent, and each response's Set-Cookie is applied to the jar when it arrives. Every scenario
-runs in three modes: ``tracked`` (the middleware with ``cookie_session``) must be right;
-``bare`` (no middleware) and ``lock-only`` (serialized, no cookie tracking) are the controls,
-shown to lose. Scenarios: (a) two requests set different keys at once; (b) N concurrent
-increments; (c) logout concurrent with another request; (d) a stale cookie replayed; (e) an
-identity planted in the victim's browser, then the victim logs in (the app rotates the
-identity at login, as the README says): the attacker replaying it is handed nothing.
+runs in three modes: ``tracked`` (the middleware with no option: it tracks ``session`` by
+default) must be right; ``bare`` (no middleware) and ``lock-only`` (serialized, with
+``cookie_session=None``) are the controls, shown to lose. Scenarios: (a) two requests set
+different keys at once; (b) N concurrent increments; (c) logout concurrent with another
+request; (d) a stale cookie replayed; (e) an identity planted in the victim's browser, then
+the victim logs in (the app rotates the identity at login, as the README says): the attacker
+replaying it is handed nothing.
 """
 
 from __future__ import annotations
