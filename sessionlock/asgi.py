@@ -189,7 +189,7 @@ def _finish(
     core: Core, admission: Admission, headers: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
     """The response's final headers; ``headers`` is the shell's own copy (extended in place)."""
-    if not core.sets_cookies(admission):  # the common case: no decoding
+    if not core.sets_cookies(admission, headers):  # the common case: no decoding
         if admission.waited < 0.00005:  # no wait: the preformatted, pre-encoded header
             headers.append(_NO_WAIT)
         else:

@@ -549,6 +549,22 @@ class SessionCookies:
         if rewritten is not header:
             cookieheader.replace(request, rewritten)
 
+    def settle(self, admission: Admission) -> bool:
+        """For a response that sets no tracked cookie: True if :meth:`finish` would add
+        nothing (the browser is current), the request's state then dropped; the usual case,
+        handled without decoding the response's headers."""
+        notes = admission.notes
+        state = notes.get(_NOTE) if notes is not None else None
+        if not isinstance(state, _State):
+            return True
+        record = state.record
+        generation = record.generation if record is not None else state.generation
+        if state.stale or generation != state.generation:
+            return False
+        assert notes is not None  # where the state was
+        del notes[_NOTE]  # as finish would: the state holds the request
+        return True
+
     def finish(
         self,
         admission: Admission,
@@ -611,8 +627,9 @@ class SessionCookies:
         fresh = admission.set_identity is not None
         if fresh:
             identity, generation = _cookie_value(admission.set_identity), 0
+        elif admission.identity is not None:  # read at admission
+            identity, generation = admission.identity, admission.generation
         else:
-            # Identity's own parse: one pass for what __call__ and generation() each give.
             found = self._identity._parse(request)
             identity, generation = found if found is not None else (None, 0)
         if identity is None:  # cannot happen with Identity; never guess one

@@ -20,6 +20,7 @@ from .errors import BackendUnavailable, ClientGone, ConfigurationError, LockTime
 from .fairness import server_threads, waiting_threads_for
 from .order import check as check_order
 from .queue import KeyedQueue, TaskWaiter
+from .setup_checks import SetupChecks
 
 __all__ = ["HANDLE", "HELD", "Admission", "Core", "Options", "Refusal"]
 
@@ -63,6 +64,8 @@ class Admission:
 
     __slots__ = (
         "_core",
+        "generation",
+        "identity",
         "key",
         "lease",
         "loop",
@@ -87,6 +90,10 @@ class Admission:
         self.lease: Lease | None = None
         #: Per-request state of optional features (cookie tracking), keyed by feature.
         self.notes: dict[str, object] | None = None
+        #: With the identity key: the raw identity and the jar generation the request carries
+        #: (read once at admission, for cookie tracking). Never logged: a credential.
+        self.identity: str | None = None
+        self.generation = 0
 
     def release(self) -> None:
         """Let the session's next request run now; idempotent, from any thread."""
@@ -133,6 +140,10 @@ class CookieTracker(Protocol):
 
     def prepare(self, admission: Admission, request: Request) -> None:
         """Under the lease, before the app runs: hand the app the latest session cookie."""
+
+    def settle(self, admission: Admission) -> bool:
+        """As the response starts, if it sets no tracked cookie: True (and the request's
+        state dropped) if :meth:`finish` would add nothing, the browser being current."""
 
     def finish(
         self,
@@ -323,7 +334,13 @@ class Core:
                 cookie_session, backend=backend, secret=self.secret, key=self.key_source
             )
             self._tracked = frozenset(name.encode() for name in self.cookies.names)
+        chosen = None if isinstance(self.key_source, keys.Identity) else self._key_name()
+        checks = SetupChecks(shared=backend.shared, key=chosen)
+        self._checks: SetupChecks | None = None if checks.done else checks
         logger.info("sessionlock: %s", self.describe())
+
+    def _key_name(self) -> str:
+        return getattr(self.key_source, "__qualname__", None) or repr(self.key_source)
 
     def describe(self) -> str:
         """One line saying what this layer does: the start-up INFO line of the logger."""
@@ -335,7 +352,7 @@ class Core:
             where = "memory:// (this process only)"
         else:
             where = type(backend).__name__
-        key = getattr(self.key_source, "__qualname__", None) or repr(self.key_source)
+        key = self._key_name()
         names = getattr(self.cookies, "names", None)
         cookies = ", ".join(names) if names else "none"
         timeout = "none (wait forever)" if self.timeout is None else f"{self.timeout:g} s"
@@ -352,16 +369,21 @@ class Core:
     def admit(self, request: Request) -> Admission | None:
         """The request's admission, or None when it passes through unserialized."""
         identity = self._identity
-        set_identity, secure = None, False
+        set_identity, secure, generation = None, False, 0
         if identity is not None:  # read, and removed from what the app sees, in one pass
-            raw, set_identity, secure = identity.take(request)
+            raw, set_identity, secure, generation = identity.take(request)
         if self.is_exempt is not None and self.is_exempt(request):
             return None
         if identity is None:
             found = self.key_source(request)
+            checks = self._checks
+            if checks is not None and not checks.done:
+                checks.request(request, found is not None)
             if found is None:
                 return None
             raw = found
+        elif self._checks is not None and not self._checks.done:
+            self._checks.request(request, True)
         digest = self._digests.get(raw)
         if digest is None:
             digest = keys.hash_key(self.secret, raw)
@@ -373,6 +395,8 @@ class Core:
         if held is not None and (self._mark, digest) in held:
             return None  # nested inside a layer holding this very session: already serialized
         admission = Admission(digest, set_identity, secure, self)
+        if identity is not None:
+            admission.identity, admission.generation = raw, generation
         if set_identity is not None and self.release_at_head:
             # A brand-new identity: held at once, without the queue or the backend (on
             # file://, a lock file made and removed for nothing). See _Unshared.
@@ -637,20 +661,24 @@ class Core:
             return False
         if admission.notes and admission.notes.get(_ROTATE_NOTE):
             return True
-        tracked = self._tracked
-        return any(
-            name.lower() == b"set-cookie" and value.partition(b"=")[0].strip() in tracked
-            for name, value in headers
-        )
+        return _sets_tracked(headers, self._tracked)
 
-    def sets_cookies(self, admission: Admission) -> bool:
-        """Whether :meth:`finish` may add a Set-Cookie: an identity to issue, a rotation, or
-        cookie tracking. Otherwise the response gets Server-Timing alone."""
-        return (
-            self.cookies is not None
-            or admission.set_identity is not None
-            or admission.notes is not None  # rotate_identity() was called
-        )
+    def sets_cookies(
+        self, admission: Admission, headers: list[tuple[bytes, bytes]] | list[tuple[str, str]]
+    ) -> bool:
+        """Whether :meth:`finish` may add a Set-Cookie: an identity to issue, a rotation, a
+        tracked cookie set by the app, or one to re-send to a stale browser. Otherwise the
+        response gets Server-Timing alone: what tracking costs a response that sets no tracked
+        cookie (it then drops the request's tracking state here)."""
+        if admission.set_identity is not None:
+            return True
+        notes = admission.notes
+        if notes is not None and notes.get(_ROTATE_NOTE):
+            return True
+        cookies = self.cookies
+        if cookies is None:
+            return False
+        return _sets_tracked(headers, self._tracked) or not cookies.settle(admission)
 
     def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Called by the shells as the response starts: its final headers.
@@ -658,7 +686,7 @@ class Core:
         Cookie tracking records only under the lease: after an early release the next
         request may already run, and its record must not be overwritten by an older one.
         """
-        if not self.sets_cookies(admission):  # the usual case
+        if not self.sets_cookies(admission, headers):  # the usual case
             return [*headers, admission.timing()]
         # A response a shared cache may store gets none of our Set-Cookies (they would be
         # served to everyone): the identity, or a re-sent cookie, waits for the next response.
@@ -757,6 +785,18 @@ def _cancelling() -> bool:
 
 _DIGEST_CACHE = 4096
 _CACHED_KEY = 256  # longer raw keys are hashed every time, never kept in memory
+
+
+def _sets_tracked(
+    headers: list[tuple[bytes, bytes]] | list[tuple[str, str]], tracked: frozenset[bytes]
+) -> bool:
+    """Whether ``headers`` (ASGI's bytes or WSGI's str) set a cookie named in ``tracked``."""
+    for name, value in headers:
+        if len(name) == 10 and name.lower() in ("set-cookie", b"set-cookie"):
+            raw = value.encode("latin-1") if isinstance(value, str) else value
+            if raw.partition(b"=")[0].strip() in tracked:
+                return True
+    return False
 
 
 def shared_cacheable(headers: list[tuple[str, str]]) -> bool:

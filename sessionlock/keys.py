@@ -187,8 +187,9 @@ class Identity:
         ).digest()
         return base64.urlsafe_b64encode(digest).decode("ascii")
 
-    def take(self, request: Request) -> tuple[str, str | None, bool]:
-        """Admission's one pass: (identity, Set-Cookie if a new one was issued, https form).
+    def take(self, request: Request) -> tuple[str, str | None, bool, int]:
+        """Admission's one pass: (identity, Set-Cookie if a new one was issued, https form,
+        the jar generation the request carries: 0 for a new identity).
 
         Reads this cookie from the header and removes it from what the app will see (the
         original stays under ``sessionlock.original_cookie``; an inner layer reads it there).
@@ -215,9 +216,9 @@ class Identity:
             value = cookieheader.read(cookieheader.original(request), name)
             found = self._verify(value) if value is not None else None
         if found is not None:
-            return found[0], None, secure
+            return found[0], None, secure, found[1]
         identity = new_identity()
-        return identity, self.issue_for(secure, identity), secure
+        return identity, self.issue_for(secure, identity), secure, 0
 
     def _parse(self, request: Request) -> tuple[str, int] | None:
         header = cookieheader.original(request)
