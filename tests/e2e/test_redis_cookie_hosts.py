@@ -6,9 +6,10 @@ The apps of cookie_apps.py (Flask's default cookie session on gunicorn gthread, 
 SessionMiddleware on uvicorn), each run as two independent servers: separate processes,
 ports and temporary directories, sharing only one redis-server (``redis://``). A browser
 (one cookie jar, as in test_cookie_sessions.py) sends its requests alternately to the two
-hosts, as a load balancer without affinity would. ``tracked`` (the middleware with
-``cookie_session="session"``) must keep every update: (a) two keys set at once, (b) N
-concurrent increments, (d) a stale cookie jar replayed is handed the latest cookie. The
+hosts, as a load balancer without affinity would. ``tracked`` (the middleware with no
+option: it tracks the ``session`` cookie by default) must keep every update: (a) two keys set
+at once, (b) N concurrent increments, (c) a logout on one host concurrent with a request on
+the other stays logged out, (d) a stale cookie jar replayed is handed the latest cookie. The
 control, ``bare`` (no middleware), loses updates in each. The hosts agree on the identity
 cookie's signature through the secret the Redis backend stores once.
 """
@@ -26,7 +27,7 @@ import pytest
 from tests.redis_server import RedisServer
 
 from .servers import gunicorn, running_server, uvicorn
-from .test_cookie_sessions import INCREMENTS, TIMEOUT, Jar, call, request
+from .test_cookie_sessions import INCREMENTS, LOGOUT_ROUNDS, TIMEOUT, Jar, call, request
 
 pytestmark = pytest.mark.e2e
 
@@ -131,6 +132,24 @@ def test_b_concurrent_increments_on_two_hosts_exact_count(hosts: Hosts) -> None:
     else:
         assert final is not None
         assert final < INCREMENTS
+
+
+def test_c_a_logout_on_one_host_concurrent_with_a_request_on_the_other_stays_logged_out(
+    hosts: Hosts,
+) -> None:
+    resurrected = 0
+    for _ in range(LOGOUT_ROUNDS):
+        jar = new_browser(hosts)
+        assert request(hosts.bases[0], jar, "POST", "/login") == {"user": "alice"}
+        across(hosts, jar, ["/touch", "/logout"])  # touch on host A, logout on host B
+        resurrected += "user" in state(hosts, jar)
+    hosts.report(
+        "(c) logout", f"logged in again after logout in {resurrected} of {LOGOUT_ROUNDS} rounds"
+    )
+    if hosts.mode == "tracked":
+        assert resurrected == 0
+    else:
+        assert resurrected > 0
 
 
 def test_d_a_stale_jar_replayed_on_the_other_host_gets_the_latest_cookie(hosts: Hosts) -> None:
