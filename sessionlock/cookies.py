@@ -548,6 +548,14 @@ class SessionCookies:
                 state.stale[name] = entry
         if rewritten is not header:
             cookieheader.replace(request, rewritten)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "session %s: a stale replay (jar generation %d of %d): handed the latest %s",
+                    admission.key[:12],
+                    generation,
+                    record.generation,
+                    ", ".join(state.stale),
+                )
 
     def settle(self, admission: Admission) -> bool:
         """For a response that sets no tracked cookie: True if :meth:`finish` would add
@@ -818,6 +826,12 @@ class SessionCookies:
             self._failed("record", error)
             return
         self._failing = False
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "session %s: cookie record written (generation %d)",
+                lease.key[:12],
+                record.generation,
+            )
         if stamp is None or not state.cacheable:
             known.cached = None
         else:

@@ -373,6 +373,7 @@ class Core:
         if identity is not None:  # read, and removed from what the app sees, in one pass
             raw, set_identity, secure, generation = identity.take(request)
         if self.is_exempt is not None and self.is_exempt(request):
+            _debug("a request passes unserialized: exempt")
             return None
         if identity is None:
             found = self.key_source(request)
@@ -380,6 +381,7 @@ class Core:
             if checks is not None and not checks.done:
                 checks.request(request, found is not None)
             if found is None:
+                _debug("a request passes unserialized: no session key")
                 return None
             raw = found
         elif self._checks is not None and not self._checks.done:
@@ -394,6 +396,7 @@ class Core:
         held = request.get(HELD)
         if held is not None and (self._mark, digest) in held:
             return None  # nested inside a layer holding this very session: already serialized
+        _debug("session %s: admitted (%s)", digest[:12], "new browser" if set_identity else "known")
         admission = Admission(digest, set_identity, secure, self)
         if identity is not None:
             admission.identity, admission.generation = raw, generation
@@ -471,6 +474,7 @@ class Core:
         lease = self._take(admission)
         if lease is not None:
             self._give_back(lease)
+            _debug("session %s: released", lease.key[:12])
 
     # -- waiting: tasks ------------------------------------------------------------------
 
@@ -769,6 +773,7 @@ class Core:
     def _entered(self, admission: Admission, lease: Lease) -> None:
         admission.lease = lease
         admission.waited = time.perf_counter() - admission.started
+        _debug("session %s: its turn after %.1f ms", lease.key[:12], admission.waited * 1000)
 
     def _remaining(self, admission: Admission) -> float | None:
         if self.timeout is None:
@@ -785,6 +790,13 @@ def _cancelling() -> bool:
 
 _DIGEST_CACHE = 4096
 _CACHED_KEY = 256  # longer raw keys are hashed every time, never kept in memory
+
+
+def _debug(message: str, *args: object) -> None:
+    """A DEBUG line on the ``sessionlock`` logger, for each decision about a request; costs a
+    level check when DEBUG is off. Keys are cut to 12 hex digits of their hash."""
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(message, *args)
 
 
 def _sets_tracked(
