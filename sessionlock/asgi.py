@@ -37,6 +37,7 @@ __all__ = ["SessionLockMiddleware"]
 _T = TypeVar("_T")
 _NO_WAIT = (b"server-timing", b'sessionlock;dur=0.0;desc="session lock wait"')
 _MAX_KEPT = 64 * 1024  # body bytes a waiting request reads ahead, at most
+_READ = frozenset({b"set-cookie", b"cache-control"})  # the response headers Core.finish reads
 
 
 class SessionLockMiddleware:
@@ -195,8 +196,10 @@ def _finish(
         else:
             headers.extend(_encode([admission.timing()]))
         return headers
-    decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
-    return _encode(core.finish(admission, decoded))
+    # Core.finish reads only these, and only appends: the rest is neither decoded nor encoded.
+    read = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n.lower() in _READ]
+    headers.extend(_encode(core.finish(admission, read)[len(read) :]))
+    return headers
 
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

@@ -685,7 +685,8 @@ class Core:
         return _sets_tracked(headers, self._tracked) or not cookies.settle(admission)
 
     def finish(self, admission: Admission, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Called by the shells as the response starts: its final headers.
+        """Called by the shells as the response starts: its final headers, ``headers`` first
+        and unchanged, then what it adds. It reads only Set-Cookie and Cache-Control.
 
         Cookie tracking records only under the lease: after an early release the next
         request may already run, and its record must not be overwritten by an older one.
