@@ -2,7 +2,8 @@
 
     from sessionlock.wsgi import SessionLockMiddleware
 
-    app.wsgi_app = SessionLockMiddleware(app.wsgi_app, cookie_session="session")   # Flask
+    app.wsgi_app = SessionLockMiddleware(app.wsgi_app)   # Flask: "session" is tracked by default
+    app.wsgi_app = SessionLockMiddleware(app.wsgi_app, cookie_session="my_session")  # another
 
 Flask's and Starlette's default sessions live in a signed cookie. Two concurrent requests
 carry the same old cookie, so even serialized, the second starts from the old state and its

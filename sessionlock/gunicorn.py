@@ -7,7 +7,7 @@
 (``uvicorn_worker`` is its own package: ``pip install uvicorn-worker``.) gunicorn's factory
 syntax takes literals only, so the options are strings, numbers, lists and ``None`` (a key
 spec such as ``"cookie:sessionid"``, a backend URL, ``exempt=["/static/"]``,
-``cookie_session="session"``): every option but a callable. The WSGI or ASGI middleware is
+``cookie_session=None``): every option but a callable. The WSGI or ASGI middleware is
 chosen from the worker class (``uvicorn``/``asgi`` workers get ASGI), or from the app when
 gunicorn's configuration cannot be seen. An unknown option name stops the start with the
 list of known ones.

@@ -21,8 +21,8 @@ The environment form (:func:`from_environ`, read by ``sessionlock.uvicorn:app``)
 - ``SESSIONLOCK_EXEMPT``: comma-separated path prefixes and methods (``/static/,OPTIONS``);
   empty, ``none`` or ``off``: nothing exempt;
 - ``SESSIONLOCK_SECRET``: the key that hashes session keys (16+ bytes);
-- ``SESSIONLOCK_COOKIE_SESSION``: comma-separated cookie names (``session``); empty,
-  ``none`` or ``off``: no cookie tracked;
+- ``SESSIONLOCK_COOKIE_SESSION``: comma-separated cookie names (default ``session``);
+  empty, ``none`` or ``off``: no cookie tracked;
 - ``SESSIONLOCK_RELEASE``: ``head`` or ``end``;
 - ``SESSIONLOCK_ON_BACKEND_ERROR``: ``closed`` (503 while the backend fails) or ``open``
   (serve, serialized within the process only).

@@ -18,7 +18,7 @@ variable per option (parsed by :func:`sessionlock.options.from_environ`):
   empty, ``none`` or ``off``: nothing exempt;
 - ``SESSIONLOCK_SECRET``: the key (16+ bytes) that hashes session keys;
 - ``SESSIONLOCK_COOKIE_SESSION``: comma-separated names of a signed-cookie session's
-  cookie (``session``); empty, ``none`` or ``off``: no cookie tracked;
+  cookie (default ``session``); empty, ``none`` or ``off``: no cookie tracked;
 - ``SESSIONLOCK_RELEASE``: ``head`` or ``end``.
 
 Any other ``SESSIONLOCK_*`` variable stops the start with the list of known ones: a typo
