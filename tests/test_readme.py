@@ -1,0 +1,282 @@
+"""Every fenced block of README.md is run by the suite, or listed here with why it is not.
+
+The blocks are parsed from README.md at test time (:mod:`tests.e2e.readme`): no snippet is
+copied into a test. A block that is neither run nor listed fails
+:func:`test_every_readme_block_is_run_or_listed`, so a new snippet cannot go untested; a
+listed block that is gone fails too. Snippets that claim to protect a session run on real
+servers in ``tests/e2e/test_readme_snippets.py`` (40 increments, 8 tabs, one cookie jar,
+with a control); the others run here, in process, against a stub app of their kind.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import flask
+import pytest
+
+import sessionlock
+from sessionlock.wsgi import SessionLockMiddleware
+from tests.e2e import readme
+from tests.e2e.readme import Ref
+
+ROOT = Path(__file__).resolve().parent.parent
+E2E = "tests/e2e/test_readme_snippets.py"
+HERE = "tests/test_readme.py"
+OUTPUT = "program output or a diagram, not code"
+
+#: Blocks that are run, and where.
+RUN: dict[Ref, str] = {
+    readme.DEMO: f"{E2E}::test_the_demo_command_shows_the_race_and_its_fix",
+    readme.USE_WSGI: f"{E2E} (use_flask, use_django, use_pyramid)",
+    readme.USE_ASGI: f"{E2E} (use_starlette, use_fastapi)",
+    readme.USE_ANY_ASGI: f"{E2E} (use_quart)",
+    readme.EARLY_RELEASE: f"{HERE}::test_early_release_lets_the_next_request_run",
+    readme.FILE_BACKEND: f"{E2E} (file_backend)",
+    readme.REDIS_APP: f"{E2E} (redis_app)",
+    readme.GUNICORN: f"{E2E} (gunicorn_django, gunicorn_gthread, gunicorn_uvicorn_worker)",
+    readme.GUNICORN_CONF: f"{E2E} (gunicorn_conf)",
+    readme.UVICORN: f"{E2E} (uvicorn_env)",
+    readme.UVICORN_FACTORY: f"{E2E} (uvicorn_factory)",
+    readme.COOKIE: f"{E2E} (cookie_flask, cookie_starlette, cookie_my_session, cookie_none)",
+    readme.ROTATE: f"{HERE}::test_rotate_identity_at_login_leaves_a_planted_identity_nothing",
+    readme.RULES: f"{HERE}::test_rules_example_runs_with_its_assertions",
+    readme.RULES_HOOKS: f"{HERE}::test_rules_hooks_example_runs_with_its_assertions",
+    readme.FLASK_EXT: f"{E2E} (flask_ext)",
+    readme.DJANGO_SETTINGS: f"{E2E} (django_settings; `manage.py check` in its fixture)",
+    readme.STARLETTE_RULES: f"{E2E} (starlette_rules)",
+    readme.BEAKER: f"{E2E} (beaker) and {HERE}::test_beaker_example_answers_hello",
+}
+
+#: Blocks that are not run, each with its reason.
+NOT_RUN: dict[Ref, str] = {
+    readme.TESTS: "runs this very suite (recursion); its command is checked against .ci/run",
+    readme.INSTALL: "installs from PyPI; the extras it names are checked against pyproject",
+    Ref("How it works", "request -> key (hashed)"): OUTPUT,
+    Ref("Fair to other sessions", "server    variant  quiet p50"): OUTPUT,
+    readme.REDIS_HOSTS: "a deployment on two hosts (pip, gunicorn); its app.py block is run",
+    Ref("Lost updates, measured", "requests sent  final count"): OUTPUT,
+    Ref("Benchmarks", "figure "): OUTPUT,
+    Ref("Benchmarks", "framework         variant"): OUTPUT,
+    Ref("Benchmarks", "scenario                      server"): OUTPUT,
+    Ref("Benchmarks", "waiter  variant"): OUTPUT,
+    Ref("Benchmarks", "N  raw threading.Lock"): OUTPUT,
+}
+
+#: Blocks run in parts: the substrings the cases pick (tests/e2e/readme_apps.py).
+PICKED: dict[Ref, list[str]] = {
+    readme.USE_WSGI: ["import", "# Flask", "# Django", "Pyramid"],
+    readme.USE_ASGI: ["import", "SessionMiddleware,", "add_middleware(SessionLockMiddleware)"],
+    readme.USE_ANY_ASGI: ["quart_app"],
+    readme.FILE_BACKEND: ["import", "app = "],
+    readme.COOKIE: [
+        "sessionlock.wsgi import",
+        "# Flask",
+        "sessionlock.asgi import",
+        "SessionMiddleware,",
+        "# Starlette",
+        '"my_session"',
+        "cookie_session=None",
+    ],
+}
+
+#: Shell commands: run (by a substring the e2e cases pick) or not, with why.
+COMMANDS_RUN = [
+    ".venv/bin/python -m sessionlock demo",
+    "proj.wsgi:application",
+    '"app:app"',
+    "uvicorn_worker",
+    "uvicorn --factory sessionlock.uvicorn:app",
+]
+COMMANDS_NOT_RUN = {
+    "python3 -m venv .venv": "makes a virtualenv: the suite already runs in one",
+    ".venv/bin/pip install": "installs the project: the suite's environment has its extras",
+    ".venv/bin/python -m pytest": "this very suite",
+    "pip install": "installs from PyPI",
+    "gunicorn -w 4 --threads 8 --worker-class gthread app:app": "a host of a two-host setup",
+}
+
+
+def test_every_readme_block_is_run_or_listed() -> None:
+    listed = {**RUN, **NOT_RUN}
+    assert not set(RUN) & set(NOT_RUN)
+    unaccounted = []
+    for block in readme.blocks():
+        found = [ref for ref in listed if readme.matches(block, ref)]
+        if len(found) != 1:
+            unaccounted.append(f"line {block.line}: {block.ref_section}: {block.first_line}")
+    assert not unaccounted, "README blocks neither run nor listed (or listed twice):\n" + (
+        "\n".join(unaccounted)
+    )
+    for ref in listed:  # a listed block that left the README is a stale entry
+        readme.find(ref)
+
+
+def test_every_statement_of_a_block_run_in_parts_is_run() -> None:
+    for ref, picks in PICKED.items():
+        for text in readme.statements(readme.find(ref).source):
+            assert any(pick in text for pick in picks), f"{ref}: not run: {text}"
+
+
+def test_every_shell_command_is_run_or_listed() -> None:
+    for ref in [readme.DEMO, readme.TESTS, readme.INSTALL, readme.GUNICORN, readme.UVICORN]:
+        for text in readme.commands(readme.find(ref).source):
+            run = [pick for pick in COMMANDS_RUN if pick in text]
+            skipped = [start for start in COMMANDS_NOT_RUN if text.startswith(start)]
+            assert run or skipped, f"{ref}: neither run nor listed: {text}"
+    for text in readme.commands(readme.find(readme.REDIS_HOSTS).source):
+        assert any(text.startswith(start) for start in COMMANDS_NOT_RUN), text
+
+
+def test_the_test_command_is_the_one_ci_runs() -> None:
+    """'Run the tests (what CI runs, through `.ci/run`)': .ci/run has the same line."""
+    line = " && ".join(readme.commands(readme.find(readme.TESTS).source))
+    assert line in (ROOT / ".ci" / "run").read_text()
+
+
+def _extras() -> dict[str, str]:
+    """pyproject's optional dependencies: extra -> its list, as text (tomllib is 3.11+)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    return dict(re.findall(r"^([a-z]+) = \[(.*?)\]$", text, flags=re.M | re.S))
+
+
+@pytest.mark.parametrize(
+    ("extra", "package"),
+    [pytest.param("demo", "waitress", id="demo"), pytest.param("redis", "redis", id="redis")],
+)
+def test_the_install_lines_name_extras_that_exist(extra: str, package: str) -> None:
+    commands = readme.commands(readme.find(readme.INSTALL).source)
+    assert f"pip install 'sessionlock[{extra}]'" in commands
+    assert f'"{package}>=' in _extras()[extra]
+    for ref in (readme.DEMO, readme.TESTS):  # '.[demo]', '.[test]'
+        for text in readme.commands(readme.find(ref).source):
+            if "pip install" in text:
+                assert text.split("'.[")[1].split("]")[0] in _extras()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="README Install says `pip install sessionlock  # core: standard library only`, "
+    "but pyproject's dependencies are ['cryptography>=42']",
+)
+def test_the_core_install_is_standard_library_only() -> None:
+    line = readme.find(readme.INSTALL).source.splitlines()[0]
+    assert "standard library only" in line
+    text = (ROOT / "pyproject.toml").read_text()
+    assert "dependencies = []" in text or "\ndependencies =" not in text
+
+
+# -- snippets run in process ------------------------------------------------------------------
+
+
+@pytest.fixture
+def flask_app(registry: None) -> flask.Flask:
+    app = flask.Flask(__name__)
+    app.secret_key = "readme-in-process-secret-0123456789"
+
+    @app.get("/state")
+    def state() -> Any:
+        flask.session["seen"] = True
+        return {"user": flask.session.get("user")}
+
+    return app
+
+
+def test_early_release_lets_the_next_request_run(flask_app: flask.Flask) -> None:
+    """The `release_session` snippet: the session's next request runs during the slow part."""
+    import threading
+
+    released = threading.Event()
+    other_done = threading.Event()
+    seen: list[bool] = []
+
+    def render_slow_report(data: dict[str, Any]) -> str:
+        released.set()
+        seen.append(other_done.wait(10))  # only set if the other request got the lock
+        return f"report of {sorted(data)}"
+
+    namespace = {"app": flask_app, "flask": flask, "render_slow_report": render_slow_report}
+    readme.run(readme.find(readme.EARLY_RELEASE).source, namespace)
+    flask_app.wsgi_app = SessionLockMiddleware(  # type: ignore[method-assign]
+        flask_app.wsgi_app, backend="memory://", timeout=5
+    )
+    client = flask_app.test_client()
+    assert client.get("/state").status_code == 200
+    identity = client.get_cookie("sessionlock")
+    assert identity is not None
+    answers: list[int] = []
+
+    def report() -> None:
+        answers.append(client.get("/report").status_code)
+
+    thread = threading.Thread(target=report)
+    thread.start()
+    assert released.wait(10)
+    other = flask_app.test_client()  # another tab of the same browser
+    other.set_cookie("sessionlock", identity.value)
+    assert other.get("/state").status_code == 200  # a 503 after 5 s if still locked
+    other_done.set()
+    thread.join(10)
+    assert answers == [200]
+    assert seen == [True]
+
+
+def test_early_release_outside_the_middleware_returns_false(flask_app: flask.Flask) -> None:
+    """'harmless twice or outside the middleware (it returns False)'."""
+    with flask_app.test_request_context("/"):
+        assert sessionlock.release_session(flask.request) is False
+
+
+class _User:
+    id = "alice"
+
+
+@pytest.mark.parametrize(
+    ("rotate", "attacker_sees"),
+    [pytest.param(True, None, id="snippet"), pytest.param(False, "alice", id="control")],
+)
+def test_rotate_identity_at_login_leaves_a_planted_identity_nothing(
+    flask_app: flask.Flask, rotate: bool, attacker_sees: str | None
+) -> None:
+    source = readme.find(readme.ROTATE).source
+    if not rotate:
+        source = "\n".join(s for s in source.splitlines() if "rotate_identity" not in s)
+    namespace = {"app": flask_app, "flask": flask, "sessionlock": sessionlock, "user": _User()}
+    readme.run(source, namespace)
+    login = namespace["login"]  # the fragment returns nothing: complete it with a page
+    flask_app.view_functions["login"] = lambda: login() or "welcome"
+    flask_app.wsgi_app = SessionLockMiddleware(  # type: ignore[method-assign]
+        flask_app.wsgi_app, backend="memory://"
+    )
+    attacker = flask_app.test_client()
+    assert attacker.get("/state").json == {"user": None}
+    planted = attacker.get_cookie("sessionlock")
+    assert planted is not None
+    victim = flask_app.test_client()
+    victim.set_cookie("sessionlock", planted.value)  # planted through a sibling subdomain
+    victim.get("/state")
+    assert victim.post("/login").status_code == 200
+    assert victim.get("/state").json == {"user": "alice"}
+    assert attacker.get("/state").json == {"user": attacker_sees}
+
+
+def test_rules_example_runs_with_its_assertions() -> None:
+    readme.run(readme.find(readme.RULES).source, {})  # its own asserts are the checks
+
+
+def test_rules_hooks_example_runs_with_its_assertions() -> None:
+    namespace: dict[str, Any] = {}
+    readme.run(readme.find(readme.RULES_HOOKS).source, namespace)
+    assert namespace["RULES"].header == "X-Session-Repaired"
+
+
+def test_beaker_example_answers_hello(registry: None) -> None:
+    from werkzeug.test import Client
+
+    namespace: dict[str, Any] = {}
+    readme.run(readme.find(readme.BEAKER).source, namespace)
+    assert isinstance(namespace["app"], SessionLockMiddleware)
+    response = Client(namespace["app"]).get("/")
+    assert (response.status_code, response.data) == (200, b"hello")
