@@ -105,8 +105,8 @@ def first_line(text: str) -> str:
 
 
 def python_cases(dirs: Dirs) -> list[Case]:
-    def pair(case: str, ref: Ref, contains: str, server: str = "gthread") -> Case:
-        shown = first_line(readme.statement(ref, contains))
+    def pair(case: str, ref: Ref, contains: str, server: str = "gthread", on: str = "") -> Case:
+        shown = first_line(readme.statement(ref, contains)) + (f"  [on {on}]" if on else "")
         make = gthread if server == "gthread" else uvicorn
         return Case(case, ref, shown, make(dirs, case, "wrapped"), make(dirs, case, "control"))
 
@@ -129,8 +129,20 @@ def python_cases(dirs: Dirs) -> list[Case]:
             gthread(dirs, "use_pyramid", "wrapped"),
             gthread(dirs, "use_pyramid", "control"),
         ),
-        pair("use_starlette", readme.USE_ASGI, "add_middleware(SessionLockMiddleware)", "uv"),
-        pair("use_fastapi", readme.USE_ASGI, "add_middleware(SessionLockMiddleware)", "uv"),
+        pair(
+            "use_starlette",
+            readme.USE_ASGI,
+            "add_middleware(SessionLockMiddleware)",
+            "uv",
+            "Starlette",
+        ),
+        pair(
+            "use_fastapi",
+            readme.USE_ASGI,
+            "add_middleware(SessionLockMiddleware)",
+            "uv",
+            "FastAPI",
+        ),
         pair("use_quart", readme.USE_ANY_ASGI, "quart_app", "uv"),
         Case(
             "file_backend",
