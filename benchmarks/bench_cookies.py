@@ -129,8 +129,8 @@ def main() -> None:
             for name, url in backends.items():
                 for tracked in (False, True):
                     options: dict[str, Any] = {"backend": from_url(url)}
-                    if tracked:
-                        options["cookie_session"] = "session"
+                    # Tracking is on by default: the untracked variant turns it off.
+                    options["cookie_session"] = "session" if tracked else None
                     app = SessionLockMiddleware(make_app().wsgi_app, **options)
                     label = f"{name}+cookies" if tracked else name
                     variants[label] = workload(Client(app), kind)

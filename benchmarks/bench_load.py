@@ -13,9 +13,10 @@ Apps, each on its own server (a subprocess on a free loopback port, all running 
 - a raw ASGI "hello" app under uvicorn, 1 worker.
 
 Variants of the counters: bare; wrapped on ``file://`` (a fresh temp directory) without
-cookie tracking; wrapped on ``file://`` with ``cookie_session="session"`` (tracked). Of
-hello: bare, wrapped on ``memory://``, wrapped on ``file://``. Every variant uses the default
-key (the ``sessionlock`` identity cookie).
+cookie tracking (``cookie_session=None``: it is on by default); wrapped on ``file://`` with
+``cookie_session="session"`` (tracked). Of hello: bare, wrapped on ``memory://``, wrapped on
+``file://``, with the defaults. Every variant uses the default key (the ``sessionlock``
+identity cookie).
 
 The client is ``wrk -t1 -c32`` with a Lua script that keeps 32 cookie jars: each request
 takes a client that has no request in flight and sends ``X-Client: <i>`` with jar i's
@@ -139,6 +140,10 @@ def _options() -> dict[str, Any]:
     options: dict[str, Any] = {"backend": os.environ[LOCKS_ENV]}
     if variant == "tracked":
         options["cookie_session"] = "session"
+    elif os.environ[APP_ENV] != "hello":
+        # Tracking is on by default: the counters' untracked variant turns it off. Hello
+        # keeps the defaults (it sets no cookie: what tracking costs it is part of the cost).
+        options["cookie_session"] = None
     return options
 
 
