@@ -533,7 +533,10 @@ class SessionCookies:
         if not state.loaded:
             state.record = self._read(admission, state)
             state.loaded = True
-        record = state.record = _live(state.record, self._clock())
+        record = state.record
+        if record is None:
+            return  # nothing stored: nothing to hand
+        record = state.record = _live(record, self._clock())
         generation = state.generation
         if record is None or generation >= record.generation:
             return  # the jar is current: whatever it carries is the client's own doing
