@@ -122,6 +122,7 @@ _OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 _SLOW_RECORD, _SLOW_STREAK = 0.001, 16
 _KEEP_EVERY = 1.0  # seconds between two checks of .secret by a live backend's keeper
 _KEEPER = "sessionlock-file-keeper"
+_KEEPER_JOIN = 2.0  # seconds close() waits for the keeper's current step
 #: systemd-tmpfiles skips a directory that someone holds a BSD lock on. tmpfiles.d(5), "Age"
 #: (systemd 252): "If the aging algorithm finds a lock is already taken on some directory, it
 #: (and everything below it) is skipped. Applications may use this to temporarily exclude
@@ -263,6 +264,7 @@ class FileBackend(Backend):
         self._stop = threading.Event()
         self.swept = threading.Event()  # set when the start sweep is over (for tests)
         self._keeper_pid = 0
+        self._keeper: threading.Thread | None = None
         _after_fork.add(self)
         self._ensure_keeper()
 
@@ -285,6 +287,7 @@ class FileBackend(Backend):
         thread = threading.Thread(
             target=_keep, args=(weakref.ref(self), self._stop), name=_KEEPER, daemon=True
         )
+        self._keeper = thread
         thread.start()
 
     def keep(self) -> None:
@@ -699,6 +702,12 @@ class FileBackend(Backend):
         """
         super().close()
         self._stop.set()
+        keeper = self._keeper
+        if keeper is not None and keeper is not threading.current_thread():
+            # Whatever it is doing (putting .secret back, the start sweep) ends before the
+            # directory is let go: a caller removing it next (a test, an uninstall) races
+            # with nothing.
+            keeper.join(_KEEPER_JOIN)
         with self._mutex:
             if self._closed:
                 return
@@ -726,6 +735,7 @@ class FileBackend(Backend):
         self._janitor = False
         self._stop = threading.Event()  # the parent's keeper stays the parent's
         self._keeper_pid = 0  # this process starts its own at its first lock or value
+        self._keeper = None
         for fd in self._open.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
