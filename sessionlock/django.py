@@ -134,6 +134,9 @@ def _build_core(source: Mapping[str, Any]) -> Core:
             "cookie_session needs the WSGI/ASGI middleware around get_wsgi_application(): "
             "see sessionlock.django's docstring"
         )
+    # Inside Django's handler the Cookie header is read before we could hand the latest
+    # cookie over, and responses are not finished through Core: no tracking here.
+    options["cookie_session"] = None
     return Core(**options)
 
 
