@@ -193,6 +193,31 @@ def test_a_held_lease_is_renewed_past_its_ttl(
     assert other.try_acquire(KEY) is not None
 
 
+def test_the_watchdog_outlives_a_round_that_raises(
+    redis_server: RedisServer, backends: Callable[..., RedisBackend], monkeypatch: Any
+) -> None:
+    """redis-py can raise ValueError ("I/O operation on closed file") when a connection is
+    closed under a call: one bad round must not end the renewals (the lease would expire)."""
+    holder = backends("?lease_ttl=0.3")
+    rounds = threading.Semaphore(0)
+    renew = holder.renew
+    calls = [0]
+
+    def flaky() -> None:
+        calls[0] += 1
+        rounds.release()
+        if calls[0] == 1:
+            raise ValueError("I/O operation on closed file.")
+        renew()
+
+    monkeypatch.setattr(holder, "renew", flaky)
+    lease = holder.try_acquire(KEY)
+    assert lease is not None
+    for _ in range(3):  # the failing round, then two more: the thread lives on
+        assert rounds.acquire(timeout=30)
+    holder.release(lease)
+
+
 def test_control_without_the_watchdog_the_lease_expires(
     redis_server: RedisServer, backends: Callable[..., RedisBackend], caplog: Any
 ) -> None:

@@ -695,10 +695,15 @@ def _watch(ref: weakref.ref[RedisBackend], stop: threading.Event, every: float) 
             return
         try:
             backend.renew()
-        except BackendUnavailable as error:
+        except Exception as error:  # the watchdog must outlive any one round
+            # BackendUnavailable, or whatever redis-py raises when a connection is closed
+            # under it (ValueError: I/O operation on closed file): the next round tries again.
             if not backend._failing:
                 backend._failing = True
-                logger.warning("sessionlock: cannot renew Redis leases: %s", error)
+                logger.warning(
+                    "sessionlock: cannot renew Redis leases: %s",
+                    error if isinstance(error, BackendUnavailable) else type(error).__name__,
+                )
         else:
             if backend._failing:
                 backend._failing = False
