@@ -18,7 +18,7 @@ from sessionlock.backends.base import Lease
 from sessionlock.backends.file import FileBackend
 from sessionlock.core import Admission, Core
 
-from .test_cookies import Browser, session_cookies, tracked
+from .test_cookies import Browser, put_record, session_cookies, tracked
 
 
 class Spy(FileBackend):
@@ -54,15 +54,6 @@ class Spy(FileBackend):
             self.fail_sets -= 1
             raise BackendUnavailable("no space left on device")
         return super().store(lease, value, ttl)
-
-    def put(self, key: str, value: str) -> None:
-        """Replace ``key``'s record under a lease of its own, as another writer would."""
-        lease = self.try_acquire(key)
-        assert lease is not None
-        try:
-            FileBackend.store(self, lease, value, None)
-        finally:
-            self.release(lease)
 
     def delete(self, key: str) -> None:
         self.calls.append(("delete", key))
@@ -421,5 +412,5 @@ def test_a_record_of_another_format_reads_as_absent(spy: Spy) -> None:
     assert stored is not None
     assert seal.open(stored) is not None  # the record's own seal
     for plain in ('{"v":2,"g":9,"e":{}}', "3\n9", "4\n9\nsession", "5\n9\nsession"):
-        spy.put(key, seal.seal(plain))
+        put_record(spy, key, seal.seal(plain))
         assert Browser(tracked(spy), old).request()[0] == "v1"

@@ -510,14 +510,16 @@ class RecordingFile(FileBackend):
             self.sets.append((lease.key, value, ttl))
         return super().store(lease, value, ttl)
 
-    def put(self, key: str, value: str) -> None:
-        """Replace ``key``'s record (under a lease of its own), recording nothing."""
-        lease = self.try_acquire(key)
-        assert lease is not None
-        try:
-            FileBackend.store(self, lease, value, None)
-        finally:
-            self.release(lease)
+
+def put_record(backend: FileBackend, key: str, value: str) -> None:
+    """Replace ``key``'s record under a lease of its own, as another writer would, through
+    FileBackend's own store (a test subclass records nothing of it)."""
+    lease = backend.try_acquire(key)
+    assert lease is not None
+    try:
+        FileBackend.store(backend, lease, value, None)
+    finally:
+        backend.release(lease)
 
 
 def test_records_are_sealed_and_bound_to_identity(tmp_path: Path) -> None:
@@ -546,13 +548,13 @@ def test_records_are_sealed_and_bound_to_identity(tmp_path: Path) -> None:
     # Control: an intact record makes a stale replay see the latest value.
     assert Browser(reader(), one_old).request()[0] == "SECRETVALUE1b"
     # Moved under another identity's key, it does not open there: the replay goes as sent.
-    backend.put(key_two, value_one)
+    put_record(backend, key_two, value_one)
     assert Browser(reader(), two_old).request()[0] == "SECRETVALUE2a"
     # Tampered anywhere (nonce, ciphertext, tag), it is ignored.
     raw = bytes.fromhex(value_one)
     for at in (0, len(raw) // 2, len(raw) - 1):
         tampered = raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1 :]
-        backend.put(key_one, tampered.hex())
+        put_record(backend, key_one, tampered.hex())
         assert Browser(reader(), one_old).request()[0] == "SECRETVALUE1a"
     backend.close()
 

@@ -121,6 +121,15 @@ class Backend(ABC):
         that can resolve a future itself returns that, and saves its waiters loop steps."""
         return asyncio.ensure_future(self.acquire_async(key, timeout))
 
+    async def _await_lease(self, future: asyncio.Future[Lease | None]) -> Lease | None:
+        """:meth:`acquire_async` of a backend with its own :meth:`acquire_future`: the future
+        awaited, and given up (a lease that arrives anyway given back) if the task is cancelled."""
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.give_up(future)
+            raise
+
     def _release_orphan(self, future: asyncio.Future[Lease | None]) -> None:
         self.give_up(future)
 

@@ -334,12 +334,7 @@ class FileBackend(Backend):
         return future
 
     async def acquire_async(self, key: str, timeout: float | None) -> Lease | None:
-        future = self.acquire_future(key, timeout)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            self.give_up(future)
-            raise
+        return await self._await_lease(self.acquire_future(key, timeout))
 
     def release(self, lease: Lease) -> None:
         fd = lease.token

@@ -268,12 +268,7 @@ class RedisBackend(Backend):
         return future
 
     async def acquire_async(self, key: str, timeout: float | None) -> Lease | None:
-        future = self.acquire_future(key, timeout)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            self.give_up(future)
-            raise
+        return await self._await_lease(self.acquire_future(key, timeout))
 
     def release(self, lease: Lease) -> None:
         grant = _grant_of(lease)

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .servers import cookie_expired
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
@@ -214,24 +216,10 @@ class Jar:
             for line in set_cookies:
                 pair, *attributes = line.split(";")
                 name, _, value = pair.partition("=")
-                if _expired(attributes):
+                if cookie_expired(attributes):
                     self.cookies.pop(name.strip(), None)
                 else:
                     self.cookies[name.strip()] = value.strip()
-
-
-def _expired(attributes: list[str]) -> bool:
-    from email.utils import parsedate_to_datetime
-
-    values = {}
-    for attribute in attributes:
-        key, _, value = attribute.partition("=")
-        values[key.strip().lower()] = value.strip()
-    if "max-age" in values:
-        return int(values["max-age"]) <= 0
-    if "expires" in values:
-        return parsedate_to_datetime(values["expires"]).timestamp() <= time.time()
-    return False
 
 
 @dataclass

@@ -28,6 +28,22 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+def cookie_expired(attributes: list[str]) -> bool:
+    """Whether a Set-Cookie with these attributes removes the cookie (Max-Age first, as
+    browsers do), for the test clients that keep a jar."""
+    from email.utils import parsedate_to_datetime
+
+    values = {}
+    for attribute in attributes:
+        key, _, value = attribute.partition("=")
+        values[key.strip().lower()] = value.strip()
+    if "max-age" in values:
+        return int(values["max-age"]) <= 0
+    if "expires" in values:
+        return parsedate_to_datetime(values["expires"]).timestamp() <= time.time()
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from .servers import gunicorn, running_server, uvicorn
+from .servers import cookie_expired, gunicorn, running_server, uvicorn
 
 pytestmark = pytest.mark.e2e
 
@@ -49,22 +47,10 @@ class Jar:
             for header in response.headers.get_list("set-cookie"):
                 pair, *attributes = header.split(";")
                 name, _, value = pair.partition("=")
-                if _expired(attributes):
+                if cookie_expired(attributes):
                     self.cookies.pop(name.strip(), None)
                 else:
                     self.cookies[name.strip()] = value.strip()
-
-
-def _expired(attributes: list[str]) -> bool:
-    values = {}
-    for attribute in attributes:
-        key, _, value = attribute.partition("=")
-        values[key.strip().lower()] = value.strip()
-    if "max-age" in values:
-        return int(values["max-age"]) <= 0
-    if "expires" in values:
-        return parsedate_to_datetime(values["expires"]).timestamp() <= time.time()
-    return False
 
 
 def call(base: str, method: str, path: str, cookies: dict[str, str]) -> httpx.Response:
