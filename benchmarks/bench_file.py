@@ -28,7 +28,6 @@ import fcntl
 import http.client
 import multiprocessing
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -36,18 +35,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from benchmarks._figures import Figure, print_figures
+from benchmarks._handoff import hand_off
 from benchmarks._servers import free_port
 from benchmarks._table import median, parse_args, percentile, print_table
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 KEY = "0123456789abcdef0123456789abcdef"
-SETTLE = 0.002  # seconds the holder waits so the waiter is surely blocked in the kernel
 SEED = 20240501  # the release schedule: random, the same in every run
 TARGET_RATIO = 2.0  # ours p50 / raw flock p50
 TARGET_P99_US = 1000.0
@@ -161,55 +159,12 @@ RAW, THREADS, ASYNCIO = "raw flock hand-off", "ours, threads", "ours, asyncio"
 FILELOCK, FILELOCK_1MS = "filelock.FileLock, default 50 ms poll", "filelock.FileLock, 1 ms poll"
 
 
-def _waiter(name: str, directory: str, samples: int, pipe: Connection) -> None:
-    variant = VARIANTS[name]()
-    variant.setup(directory)
-    pipe.send("ready")
-    latencies = []
-    for _ in range(samples):
-        pipe.recv()  # the holder holds: start waiting
-        pipe.send("waiting")
-        variant.wait()
-        woke = time.monotonic_ns()
-        released = pipe.recv()
-        latencies.append((woke - released) / 1000)
-        variant.done()
-        pipe.send("done")
-    pipe.send(latencies)
-
-
-def wake_latency(name: str, directory: str, samples: int) -> list[float]:
-    variant = VARIANTS[name]()
-    variant.setup(directory)
-    context = multiprocessing.get_context("spawn")
-    ours, theirs = context.Pipe()
-    waiter = context.Process(target=_waiter, args=(name, directory, samples, theirs))
-    waiter.start()
-    assert ours.recv() == "ready"
-    schedule = random.Random(SEED)
-    spread = max(variant.poll, 0.001)
-    for _ in range(samples):
-        variant.hold()
-        ours.send("hold")
-        assert ours.recv() == "waiting"
-        # The waiter blocks in the kernel (or polls) meanwhile; the release comes at a random
-        # point of a poll interval.
-        time.sleep(SETTLE + schedule.uniform(0.0, spread))
-        released = time.monotonic_ns()
-        variant.release()
-        ours.send(released)
-        assert ours.recv() == "done"
-    latencies: list[float] = ours.recv()
-    waiter.join()
-    return latencies
-
-
 def measure_wake(directory: str, quick: bool) -> dict[str, list[float]]:
     """Wake latencies (µs) per variant."""
     results: dict[str, list[float]] = {}
     for name in VARIANTS:
         samples = (20 if quick else 100) if name == FILELOCK else (100 if quick else 1000)
-        results[name] = wake_latency(name, directory, samples)
+        results[name] = hand_off("benchmarks.bench_file", name, directory, samples, SEED)
     return results
 
 

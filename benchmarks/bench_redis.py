@@ -23,18 +23,16 @@ Starts its own redis-server (Debian's, on a free loopback port, no persistence).
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
-import random
 import time
 from multiprocessing.connection import Connection
 from typing import Any
 
 from benchmarks._figures import Figure, print_figures
+from benchmarks._handoff import hand_off
 from benchmarks._table import median, parse_args, percentile, print_table
 
 KEY = "bench-session"
-SETTLE = 0.002  # seconds the holder waits so the waiter surely waits
 SEED = 20241201
 TARGET_P50_MS = 2.0
 
@@ -169,48 +167,6 @@ def _available(name: str) -> bool:
     return True
 
 
-def _waiter(name: str, url: str, samples: int, pipe: Connection) -> None:
-    variant = VARIANTS[name]()
-    variant.setup(url)
-    pipe.send("ready")
-    latencies = []
-    for _ in range(samples):
-        pipe.recv()  # the holder holds: start waiting
-        pipe.send("waiting")
-        variant.wait()
-        woke = time.monotonic_ns()
-        released = pipe.recv()
-        latencies.append((woke - released) / 1000)
-        variant.done()
-        pipe.send("done")
-    pipe.send(latencies)
-
-
-def hand_off(name: str, url: str, samples: int) -> list[float]:
-    """µs from the holder's release to the waiter running, ``samples`` times."""
-    variant = VARIANTS[name]()
-    variant.setup(url)
-    context = multiprocessing.get_context("spawn")
-    ours, theirs = context.Pipe()
-    waiter = context.Process(target=_waiter, args=(name, url, samples, theirs))
-    waiter.start()
-    assert ours.recv() == "ready"
-    schedule = random.Random(SEED)
-    spread = max(variant.poll, 0.001)
-    for _ in range(samples):
-        variant.hold()
-        ours.send("hold")
-        assert ours.recv() == "waiting"
-        time.sleep(SETTLE + schedule.uniform(0.0, spread))  # the release at a random point
-        released = time.monotonic_ns()
-        variant.release()
-        ours.send(released)
-        assert ours.recv() == "done"
-    latencies: list[float] = ours.recv()
-    waiter.join(30)
-    return latencies
-
-
 def round_trip_us(url: str, n: int) -> float:
     """One raw round trip (PING), µs, median of ``n``."""
     import redis
@@ -279,7 +235,9 @@ def run(quick: bool) -> tuple[dict[str, list[float]], float, float, float]:
             for i in range(len(names)):
                 name = names[(r + i) % len(names)]
                 count = samples // 4 if VARIANTS[name].poll >= 0.1 else samples
-                latencies.setdefault(name, []).extend(hand_off(name, server.url, count))
+                latencies.setdefault(name, []).extend(
+                    hand_off("benchmarks.bench_redis", name, server.url, count, SEED)
+                )
         rtt = round_trip_us(server.url, 200 if quick else 5000)
         commands, per_request = round_trips_per_request(server.url, 200 if quick else 5000)
     finally:
