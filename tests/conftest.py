@@ -16,12 +16,25 @@ the absence of every system call, only of those.
 
 from __future__ import annotations
 
+import faulthandler
+import sys
 from collections.abc import Iterator
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from sessionlock.backends import _shared, close_all
+
+#: Seconds the process may take to exit once the run is over.
+EXIT_WITHIN = 120
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A failed test may leave a thread of its own waiting on a lock nobody gives back: a
+    non-daemon one keeps the interpreter from exiting, and CI waits for it until its hard
+    limit. Instead, if the process is still here EXIT_WITHIN seconds after the run, every
+    thread's stack is printed (naming the culprit) and it exits with status 1."""
+    faulthandler.dump_traceback_later(EXIT_WITHIN, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture

@@ -167,15 +167,19 @@ def test_tickets_queued_after_a_record_leave_it_whole(backend: FileBackend, dire
     backend.store(holder, "record", None)
     other = _started(directory)
     got: list[Lease | None] = []
-    waiter = threading.Thread(target=lambda: got.append(other.acquire(KEY, None)))
+    # Daemon, and the holder released whatever happens: a failed assert must not leave a
+    # thread waiting forever on a lock nobody gives back (the interpreter would never exit).
+    waiter = threading.Thread(target=lambda: got.append(other.acquire(KEY, None)), daemon=True)
+    size = os.path.getsize(_lock_file(directory))  # before the waiter can append its ticket
     waiter.start()
-    size = os.path.getsize(_lock_file(directory))
-    for _ in range(3000):  # until its ticket is appended (nothing to wait on in the kernel)
-        if os.path.getsize(_lock_file(directory)) > size:
-            break
-        waiter.join(0.01)
-    assert os.path.getsize(_lock_file(directory)) > size
-    backend.release(holder)
+    try:
+        for _ in range(3000):  # until its ticket is appended (nothing to wait on in the kernel)
+            if os.path.getsize(_lock_file(directory)) > size:
+                break
+            waiter.join(0.01)
+        assert os.path.getsize(_lock_file(directory)) > size
+    finally:
+        backend.release(holder)
     waiter.join(30)
     (lease,) = got
     assert lease is not None
