@@ -9,16 +9,30 @@ The session keys are the seed's: ``exam_question_ids`` (list), ``exam_current`` 
 Its "next" handler advances ``exam_current`` without a bound check, as the seed's did:
 that is how "question 11 of 10" happened. The rules below are the seed's proposals
 (required keys, the index clamped, defaults filled) declared once and run by each adapter.
+
+The Flask app also has the seed's pages (issue 14, stale pages): ``GET /exam`` shows the
+current question with an answer form (``POST /answer``, which embeds the session revision)
+and a "next" button (``POST /exam/next``); ``GET /answers`` reads the recorded answers. As
+the seed's app did, ``/answer`` trusts the session, not the page: the answer goes to the
+session's current question, whatever question the page showed.
+
+    app = flask_app_stale_pages(policy="redirect", redirect_to="/exam")  # StalePages(...)
+    app = flask_app_stale_pages(bare=True)                               # the control
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import MutableMapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import sessionlock
 from sessionlock.rules import Ruleset, index_within, one_of, required, rule, type_of
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 QUESTION_TYPES = ("basic", "specialist")
 SECRET = "exam-app-test-secret-0123456789abcdef"
@@ -120,6 +134,24 @@ def show(session: MutableMapping[str, Any]) -> str:
     return f"question {session.get('exam_current', 0) + 1} of {len(ids)}"
 
 
+def current_qid(session: MutableMapping[str, Any]) -> int | None:
+    """The id of the session's current question; None before the start or past the end."""
+    ids = session.get("exam_question_ids", [])
+    current = session.get("exam_current", 0)
+    return ids[current] if isinstance(ids, list) and 0 <= current < len(ids) else None
+
+
+def record_answer(session: MutableMapping[str, Any], answer: str) -> None:
+    """The seed's answer handler: the answer goes to the session's current question."""
+    qid = current_qid(session)
+    if qid is None:
+        return
+    session["exam_answers"] = {**session.get("exam_answers", {}), str(qid): answer}
+    progress = session.get("progress_tracking")
+    if isinstance(progress, dict):
+        session["progress_tracking"] = {**progress, "last_answered_qid": qid, "timestamp": _now()}
+
+
 # -- Flask -------------------------------------------------------------------------------
 
 
@@ -151,10 +183,109 @@ def flask_app(*, rules: Ruleset | None = EXAM_RULES, **options: Any) -> Any:
     def question() -> str:
         return show(session)
 
+    _exam_pages(app)
     if rules is not None:
         options.setdefault("backend", "memory://")
         SessionLock(app, rules=rules, **options)
+    else:  # the bare app: the page's field is empty, as without the middleware
+        app.add_template_global(lambda: "", "session_revision_field")
+        app.add_template_global(lambda: "", "session_revision")
     return app
+
+
+EXAM_QUESTIONS = 5
+_RENDERS = itertools.count(1)  # a page restored from a cache keeps its render number
+
+_EXAM_PAGE = """<!doctype html>
+<html><head><title>Exam</title></head><body>
+{% if qid is none %}
+<form method="post" action="/exam/start/{{ count }}">
+<button id="start" type="submit">start</button></form>
+{% else %}
+{% if stale %}<p id="stale">That page was out of date: nothing was recorded.</p>{% endif %}
+<p id="label">Question {{ shown }} of {{ total }}</p>
+<p>Question id <span id="qid">{{ qid }}</span></p>
+<form id="answer-form" method="post" action="/answer">
+{{ session_revision_field() }}
+<input id="answer" name="answer" type="text">
+<button id="submit" type="submit">answer</button>
+</form>
+<form method="post" action="/exam/next"><button id="next" type="submit">next</button></form>
+{% endif %}
+<p>Render <span id="render">{{ render }}</span>, revision
+<span id="revision">{{ session_revision() }}</span>, shown from
+<span id="shown-from">network</span></p>
+<script>
+addEventListener("pageshow", (event) => {
+  if (event.persisted) document.getElementById("shown-from").textContent = "bfcache";
+});
+</script>
+</body></html>
+"""
+
+
+def _exam_pages(app: Flask) -> None:
+    """The seed's pages: the question with its answer form, "next", the answers read back."""
+    from flask import jsonify, redirect, render_template_string, request, session
+
+    @app.get("/exam")
+    def exam_page() -> str:
+        ids = session.get("exam_question_ids", [])
+        current = session.get("exam_current", 0)
+        return render_template_string(
+            _EXAM_PAGE,
+            qid=current_qid(session),
+            shown=current + 1,
+            total=len(ids),
+            count=EXAM_QUESTIONS,
+            stale=request.args.get("stale") == "1",
+            render=next(_RENDERS),
+        )
+
+    def to_page() -> Any:
+        # The question's number in the URL, for the history (the page still shows the
+        # session's question): Chromium keeps no back-forward copy of a page left for the
+        # same URL, and its HTTP cache keeps one copy per URL.
+        return redirect(f"/exam?q={session.get('exam_current', 0) + 1}", code=303)
+
+    @app.post("/exam/start/<int:count>")
+    def exam_start(count: int) -> Any:
+        start_exam(session, count)
+        session["exam_answers"] = {}
+        return to_page()
+
+    @app.post("/exam/next")
+    def exam_next() -> Any:
+        next_question(session)
+        return to_page()
+
+    @app.post("/answer")
+    def answer() -> Any:
+        # Policy "flag" runs the handler for a stale page: the app refuses it itself.
+        if sessionlock.is_stale(request):
+            return redirect("/exam?stale=1", code=303)
+        record_answer(session, request.form.get("answer", ""))
+        return to_page()
+
+    @app.get("/answers")
+    def answers() -> Any:
+        return jsonify(
+            answers=session.get("exam_answers", {}),
+            current_qid=current_qid(session),
+        )
+
+
+def flask_app_stale_pages(*, bare: bool = False, **stale_pages: Any) -> Any:
+    """The Flask exam app with ``stale_pages=StalePages(**stale_pages)``; ``bare``: no SessionLock.
+
+    Literal arguments only, for gunicorn:
+    ``'tests.e2e.exam_app:flask_app_stale_pages(policy="refuse", no_store=False)'``.
+    """
+    if bare:
+        return flask_app(rules=None)
+    from sessionlock.stale import StalePages
+
+    return flask_app(stale_pages=StalePages(**stale_pages))
 
 
 # -- Starlette ---------------------------------------------------------------------------
