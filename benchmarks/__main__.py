@@ -42,6 +42,7 @@ MODULES: list[tuple[str, str, str]] = [
     ("wake", "bench_wake", "in-process wake vs the raw primitive"),
     ("queue", "bench_queue", "N queued requests on one key: efficiency"),
     ("churn", "bench_churn", "distinct keys: nothing left behind"),
+    ("stale", "bench_stale", "stale_pages: the revision's cost per request"),
 ]
 
 UNCONTENDED_TARGETS = [

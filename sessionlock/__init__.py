@@ -19,6 +19,7 @@ from .errors import (
 from .fencing import session_fence
 from .release import release_session
 from .rotate import rotate_identity
+from .stale import StalePages, hidden_field, is_stale, page_token, session_changed
 
 __version__ = "0.1.0"
 
@@ -32,10 +33,15 @@ __all__ = [
     "LockTimeout",
     "QueueFull",
     "SessionLockError",
+    "StalePages",
     "__version__",
     "close_all",
     "from_url",
+    "hidden_field",
+    "is_stale",
+    "page_token",
     "release_session",
     "rotate_identity",
+    "session_changed",
     "session_fence",
 ]

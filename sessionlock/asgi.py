@@ -28,6 +28,7 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .core import REFUSED, Admission, Core, Options
 from .errors import ClientGone
 from .options import check_names
+from .stale import FIELD, PEEK, token_in, wants_body
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -87,7 +88,7 @@ class SessionLockMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))  # our copy, completed in place
-                if (
+                if (core.revisions_block and core.revises(admission, headers)) or (
                     core.cookies_block
                     and core.stores(admission, headers)
                     and not core.records_inline(admission)
@@ -104,9 +105,9 @@ class SessionLockMiddleware:
 
         try:
             # under the lease: a failure here releases too
-            if core.cookies_block and core.loads(
-                admission, scope
-            ):  # a record to read: off the loop
+            if core.revisions_block or (
+                core.cookies_block and core.loads(admission, scope)
+            ):  # a record or a revision to read: off the loop
                 await _off_loop(core.prepare, admission, scope)
             else:
                 core.prepare(admission, scope)
@@ -114,6 +115,17 @@ class SessionLockMiddleware:
                 admission.loop = asyncio.get_running_loop()
             if inbox is not None and inbox.kept:
                 receive = inbox.receive
+            revisions = core.revisions
+            if revisions is not None and scope.get("method") in revisions.pages.methods:
+                token, receive = await _token(scope, receive)
+                answer = core.judge(admission, scope, token)
+                if answer is not None:  # a stale page's request: the app never sees it
+                    headers = [*answer.headers, admission.timing()]
+                    start = {"status": answer.status, "headers": _encode(headers)}
+                    await send({"type": "http.response.start", **start})
+                    await _leave(core, admission)
+                    await send({"type": "http.response.body", "body": answer.body})
+                    return
             await self.app(scope, receive, send_with_headers)
         finally:
             if admission.lease is not None:  # the backstop: no response, an error, "end"
@@ -190,7 +202,7 @@ def _finish(
     core: Core, admission: Admission, headers: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
     """The response's final headers; ``headers`` is the shell's own copy (extended in place)."""
-    if not core.sets_cookies(admission, headers):  # the common case: no decoding
+    if core.revisions is None and not core.sets_cookies(admission, headers):  # no decoding
         if admission.waited < 0.00005:  # no wait: the preformatted, pre-encoded header
             headers.append(_NO_WAIT)
         else:
@@ -205,3 +217,34 @@ def _finish(
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     # ASGI header names are lower case (servers and Falcon's test client check it).
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+async def _token(scope: Scope, receive: Receive) -> tuple[str | None, Receive]:
+    """A stale-page token the request carries: header, query, or the start of a form body;
+    and the ``receive`` that hands the app every body message, those read ahead first."""
+    header = content_type = None
+    for name, value in scope.get("headers", ()):
+        if name == b"session-revision":
+            header = value.decode("latin-1")
+        elif name == b"content-type":
+            content_type = value.decode("latin-1")
+    query = scope.get("query_string", b"").decode("latin-1")
+    if header is not None or FIELD in query or not wants_body(content_type or ""):
+        return token_in(header, query, content_type or "", None), receive
+    kept: deque[Message] = deque()
+    body = bytearray()
+    while len(body) < PEEK:
+        message = await receive()
+        kept.append(message)
+        if message["type"] != "http.request":
+            break  # a disconnect: the app sees it too
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+
+    async def replay() -> Message:
+        if kept:
+            return kept.popleft()
+        return await receive()
+
+    return token_in(None, query, content_type or "", bytes(body[:PEEK])), replay

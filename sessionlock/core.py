@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from http import HTTPStatus
 from typing import Literal, Protocol, TypedDict
 
 from . import keys
@@ -21,6 +22,7 @@ from .fairness import server_threads, waiting_threads_for
 from .order import check as check_order
 from .queue import KeyedQueue, TaskWaiter
 from .setup_checks import SetupChecks
+from .stale import Revisions, StalePages
 
 __all__ = ["HANDLE", "HELD", "Admission", "Core", "Options", "Refusal"]
 
@@ -42,6 +44,7 @@ class Options(TypedDict, total=False):
     cookie_session: str | Sequence[str] | None
     release: Literal["head", "end"]
     on_backend_error: Literal["closed", "open"]
+    stale_pages: StalePages | None
 
 
 #: Where the request's :class:`Admission` is, as its handle (early release, rotation).
@@ -178,23 +181,26 @@ class _Degraded(Lease):
 
 
 class Refusal:
-    """The answer to a request that could not get its turn: 429, or 503."""
+    """The answer to a request the app does not see: 429 or 503 (it could not get its
+    turn, Retry-After), or 409 or 303 (it came from a stale page)."""
 
     __slots__ = ("body", "headers", "status")
 
-    def __init__(self, status: int, body: str) -> None:
+    def __init__(
+        self, status: int, body: str, headers: Sequence[tuple[str, str]] | None = None
+    ) -> None:
         self.status = status
         self.body = body.encode()
         self.headers = [
             ("Content-Type", "text/plain; charset=utf-8"),
             ("Content-Length", str(len(self.body))),
-            ("Retry-After", "1"),
+            *(headers if headers is not None else [("Retry-After", "1")]),
             ("Cache-Control", "no-store"),
         ]
 
     @property
     def status_line(self) -> str:
-        return "429 Too Many Requests" if self.status == 429 else "503 Service Unavailable"
+        return f"{self.status} {HTTPStatus(self.status).phrase}"
 
 
 _QUEUE_FULL = Refusal(429, "Too many requests of this session are waiting; retry shortly.\n")
@@ -237,6 +243,9 @@ class Core:
                  processes or hosts two may overlap); a warning is logged once per outage, and
                  another once the backend answers again. Each request still asks the backend
                  first, so the first one after it is back is serialized everywhere again.
+    stale_pages: a :class:`sessionlock.stale.StalePages`: keep a revision per session and
+                 catch forms sent from pages older than it (the back button, an old tab).
+                 None (default): no revision is kept.
     """
 
     def __init__(
@@ -252,6 +261,7 @@ class Core:
         cookie_session: str | Sequence[str] | None = DEFAULT_COOKIE_SESSION,
         release: Literal["head", "end"] = "head",
         on_backend_error: Literal["closed", "open"] = "closed",
+        stale_pages: StalePages | None = None,
     ) -> None:
         if timeout is not None and (
             not isinstance(timeout, (int, float))
@@ -334,6 +344,16 @@ class Core:
                 cookie_session, backend=backend, secret=self.secret, key=self.key_source
             )
             self._tracked = frozenset(name.encode() for name in self.cookies.names)
+        if stale_pages is not None and not isinstance(stale_pages, StalePages):
+            raise ConfigurationError(
+                f"stale_pages must be a sessionlock.stale.StalePages or None, got {stale_pages!r}"
+            )
+        self.revisions: Revisions | None = None
+        if stale_pages is not None:
+            names = self.cookies.names if self.cookies is not None else ()
+            self.revisions = Revisions(stale_pages, backend, names)
+        # Revisions outside process memory cost I/O: the ASGI shell moves it off the loop.
+        self.revisions_block = stale_pages is not None and backend.shared
         chosen = None if isinstance(self.key_source, keys.Identity) else self._key_name()
         checks = SetupChecks(shared=backend.shared, key=chosen)
         self._checks: SetupChecks | None = None if checks.done else checks
@@ -607,8 +627,22 @@ class Core:
         mine = (self._mark, admission.key)
         request[HELD] = (mine,) if held is None else (*held, mine)
         request[HANDLE] = admission
-        if self.cookies is not None and type(admission.lease) is not _Degraded:
-            self.cookies.prepare(admission, request)
+        if type(admission.lease) is not _Degraded:
+            if self.cookies is not None:
+                self.cookies.prepare(admission, request)
+            if self.revisions is not None:
+                self.revisions.begin(admission, request)
+
+    def judge(self, admission: Admission, request: Request, token: str | None) -> Refusal | None:
+        """After :meth:`prepare`: the answer to a request sent from a stale page, if its
+        policy is to answer it (``token``: what the request carries, see the shells)."""
+        if self.revisions is None:
+            return None
+        answer = self.revisions.judge(admission, request, token)
+        if answer is None:
+            return None
+        status, body, headers = answer
+        return Refusal(status, body, headers)
 
     def _rotate(self, admission: Admission) -> bool:
         """Mark the request for a new identity, given as its response starts (under the lease)."""
@@ -667,6 +701,18 @@ class Core:
             return True
         return _sets_tracked(headers, self._tracked)
 
+    def revises(self, admission: Admission, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether :meth:`finish` may write a revision: the app said the session changed, it
+        sets a tracked cookie, or the key is new (the ASGI shell moves that write off the
+        event loop)."""
+        notes = admission.notes
+        revision = notes.get("revision") if notes else None
+        return revision is not None and (
+            getattr(revision, "changed", False)
+            or not getattr(revision, "saved", True)
+            or _sets_tracked(headers, self._tracked)
+        )
+
     def sets_cookies(
         self, admission: Admission, headers: list[tuple[bytes, bytes]] | list[tuple[str, str]]
     ) -> bool:
@@ -691,6 +737,8 @@ class Core:
         Cookie tracking records only under the lease: after an early release the next
         request may already run, and its record must not be overwritten by an older one.
         """
+        if self.revisions is not None:
+            headers = [*headers, *self.revisions.end(admission, headers)]
         if not self.sets_cookies(admission, headers):  # the usual case
             return [*headers, admission.timing()]
         # A response a shared cache may store gets none of our Set-Cookies (they would be

@@ -51,10 +51,11 @@ from django.conf import settings  # type: ignore[import-untyped]
 from django.http import HttpResponse  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-from .core import REFUSED, Admission, Core, shared_cacheable
+from .core import REFUSED, Admission, Core, Refusal, shared_cacheable
 from .errors import ConfigurationError
 from .options import NAMES, check_names
 from .rules import Ruleset, as_ruleset
+from .stale import FIELD, PEEK, session_changed, token_in, wants_body
 
 __all__ = ["SessionLockConfig", "SessionLockMiddleware", "SessionRulesMiddleware", "conf"]
 
@@ -167,7 +168,9 @@ class SessionLockMiddleware:
             return _refusal(core, admission, error)
         try:
             core.prepare(admission, request.META)
-            response = self.get_response(request)
+            refusal = _judge(core, admission, request)
+            response = refusal if refusal is not None else self.get_response(request)
+            _revise(core, admission, request, response)
         finally:
             core.leave(admission)  # SessionMiddleware, inside, has saved the session
         return _finish(admission, response)
@@ -184,8 +187,20 @@ class SessionLockMiddleware:
         except REFUSED as error:
             return _refusal(core, admission, error)
         try:
-            core.prepare(admission, request.META)
-            response = await self.get_response(request)
+            # Revisions outside process memory, and a form to parse (a large upload goes to a
+            # temporary file), are I/O: off the event loop, as the ASGI middleware does.
+            if core.revisions_block:
+                await asyncio.to_thread(core.prepare, admission, request.META)
+            else:
+                core.prepare(admission, request.META)
+            refusal = None
+            if core.revisions is not None:
+                refusal = await asyncio.to_thread(_judge, core, admission, request)
+            response = refusal if refusal is not None else await self.get_response(request)
+            if core.revisions_block:
+                await asyncio.to_thread(_revise, core, admission, request, response)
+            else:
+                _revise(core, admission, request, response)
         finally:
             await core.leave_async(admission)
         return _finish(admission, response)
@@ -254,12 +269,50 @@ async def _never() -> None:
     await asyncio.Event().wait()
 
 
-def _refusal(core: Core, admission: Admission, error: Exception) -> Response:
-    refusal = core.refuse(admission, error)
+def _judge(core: Core, admission: Admission, request: Request) -> Response | None:
+    """A stale page's request answered (``stale_pages``): its token from the header, the
+    query, or the form: ``request.POST`` for a POST (as Django's CSRF middleware reads it
+    anyway), the body's first bytes for another method (Django parses no form for them)."""
+    revisions = core.revisions
+    if revisions is None or request.method not in revisions.pages.methods:
+        return None
+    meta = request.META
+    content_type = str(meta.get("CONTENT_TYPE", ""))
+    token = token_in(meta.get("HTTP_SESSION_REVISION"), meta.get("QUERY_STRING", ""), "", None)
+    if token is None and wants_body(content_type):
+        if request.method == "POST":
+            token = request.POST.get(FIELD)
+        else:
+            token = token_in(None, "", content_type, request.body[:PEEK])
+    refusal = core.judge(admission, meta, token)
+    return None if refusal is None else _answer(refusal)
+
+
+def _revise(core: Core, admission: Admission, request: Request, response: Response) -> None:
+    """Under the lease, the session saved: a modified session is a new revision."""
+    if core.revisions is None:
+        return
+    session = getattr(request, "session", None)
+    if session is not None and getattr(session, "modified", False):
+        session_changed(request.META)
+    cache_control = response.get("Cache-Control", "")
+    for name, value in core.revisions.end(admission, [("Cache-Control", cache_control)]):
+        if name == "Cache-Control":
+            if value not in cache_control:  # a refusal says no-store already
+                response[name] = f"{cache_control}, {value}" if cache_control else value
+        else:
+            response[name] = value
+
+
+def _answer(refusal: Refusal) -> Response:
     response = HttpResponse(refusal.body, status=refusal.status)
     for name, value in refusal.headers:
         response[name] = value
     return response
+
+
+def _refusal(core: Core, admission: Admission, error: Exception) -> Response:
+    return _answer(core.refuse(admission, error))
 
 
 def _finish(admission: Admission, response: Response) -> Response:

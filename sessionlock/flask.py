@@ -21,6 +21,11 @@ released when the response's status and headers go out, after Flask saved the se
 rules run as the *last* ``after_request`` function: Flask's ``process_response`` calls every
 ``after_request`` function and only then ``save_session``, so a repair is in the cookie (or
 server-side store) that goes out.
+With ``stale_pages=StalePages(...)`` templates get two globals, ``session_revision_field()``
+(the hidden form field that dates a page, see :mod:`sessionlock.stale`) and
+``session_revision()`` (its token, for a ``Session-Revision`` header from fetch), and a
+request whose ``session.modified`` is set counts as a change of the session (Flask-Session's
+server-side sessions included), checked after every ``after_request`` function.
 Middleware options: every one of :class:`sessionlock.wsgi.SessionLockMiddleware`'s
 (:data:`sessionlock.options.NAMES`); an unknown name is a ConfigurationError when
 ``SessionLock(...)`` is made, naming the known ones. Removing ``SessionLock(...)`` undoes
@@ -32,11 +37,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from flask import Flask, Response, current_app
+from flask import Flask, Response, current_app, request
 from flask.globals import request_ctx
+from markupsafe import Markup
 
 from .options import NAMES, check_names
 from .rules import Rule, Ruleset, as_ruleset
+from .stale import hidden_field, page_token, session_changed
 from .wsgi import SessionLockMiddleware
 
 if TYPE_CHECKING:
@@ -74,6 +81,11 @@ class SessionLock:
             # after_request functions run in reverse order of registration: the first one
             # registered runs last, after every function of the app and its blueprints.
             app.after_request_funcs.setdefault(None, []).insert(0, self._enforce)
+        if middleware.core.revisions is not None:
+            app.after_request_funcs.setdefault(None, []).insert(0, _note_change)  # after rules
+            app.jinja_env.globals.update(
+                session_revision_field=_revision_field, session_revision=_revision_token
+            )
 
     def _enforce(self, response: Response) -> Response:
         ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]
@@ -88,3 +100,22 @@ class SessionLock:
         if report and self.rules.header is not None:
             response.headers[self.rules.header] = self.rules.header_value(report)
         return response
+
+
+def _note_change(response: Response) -> Response:
+    ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]
+    current = getattr(ctx, "_session", None)  # as in _enforce: never marks it accessed
+    if current is None:
+        current = ctx.session
+    if getattr(current, "modified", False):
+        session_changed(request.environ)
+    return response
+
+
+def _revision_field() -> Markup:
+    # Digits, a dot and hex in a fixed tag: nothing to escape.
+    return Markup(hidden_field(request.environ))  # noqa: S704
+
+
+def _revision_token() -> str:
+    return page_token(request.environ) or ""

@@ -7,7 +7,7 @@ of known ones, and the closest name when there is one::
 
     unknown option 'timout' for SessionLockMiddleware (did you mean 'timeout'?); known:
     backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, on_backend_error,
-    release, secret, timeout
+    release, secret, stale_pages, timeout
 
 The environment form (:func:`from_environ`, read by ``sessionlock.uvicorn:app``) is
 ``SESSIONLOCK_<OPTION>`` for every option:
@@ -25,7 +25,10 @@ The environment form (:func:`from_environ`, read by ``sessionlock.uvicorn:app``)
   empty, ``none`` or ``off``: no cookie tracked;
 - ``SESSIONLOCK_RELEASE``: ``head`` or ``end``;
 - ``SESSIONLOCK_ON_BACKEND_ERROR``: ``closed`` (503 while the backend fails) or ``open``
-  (serve, serialized within the process only).
+  (serve, serialized within the process only);
+- ``SESSIONLOCK_STALE_PAGES``: ``refuse``, ``flag`` or ``redirect:<url>`` (a
+  :class:`~sessionlock.stale.StalePages` with that policy and its defaults); empty, ``none``
+  or ``off``: no revision kept.
 
 Any other variable that starts with ``SESSIONLOCK_`` is refused (a typo would otherwise be
 ignored in silence), except ``SESSIONLOCK_APP``, the uvicorn factory's app. A variable set
@@ -42,6 +45,7 @@ from typing import cast
 
 from .core import Options
 from .errors import ConfigurationError
+from .stale import StalePages
 
 __all__ = ["APP", "NAMES", "check_names", "from_environ"]
 
@@ -186,6 +190,18 @@ def _on_backend_error(variable: str, text: str) -> object:
     raise ConfigurationError(f"{variable} must be 'closed' or 'open', got {text!r}")
 
 
+def _stale_pages(variable: str, text: str) -> object:
+    if text.lower() in _OFF:
+        return _DEFAULT  # none kept: the default
+    kind, _, target = text.partition(":")
+    try:
+        return StalePages(policy=kind.lower(), redirect_to=target or None)  # type: ignore[arg-type]
+    except ConfigurationError as error:
+        raise ConfigurationError(
+            f"{variable} must be 'refuse', 'flag', 'redirect:<url>' or 'off', got {text!r}"
+        ) from error
+
+
 #: How each option's variable is read; an option without one is read as text.
 _PARSERS: dict[str, Callable[[str, str], object]] = {
     "backend": _text,
@@ -198,4 +214,5 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "cookie_session": _cookie_names,
     "release": _release,
     "on_backend_error": _on_backend_error,
+    "stale_pages": _stale_pages,
 }

@@ -31,14 +31,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import ConfigurationError
 from .options import NAMES, check_names
 from .rules import Rule, Ruleset, as_ruleset
+from .stale import hidden_field, page_token
 
-__all__ = ["SessionRulesMiddleware"]
+__all__ = ["SessionRulesMiddleware", "add_template_globals"]
 
 logger = logging.getLogger("sessionlock")
 
@@ -99,3 +100,24 @@ def _refuse(unknown: Mapping[str, object]) -> None:
             "sessionlock.asgi.SessionLockMiddleware, listed before SessionMiddleware"
         )
     check_names(unknown, "SessionRulesMiddleware", known=("rules",))
+
+
+def add_template_globals(env: Any) -> None:
+    """Give a Jinja2 environment (``Jinja2Templates(...).env``) Flask's two stale-page
+    globals: ``session_revision_field()`` and ``session_revision()``, which read ``request``
+    from the template's context (``TemplateResponse`` puts it there)."""
+    from jinja2 import pass_context
+    from markupsafe import Markup
+
+    @pass_context
+    def session_revision_field(context: Any) -> Markup:
+        # Digits, a dot and hex in a fixed tag: nothing to escape.
+        return Markup(hidden_field(context.get("request")))  # noqa: S704
+
+    @pass_context
+    def session_revision(context: Any) -> str:
+        return page_token(context.get("request")) or ""
+
+    env.globals.update(
+        session_revision_field=session_revision_field, session_revision=session_revision
+    )

@@ -18,12 +18,14 @@ different sessions never wait for each other. A request that waits past ``timeou
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .core import REFUSED, Core, Options
 from .options import check_names
+from .stale import FIELD, PEEK, token_in, wants_body
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -64,6 +66,13 @@ class SessionLockMiddleware:
 
         try:
             core.prepare(admission, environ)  # under the lease: a failure here releases too
+            revisions = core.revisions
+            if revisions is not None and environ.get("REQUEST_METHOD") in revisions.pages.methods:
+                answer = core.judge(admission, environ, _token(environ))
+                if answer is not None:  # a stale page's request: the app never sees it
+                    start_response(answer.status_line, [*answer.headers, admission.timing()])
+                    core.leave(admission)
+                    return [answer.body]
             result = self.app(environ, start_with_headers)
         except BaseException:
             core.leave(admission)
@@ -121,3 +130,57 @@ class _ClosingIterable:
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._iterable)
+
+
+def _token(environ: WSGIEnvironment) -> str | None:
+    """A stale-page token the request carries: header, query, or the start of a form body
+    (then put back, as the app reads it, in front of the rest)."""
+    content_type = str(environ.get("CONTENT_TYPE", ""))
+    header = environ.get("HTTP_SESSION_REVISION")
+    query = str(environ.get("QUERY_STRING", ""))
+    body = None
+    if header is None and FIELD not in query and wants_body(content_type):
+        body = _peek(environ)
+    return token_in(header, query, content_type, body)
+
+
+def _peek(environ: WSGIEnvironment) -> bytes | None:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None  # the app's framework answers a malformed length
+    stream = environ.get("wsgi.input")
+    if length <= 0 or stream is None:
+        return None  # no length (chunked): not read ahead, the token goes in the query then
+    head: bytes = stream.read(min(length, PEEK))
+    if len(head) >= length:
+        environ["wsgi.input"] = io.BytesIO(head)
+    else:
+        environ["wsgi.input"] = io.BufferedReader(_Replay(head, stream, length - len(head)))
+    return head
+
+
+class _Replay(io.RawIOBase):
+    """The bytes read ahead, then the server's stream: never more than the body's length
+    from it (``wsgiref`` hands over the socket itself, where reading further would block)."""
+
+    def __init__(self, head: bytes, rest: Any, remaining: int) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+        self._remaining = remaining
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            size = min(len(buffer), len(self._head))
+            buffer[:size] = self._head[:size]
+            self._head = self._head[size:]
+            return size
+        if self._remaining <= 0:
+            return 0
+        data = self._rest.read(min(len(buffer), self._remaining))
+        self._remaining -= len(data)
+        buffer[: len(data)] = data
+        return len(data)

@@ -24,6 +24,7 @@ import pytest
 from sessionlock.core import Core
 from sessionlock.errors import ConfigurationError
 from sessionlock.options import NAMES
+from sessionlock.stale import StalePages
 from tests.e2e.servers import ROOT, gunicorn, running_server, uvicorn
 
 
@@ -281,7 +282,7 @@ def test_a_bad_setting_fails_when_django_loads_the_middleware() -> None:
             {"timout": 5},
             "unknown option 'timout' (did you mean 'timeout'?) for the SESSIONLOCK setting; "
             "known: backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, "
-            "on_backend_error, release, rules, secret, timeout",
+            "on_backend_error, release, rules, secret, stale_pages, timeout",
             id="option-typo",
         ),
         pytest.param({"rule": []}, "'rule' (did you mean 'rules'?)", id="rules-typo"),
@@ -311,13 +312,15 @@ def test_every_middleware_option_is_a_setting_key() -> None:
     setting = {"backend": "memory://", "timeout": None, "max_waiters": 3, "exempt": ["/s/"]}
     setting |= {"max_waiting_threads": 2, "secret": "s" * 16, "release": "end"}
     setting |= {"key": "cookie:sessionid", "cookie_session": None, "rules": []}
-    setting |= {"on_backend_error": "open"}
+    setting |= {"on_backend_error": "open", "stale_pages": StalePages(policy="flag")}
     assert set(setting) - {"rules"} == set(NAMES)  # every one of them
     with override_settings(SESSIONLOCK=setting):
         core = SessionLockMiddleware(_view)._core.get()
     assert (core.timeout, core.max_waiters, core.max_waiting_threads) == (None, 3, 2)
     assert not core.release_at_head
     assert core.fail_open
+    assert core.revisions is not None
+    assert core.revisions.pages is setting["stale_pages"]
 
 
 @pytest.mark.usefixtures("registry", "configured")

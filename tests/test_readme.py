@@ -48,6 +48,10 @@ RUN: dict[Ref, str] = {
     readme.DJANGO_SETTINGS: f"{E2E} (django_settings; `manage.py check` in its fixture)",
     readme.STARLETTE_RULES: f"{E2E} (starlette_rules)",
     readme.BEAKER: f"{E2E} (beaker) and {HERE}::test_beaker_example_answers_hello",
+    readme.STALE_FLASK: f"{HERE}::test_stale_pages_flask_example_redirects_the_old_form",
+    readme.STALE_FASTAPI: f"{HERE}::test_stale_pages_fastapi_example_refuses_the_old_form",
+    readme.STALE_DJANGO: "tests/test_stale_django.py::test_the_readme_settings_and_template",
+    readme.STALE_DJANGO_TEMPLATE: "tests/test_stale_django.py (test_the_readme_settings_and_..)",
 }
 
 #: Blocks that are not run, each with its reason.
@@ -278,3 +282,55 @@ def test_beaker_example_answers_hello(registry: None) -> None:
     assert isinstance(namespace["app"], SessionLockMiddleware)
     response = Client(namespace["app"]).get("/")
     assert (response.status_code, response.data) == (200, b"hello")
+
+
+def _old_form_twice(get: Any, post: Any) -> tuple[int, int]:
+    """Answer question 1 from its page, then send that same page's form again."""
+    page = get("/exam")
+    token = re.search(r'name="session_revision" value="([^"]+)"', page)
+    assert token is not None, page
+    form = {"answer": "A", "session_revision": token.group(1)}
+    return post("/answer", form), post("/answer", {**form, "answer": "B"})
+
+
+def test_stale_pages_flask_example_redirects_the_old_form(registry: None) -> None:
+    namespace: dict[str, Any] = {"__name__": __name__}  # Flask(__name__): a real module
+    readme.run(readme.find(readme.STALE_FLASK).source, namespace)
+    client = namespace["app"].test_client()
+    first, second = _old_form_twice(
+        lambda path: client.get(path).text,
+        lambda path, form: client.post(path, data=form).status_code,
+    )
+    assert (first, second) == (302, 303)  # the app's redirect, then the stale form's
+    with client.session_transaction() as session:
+        assert session["answers"] == {"1": "A"}  # B was never recorded against question 2
+
+
+def test_stale_pages_fastapi_example_refuses_the_old_form(registry: None) -> None:
+    import asyncio
+
+    import httpx
+
+    namespace: dict[str, Any] = {}
+    readme.run(readme.find(readme.STALE_FASTAPI).source, namespace)
+
+    async def run() -> tuple[tuple[int, int], str]:
+        transport = httpx.ASGITransport(app=namespace["app"])
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            pages: list[str] = []
+
+            async def get(path: str) -> str:
+                pages.append((await c.get(path)).text)
+                return pages[-1]
+
+            first_page = await get("/exam")
+            token = re.search(r'value="([^"]+)"', first_page)
+            assert token is not None
+            form = {"answer": "A", "session_revision": token.group(1)}
+            first = (await c.post("/answer", data=form)).status_code
+            second = (await c.post("/answer", data={**form, "answer": "B"})).status_code
+            return (first, second), await get("/exam")
+
+    statuses, page = asyncio.run(run())
+    assert statuses == (303, 409)
+    assert "Question 2" in page  # only the fresh answer moved the exam on

@@ -27,7 +27,6 @@ from urllib.parse import urlencode
 
 import django
 import pytest
-from blockbuster import BlockingError
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.template import engines
@@ -117,7 +116,17 @@ def cycle(request: HttpRequest) -> HttpResponse:
     return HttpResponse("in")
 
 
+def readme_exam(request: HttpRequest) -> HttpResponse:
+    """The README's template (section "Stale pages in Django"), as it is there."""
+    from tests.e2e import readme
+
+    source = readme.find(readme.STALE_DJANGO_TEMPLATE).source
+    return HttpResponse(engines["django"].from_string(source).render({}, request))
+
+
 urlpatterns = [
+    path("exam/", readme_exam),
+    path("exam/answer/", count),
     path("page", page),
     path("count", count),
     path("flagged/count", count),
@@ -562,15 +571,7 @@ def test_cache_control_no_store_only_when_asked_and_never_on_a_public_response(
 # run in a worker thread. The AsyncClient cases above are the async path with the memory
 # backend; these two look for blocking calls on the loop (blockbuster raises one there).
 
-BLOCKS_ON_THE_LOOP = (
-    "sessionlock/django.py __acall__ calls core.prepare() (Revisions.begin: backend.get of the "
-    "revision) and _revise() (Revisions.end: backend.set) on the event loop; with a file:// "
-    "(or redis://) backend that is file (socket) I/O on the loop. The ASGI middleware moves "
-    "it off the loop when core.revisions_block; the Django shell ignores revisions_block."
-)
 
-
-@pytest.mark.xfail(strict=True, raises=BlockingError, reason=BLOCKS_ON_THE_LOOP)
 @pytest.mark.usefixtures("registry", "no_blocking")
 def test_async_stale_refusal_with_a_file_backend_blocks_nothing_on_the_loop(
     tmp_path: Path,
@@ -586,15 +587,6 @@ def test_async_stale_refusal_with_a_file_backend_blocks_nothing_on_the_loop(
     assert after.text == "2"
 
 
-PARSES_ON_THE_LOOP = (
-    "sessionlock/django.py _judge reads request.POST on the event loop (async path): a "
-    "multipart upload larger than FILE_UPLOAD_MAX_MEMORY_SIZE is parsed into a temporary "
-    "file there (tempfile, os.getcwd, writes). CsrfViewMiddleware reads request.POST in a "
-    "thread (sync_to_async); _judge could too, or the whole of it in async mode."
-)
-
-
-@pytest.mark.xfail(strict=True, raises=BlockingError, reason=PARSES_ON_THE_LOOP)
 @pytest.mark.usefixtures("registry", "no_blocking")
 def test_async_form_with_a_large_upload_is_parsed_off_the_loop() -> None:
     with django_settings(StalePages()):
@@ -610,18 +602,9 @@ def test_async_form_with_a_large_upload_is_parsed_off_the_loop() -> None:
     assert stale.status == 409
 
 
-# -- what the generic shells catch and Django's does not -------------------------------------
-
-NEW_KEY = (
-    "Revisions are kept per lock key; with key='cookie:sessionid' Django's cycle_key() (every "
-    "login()) gives the session a new key, whose revision starts again at 0, so a page "
-    "rendered before it (token '0.<nonce>', or any number the new key reaches later) is "
-    "judged fresh against the new key. sessionlock/django.py could carry the revision over "
-    "(+1) when request.session.session_key differs from the cookie the request came with."
-)
+# -- a new session key, and forms of other methods -------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=NEW_KEY)
 @pytest.mark.usefixtures("registry")
 @pytest.mark.parametrize("make_client", CLIENTS)
 def test_a_page_from_before_a_new_session_key_is_stale(make_client: type[SyncClient]) -> None:
@@ -637,15 +620,6 @@ def test_a_page_from_before_a_new_session_key_is_stale(make_client: type[SyncCli
     assert after.text == "1"
 
 
-FORM_OF_PUT = (
-    "sessionlock/django.py _judge takes the form field from request.POST, which Django fills "
-    "for POST only: a PUT/PATCH/DELETE with a urlencoded or multipart body (fetch with "
-    "URLSearchParams/FormData) is not checked, while the WSGI and ASGI middleware read the "
-    "field from the body of every checked method."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=FORM_OF_PUT)
 @pytest.mark.usefixtures("registry")
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
 @pytest.mark.parametrize("make_client", CLIENTS)
@@ -661,3 +635,35 @@ def test_the_form_field_in_the_body_of_other_methods(
         stale = client.send(method, "/count", form=form)
     assert fresh.reply == (200, "n=2 stale=False")
     assert stale.status == 409
+
+
+# -- the README's Django example -------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("registry")
+@pytest.mark.parametrize("make_client", CLIENTS)
+def test_the_readme_settings_and_template(make_client: type[SyncClient]) -> None:
+    """Its settings block and its template, run as they are (the backend aside: memory://
+    in this one process); the old form is redirected to the exam, as its policy says."""
+    from tests.e2e import readme
+
+    namespace: dict[str, Any] = {}
+    readme.run(readme.find(readme.STALE_DJANGO).source, namespace)
+    setting = {**namespace["SESSIONLOCK"], "backend": "memory://"}
+    with override_settings(
+        ROOT_URLCONF=__name__,
+        MIDDLEWARE=[LOCK, SESSION, CSRF],
+        SESSION_ENGINE=DB_SESSIONS,
+        TEMPLATES=TEMPLATES,
+        SESSIONLOCK=setting,
+    ):
+        client = with_session(make_client)
+        shown = client.get("/exam/")
+        assert shown.token is not None
+        form = {"session_revision": shown.token, "answer": "A"}
+        fresh = client.post("/exam/answer/", form=form)
+        stale = client.post("/exam/answer/", form=form)
+        after = client.get("/value")
+    assert fresh.reply == (200, "n=2 stale=False")
+    assert (stale.status, stale.headers.get("Location")) == (303, "/exam/")
+    assert after.text == "2"

@@ -123,6 +123,10 @@ FLASK_EXT = Ref("Flask", "from flask import Flask, session")
 DJANGO_SETTINGS = Ref("Django", "# settings.py")
 STARLETTE_RULES = Ref("Starlette", "from starlette.applications import Starlette")
 BEAKER = Ref("Any WSGI session layer", "from beaker.middleware import SessionMiddleware")
+STALE_FLASK = Ref("Stale pages in Flask", "from flask import Flask, redirect")
+STALE_FASTAPI = Ref("Stale pages in Starlette", "from fastapi import FastAPI, Form")
+STALE_DJANGO = Ref("Stale pages in Django", "# settings.py")
+STALE_DJANGO_TEMPLATE = Ref("Stale pages in Django", "{% load sessionlock %}")
 
 
 # -- python blocks ----------------------------------------------------------------------------
