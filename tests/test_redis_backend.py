@@ -9,6 +9,7 @@ the lock itself (with deadlines far above what they need).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from sessionlock.backends import _shared, from_url
+from sessionlock.backends import Lease, _shared, from_url
 from sessionlock.backends.redis import Grant, RedisBackend, normalize
 from sessionlock.core import Core
 from sessionlock.errors import BackendUnavailable, ConfigurationError, LeaseLost
@@ -586,6 +587,552 @@ def test_timed_out_and_cancelled_waits_leave_the_line(
     assert not [name for name in _names(redis_server) if ":alive:" in name]
     holder.release(lease)
     assert waiter.try_acquire(KEY) is not None  # free: handed to nobody who left
+
+
+# -- shared leases (readers) -------------------------------------------------------------------
+
+
+def _readers(server: RedisServer) -> int:
+    """How many readers Redis counts for KEY (dead ones included until a script drops them)."""
+    reply = server.command("ZCARD", f"sessionlock:{{{KEY}}}:readers")
+    return int(reply.decode()[1:])
+
+
+def _exclusive_holder(server: RedisServer) -> bool:
+    return server.command("EXISTS", f"sessionlock:{{{KEY}}}:lease") == b":1\r\n"
+
+
+class _Waiter:
+    """``backend.acquire(KEY, timeout, shared=...)`` on a daemon thread, as another process's
+    request would wait; :meth:`close` (in the test's finally) gives back what it got."""
+
+    def __init__(self, backend: RedisBackend, *, shared: bool, timeout: float = 60.0) -> None:
+        self.backend = backend
+        self.lease: Lease | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(shared, timeout), daemon=True)
+        self.thread.start()
+
+    def _run(self, shared: bool, timeout: float) -> None:
+        try:
+            self.lease = self.backend.acquire(KEY, timeout, shared=shared)
+        except BaseException as error:
+            self.error = error
+        finally:
+            self.done.set()
+
+    def take(self) -> Lease:
+        """The lease, once granted (fails if the wait failed or timed out)."""
+        assert self.done.wait(60), "never granted"
+        assert self.error is None, self.error
+        assert self.lease is not None
+        return self.lease
+
+    def close(self) -> None:
+        self.thread.join(60)
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            with contextlib.suppress(BackendUnavailable):
+                self.backend.release(lease)
+
+
+@pytest.fixture
+def waiters() -> Iterator[Callable[..., _Waiter]]:
+    """Start waiters; each is closed after the test (after the test's own releases)."""
+    started: list[_Waiter] = []
+
+    def start(backend: RedisBackend, *, shared: bool, timeout: float = 60.0) -> _Waiter:
+        started.append(_Waiter(backend, shared=shared, timeout=timeout))
+        return started[-1]
+
+    yield start
+    for waiter in started:
+        waiter.close()
+
+
+def _release_all(backend: RedisBackend, *leases: Lease | None) -> None:
+    for lease in leases:
+        if lease is not None:
+            with contextlib.suppress(BackendUnavailable):
+                backend.release(lease)
+
+
+def test_readers_of_two_processes_hold_the_session_together(
+    redis_server: RedisServer, backends: Callable[..., RedisBackend]
+) -> None:
+    first, second = backends(), backends()  # two backends: two processes (or hosts)
+    one = first.try_acquire(KEY, shared=True)
+    two = second.try_acquire(KEY, shared=True)
+    try:
+        assert one is not None
+        assert two is not None
+        assert one.shared
+        assert two.shared
+        assert _readers(redis_server) == 2
+        assert not _exclusive_holder(redis_server)
+        assert one.fence is not None
+        assert two.fence is not None
+        assert two.fence > one.fence  # every grant moves the fence, a reader's too
+    finally:
+        _release_all(first, one)
+        _release_all(second, two)
+    assert _readers(redis_server) == 0
+
+
+def test_control_exclusive_leases_of_two_processes_do_not_coexist(
+    backends: Callable[..., RedisBackend],
+) -> None:
+    first, second = backends(), backends()
+    one = first.try_acquire(KEY)
+    try:
+        assert one is not None
+        assert not one.shared
+        assert second.try_acquire(KEY) is None
+    finally:
+        _release_all(first, one)
+
+
+def test_a_writer_excludes_readers_and_readers_exclude_a_writer(
+    backends: Callable[..., RedisBackend],
+) -> None:
+    writer, reader = backends(), backends()
+    held = writer.try_acquire(KEY)
+    try:
+        assert held is not None
+        assert reader.try_acquire(KEY, shared=True) is None
+        assert reader.acquire(KEY, 0.1, shared=True) is None  # waits, gives up, leaves
+    finally:
+        _release_all(writer, held)
+    shared = reader.try_acquire(KEY, shared=True)
+    try:
+        assert shared is not None
+        assert writer.try_acquire(KEY) is None
+        assert writer.acquire(KEY, 0.1) is None
+    finally:
+        _release_all(reader, shared)
+    again = writer.try_acquire(KEY)  # free again: nothing left behind by the waits
+    assert again is not None
+    writer.release(again)
+
+
+def test_a_reader_arriving_after_a_waiting_writer_waits_behind_it(
+    redis_server: RedisServer,
+    backends: Callable[..., RedisBackend],
+    waiters: Callable[..., _Waiter],
+) -> None:
+    """R1 holds, W waits, R2 arrives: R2 does not join R1 (it would overtake W)."""
+    first, writer, second = backends(), backends(), backends()
+    r1 = first.try_acquire(KEY, shared=True)
+    assert r1 is not None
+    try:
+        w = waiters(writer, shared=False)
+        _until(_queued(redis_server, 1), "W joins the line")
+        assert second.try_acquire(KEY, shared=True) is None  # readers only hold, yet W waits
+        r2 = waiters(second, shared=True)
+        _until(_queued(redis_server, 2), "R2 joins the line behind W")
+        first.release(r1)
+        r1 = None
+        w_lease = w.take()  # the release handed the session to W, not to R2
+        assert not w_lease.shared
+        assert _readers(redis_server) == 0  # R2 was not let in alongside
+        assert not r2.done.is_set()
+        assert _queued(redis_server, 1)()
+        w.lease = None
+        writer.release(w_lease)
+        r2_lease = r2.take()
+        assert r2_lease.shared
+        assert r2_lease.fence is not None
+        assert w_lease.fence is not None
+        assert r2_lease.fence > w_lease.fence
+    finally:
+        _release_all(first, r1)
+
+
+def test_readers_queued_behind_a_writer_are_let_in_together(
+    redis_server: RedisServer,
+    backends: Callable[..., RedisBackend],
+    waiters: Callable[..., _Waiter],
+) -> None:
+    holder = backends()
+    readers = [backends() for _ in range(3)]
+    w = holder.try_acquire(KEY)
+    assert w is not None
+    try:
+        queued = []
+        for number, backend in enumerate(readers):
+            queued.append(waiters(backend, shared=True))
+            _until(_queued(redis_server, number + 1), "the next reader joins the line")
+        holder.release(w)
+        w = None
+        # One release served all three, in its own script: each is counted before any woke.
+        assert _readers(redis_server) == 3
+        assert _queued(redis_server, 0)()
+        leases = [waiter.take() for waiter in queued]
+        assert all(lease.shared for lease in leases)  # all held at once, none released yet
+    finally:
+        _release_all(holder, w)
+
+
+def test_a_writer_behind_two_readers_gets_in_when_both_left(
+    redis_server: RedisServer,
+    backends: Callable[..., RedisBackend],
+    waiters: Callable[..., _Waiter],
+) -> None:
+    first, second, writer = backends(), backends(), backends()
+    r1 = first.try_acquire(KEY, shared=True)
+    r2 = second.try_acquire(KEY, shared=True)
+    try:
+        assert r1 is not None
+        assert r2 is not None
+        w = waiters(writer, shared=False)
+        _until(_queued(redis_server, 1), "W joins the line")
+        first.release(r1)
+        r1 = None
+        assert _queued(redis_server, 1)()  # one reader is left: W still waits
+        assert not _exclusive_holder(redis_server)
+        assert not w.done.is_set()
+        second.release(r2)
+        r2 = None
+        assert not w.take().shared
+        assert _readers(redis_server) == 0
+    finally:
+        _release_all(first, r1)
+        _release_all(second, r2)
+
+
+def test_line_order_of_readers_and_writers_across_instances(
+    redis_server: RedisServer, backends: Callable[..., RedisBackend]
+) -> None:
+    """W1 holds; R1, R2, W2, R3 wait in that order on four backends. Grants go in line order,
+    the run R1 + R2 together, W2 alone, then R3."""
+    holder = backends()
+    kinds = {"R1": True, "R2": True, "W2": False, "R3": True}
+    mine = {name: backends() for name in kinds}
+    log: list[tuple[str, str]] = []
+    log_mutex = threading.Lock()
+    together = threading.Barrier(2, timeout=60)  # R1 and R2 hold at the same time
+
+    def wait(name: str) -> None:
+        lease = mine[name].acquire(KEY, 60.0, shared=kinds[name])
+        assert lease is not None
+        try:
+            with log_mutex:
+                log.append(("in", name))
+            if name in ("R1", "R2"):
+                together.wait()
+            with log_mutex:
+                log.append(("out", name))
+        finally:
+            mine[name].release(lease)
+
+    lease = holder.try_acquire(KEY)
+    assert lease is not None
+    threads = []
+    try:
+        for name in kinds:
+            threads.append(threading.Thread(target=wait, args=(name,), daemon=True))
+            threads[-1].start()
+            _until(_queued(redis_server, len(threads)), f"{name} joins the line")
+    finally:
+        holder.release(lease)
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert {log[0][1], log[1][1]} == {"R1", "R2"}  # both in before either left
+    assert log[0][0] == log[1][0] == "in"
+    assert log[4:] == [("in", "W2"), ("out", "W2"), ("in", "R3"), ("out", "R3")]
+
+
+def test_a_writer_leaving_the_line_lets_the_readers_behind_it_in(
+    redis_server: RedisServer,
+    backends: Callable[..., RedisBackend],
+    waiters: Callable[..., _Waiter],
+    monkeypatch: Any,
+) -> None:
+    """R1 holds, W waits (then gives up), R2 waits behind W: W's leaving serves R2 at once."""
+    first, writer, second = backends(), backends(), backends()
+    second.recheck = 3600.0  # R2 would never re-check within the test
+    checks = _count_checks(second, monkeypatch)
+    r1 = first.try_acquire(KEY, shared=True)
+    assert r1 is not None
+    try:
+
+        async def give_up() -> None:
+            w = writer.acquire_future(KEY, None)
+            await asyncio.to_thread(_until, _queued(redis_server, 1), "W joins the line")
+            r2 = waiters(second, shared=True)
+            await asyncio.to_thread(_until, _queued(redis_server, 2), "R2 joins behind W")
+            w.cancel()
+            await asyncio.to_thread(r2.take)
+
+        asyncio.run(give_up())
+        assert _readers(redis_server) == 2  # R1 and R2 together
+        assert checks == [0]  # R2 was woken by W's withdrawal, not by a re-check
+    finally:
+        _release_all(first, r1)
+
+
+def test_a_dead_reader_stops_blocking_a_writer_after_its_ttl(
+    redis_server: RedisServer, backends: Callable[..., RedisBackend]
+) -> None:
+    reader, writer = backends("?lease_ttl=0.3"), backends()
+    lease = reader.try_acquire(KEY, shared=True)
+    assert lease is not None
+    reader._stop.set()  # its watchdog stops: as if its process died
+    taken = writer.acquire(KEY, 30.0)
+    try:
+        assert taken is not None
+        assert _readers(redis_server) == 0  # the dead reader was dropped
+    finally:
+        _release_all(writer, taken)
+    with contextlib.suppress(BackendUnavailable):
+        reader.release(lease)  # late: said lost, changes nothing
+
+
+def test_a_dead_reader_among_live_ones_is_dropped_by_its_own_expiry(
+    redis_server: RedisServer,
+    backends: Callable[..., RedisBackend],
+    waiters: Callable[..., _Waiter],
+) -> None:
+    """The readers key lives as long as its longest-lived reader: a dead reader beside a
+    live one is dropped by its own score, not by the key's expiry."""
+    dead, live, writer = backends("?lease_ttl=0.3"), backends("?lease_ttl=60"), backends()
+    gone = dead.try_acquire(KEY, shared=True)
+    kept = live.try_acquire(KEY, shared=True)
+    try:
+        assert gone is not None
+        assert kept is not None
+        dead._stop.set()  # as if its process died
+        w = waiters(writer, shared=False, timeout=30.0)
+        _until(_queued(redis_server, 1), "the writer joins the line")
+        live.release(kept)
+        kept = None
+        assert not w.take().shared  # in once the dead reader's 0.3 s ran out
+        assert _readers(redis_server) == 0
+    finally:
+        _release_all(live, kept)
+        _release_all(dead, gone)
+
+
+def test_control_a_live_reader_keeps_a_writer_out_past_its_ttl(
+    redis_server: RedisServer, backends: Callable[..., RedisBackend], monkeypatch: Any
+) -> None:
+    """The same reader, renewed: two TTLs of watchdog rounds later it still holds."""
+    reader, writer = backends("?lease_ttl=0.3"), backends()
+    rounds = threading.Semaphore(0)
+    renew = reader.renew
+
+    def counted() -> None:
+        renew()
+        rounds.release()
+
+    monkeypatch.setattr(reader, "renew", counted)
+    lease = reader.try_acquire(KEY, shared=True)
+    assert lease is not None
+    try:
+        for _ in range(6):  # two whole TTLs of rounds (one per ttl / 3)
+            assert rounds.acquire(timeout=30)
+        assert writer.try_acquire(KEY) is None
+        assert not lease.token.lost
+        assert _readers(redis_server) == 1
+    finally:
+        reader.release(lease)
+    assert writer.try_acquire(KEY) is not None
+
+
+def _read_forever(url: str, held: Any) -> None:
+    backend = RedisBackend(url)
+    assert backend.try_acquire(KEY, shared=True) is not None
+    held.set()
+    threading.Event().wait()  # until killed
+
+
+def test_sigkill_of_a_reader_lets_a_queued_writer_in_within_the_ttl(
+    redis_server: RedisServer, backends: Callable[..., RedisBackend]
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    held = context.Event()
+    url = redis_server.url + "?lease_ttl=1"
+    process = context.Process(target=_read_forever, args=(url, held), daemon=True)
+    process.start()
+    try:
+        assert held.wait(60)
+        writer = backends("?lease_ttl=1")
+        got: list[Any] = []
+        thread = threading.Thread(target=lambda: got.append(writer.acquire(KEY, 60.0)))
+        thread.daemon = True
+        thread.start()
+        _until(_queued(redis_server, 1), "the writer joins the line")
+        assert _readers(redis_server) == 1
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(30)
+    thread.join(60)
+    assert got
+    assert got[0] is not None
+    writer.release(got[0])
+
+
+def test_a_readers_key_lives_as_long_as_its_longest_lived_reader(
+    redis_server: RedisServer, backends: Callable[..., RedisBackend]
+) -> None:
+    """Processes may differ in lease_ttl: a short-lived reader leaving (or renewing) never
+    cuts short the readers key of a long-lived one."""
+    short, long_lived = backends("?lease_ttl=0.3"), backends("?lease_ttl=60")
+    keep = long_lived.try_acquire(KEY, shared=True)
+    brief = short.try_acquire(KEY, shared=True)
+    try:
+        assert keep is not None
+        assert brief is not None
+        short.release(brief)
+        brief = None
+        name = f"sessionlock:{{{KEY}}}:readers"
+        assert int(redis_server.command("PTTL", name).decode()[1:]) > 30_000
+    finally:
+        _release_all(short, brief)
+        _release_all(long_lived, keep)
+
+
+def test_a_reader_may_load_but_never_store_or_mark(
+    redis_server: RedisServer, backends: Callable[..., RedisBackend]
+) -> None:
+    backend = backends()
+    writer = backend.try_acquire(KEY)
+    assert writer is not None
+    backend.store(writer, "the writer's record", 60.0)
+    backend.release(writer)
+    reader = backend.try_acquire(KEY, shared=True)
+    assert reader is not None
+    try:
+        assert backend.load(reader) == "the writer's record"
+        stamp = reader.stamp
+        with pytest.raises(ValueError, match="shared"):
+            backend.store(reader, "a reader's write", 60.0)
+        with pytest.raises(ValueError, match="shared"):
+            backend.mark(reader)
+        assert reader.stamp == stamp
+        assert backend.load(reader) == "the writer's record"  # nothing was written
+        backend.set("other", "no mark before: not a write under the lease", 60.0)
+    finally:
+        backend.release(reader)
+    lease = backend.try_acquire(KEY)
+    assert lease is not None
+    assert lease.stamp == stamp  # nobody marked in between
+    backend.release(lease)
+
+
+def test_a_reader_is_woken_by_the_release_not_by_a_poll(
+    redis_server: RedisServer,
+    backends: Callable[..., RedisBackend],
+    waiters: Callable[..., _Waiter],
+    monkeypatch: Any,
+) -> None:
+    holder, reader = backends(), backends()
+    reader.recheck = 3600.0
+    checks = _count_checks(reader, monkeypatch)
+    lease = holder.try_acquire(KEY)
+    assert lease is not None
+    try:
+        waiting = waiters(reader, shared=True, timeout=None)
+        _until(_blocked_in_blpop(redis_server), "the reader blocks")
+        holder.release(lease)
+        lease = None
+        assert waiting.take().shared
+        assert checks == [0]
+    finally:
+        _release_all(holder, lease)
+
+
+def test_control_a_lost_wake_up_of_a_reader_is_caught_by_the_re_check(
+    redis_server: RedisServer,
+    backends: Callable[..., RedisBackend],
+    waiters: Callable[..., _Waiter],
+    monkeypatch: Any,
+) -> None:
+    holder, reader = backends(), backends()
+    reader.recheck = 0.05
+    checks = _count_checks(reader, monkeypatch)
+    lease = holder.try_acquire(KEY)
+    assert lease is not None
+    holder._held.clear()
+    waiting = waiters(reader, shared=True, timeout=None)
+    _until(_queued(redis_server, 1), "the reader joins the line")
+    redis_server.command("DEL", f"sessionlock:{{{KEY}}}:lease")  # gone with no push
+    assert waiting.take().shared
+    assert checks[0] >= 1
+
+
+def test_a_reader_task_is_woken_by_the_release(
+    redis_server: RedisServer, backends: Callable[..., RedisBackend]
+) -> None:
+    holder, reader = backends(), backends()
+    reader.recheck = 3600.0
+    lease = holder.try_acquire(KEY)
+    assert lease is not None
+
+    async def main() -> Lease | None:
+        future = reader.acquire_future(KEY, None, shared=True)
+        try:
+            await asyncio.to_thread(_until, _blocked_in_blpop(redis_server), "blocked")
+            assert not future.done()
+            holder.release(lease)
+            return await future
+        finally:
+            reader.give_up(future)  # a lease still coming is handed on (a failed test)
+
+    got = asyncio.run(main())
+    assert got is not None
+    assert got.shared
+    reader.release(got)
+
+
+def test_async_readers_share_and_a_timed_out_one_leaves_nothing(
+    redis_server: RedisServer, backends: Callable[..., RedisBackend]
+) -> None:
+    first, second, writer = backends(), backends(), backends()
+
+    async def main() -> None:
+        one = await first.acquire_async(KEY, 5.0, shared=True)
+        two = await second.acquire_async(KEY, 0, shared=True)  # one try, no line
+        assert one is not None
+        assert two is not None
+        try:
+            assert await writer.acquire_async(KEY, 0.1) is None
+        finally:
+            await first.release_async(one)
+            await second.release_async(two)
+        held = await writer.acquire_async(KEY, 5.0)
+        assert held is not None
+        try:
+            assert await first.acquire_async(KEY, 0.1, shared=True) is None
+        finally:
+            await writer.release_async(held)
+
+    asyncio.run(main())
+    _until(_queued(redis_server, 0), "every wait left the line")
+    assert not [name for name in _names(redis_server) if ":alive:" in name]
+    assert _readers(redis_server) == 0
+
+
+def test_every_reader_key_has_a_ttl(
+    redis_server: RedisServer,
+    backends: Callable[..., RedisBackend],
+    waiters: Callable[..., _Waiter],
+) -> None:
+    reader, writer = backends(), backends()
+    lease = reader.try_acquire(KEY, shared=True)
+    assert lease is not None
+    try:
+        waiters(writer, shared=False, timeout=5.0)
+        _until(_queued(redis_server, 1), "the writer joins the line")
+        names = _names(redis_server)
+        assert {"queue", "state", "readers"} <= {name.rsplit(":", 1)[-1] for name in names}
+        for name in names:
+            ttl = int(redis_server.command("PTTL", name).decode()[1:])
+            assert ttl > 0 or name == "sessionlock:secret", name
+    finally:
+        reader.release(lease)
 
 
 # -- through the Core, across "hosts" ----------------------------------------------------------

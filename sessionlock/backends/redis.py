@@ -31,6 +31,18 @@ close; the hand-off costs one ``call_soon_threadsafe``). A waiter that times out
 cancelled leaves the line; a lease handed to it meanwhile is taken (threads) or handed on
 (tasks): never leaked.
 
+Shared leases (``shared=True``, readers). A reader's ticket (``s`` + random) is a member of
+``sessionlock:{<key>}:readers``, a sorted set scored by the reader's expiry on the server's
+clock, pushed forward by the same watchdog round as the exclusive leases (same pipeline), so
+a reader whose process died stops counting within ``lease_ttl``. Readers and writers share
+one line, in arrival order: a reader gets in at once when no writer holds and nobody waits,
+a writer when nobody holds at all and nobody waits. When the exclusive lease is free, the
+scripts serve the head of the line: a writer once the last reader left, or a run of readers
+(up to the next writer) all at once, each told on its own list. So a reader never overtakes
+a writer that waits before it, on any host, and neither side starves. A reader costs the
+same two round trips as a writer; it may :meth:`load` the record, never :meth:`mark` or
+:meth:`store` (ValueError).
+
 Fencing. Every grant increments the key's ``fence`` (``Lease.token.fence``, a number that
 only grows), every :meth:`mark` its ``mark`` (``Lease.stamp``). :meth:`mark` and the value
 writes that follow it in the same thread or task are checked in Lua against the lease's
@@ -216,22 +228,22 @@ class RedisBackend(Backend):
 
     # -- leases ------------------------------------------------------------------------
 
-    def try_acquire(self, key: str) -> Lease | None:
+    def try_acquire(self, key: str, *, shared: bool = False) -> Lease | None:
         key = self._safe(key)
-        ticket = _ticket()
+        ticket = _ticket(shared)
         got = self._run(self._acquire_script, key, ticket, "0")
         return None if got is None else self._granted(key, ticket, got)
 
-    def acquire(self, key: str, timeout: float | None) -> Lease | None:
+    def acquire(self, key: str, timeout: float | None, *, shared: bool = False) -> Lease | None:
         if timeout is not None and timeout <= 0:
-            return self.try_acquire(key)
+            return self.try_acquire(key, shared=shared)
         deadline = None if timeout is None else time.monotonic() + timeout
         key = self._safe(key)
-        ticket = _ticket()
+        ticket = _ticket(shared)
         got = self._run(self._acquire_script, key, ticket, "1")
         if got is not None:
             return self._granted(key, ticket, got)
-        wake = lua.names(key)[3] + "wake:" + ticket
+        wake = lua.names(key)[4] + "wake:" + ticket
         self._enlist(ticket, key)
         try:
             while True:
@@ -248,14 +260,16 @@ class RedisBackend(Backend):
         finally:
             self._delist(ticket)
 
-    def acquire_future(self, key: str, timeout: float | None) -> asyncio.Future[Lease | None]:
+    def acquire_future(
+        self, key: str, timeout: float | None, *, shared: bool = False
+    ) -> asyncio.Future[Lease | None]:
         """A future a helper thread resolves: the lease at once if the key is free (one
         round trip), else after waiting in ``BLPOP`` for the task. Nothing here talks to
         Redis on the calling thread, the event loop (``timeout <= 0``: one try, no line)."""
         loop = asyncio.get_running_loop()
         self._check_open()
         line = timeout is None or timeout > 0
-        waiting = _TaskWait(self, self._safe(key), loop, line=line)
+        waiting = _TaskWait(self, self._safe(key), loop, line=line, shared=shared)
         future = waiting.future
         if not line:
             self._helpers.run(waiting.run)
@@ -267,8 +281,10 @@ class RedisBackend(Backend):
         self._helpers.run(waiting.run)
         return future
 
-    async def acquire_async(self, key: str, timeout: float | None) -> Lease | None:
-        return await self._await_lease(self.acquire_future(key, timeout))
+    async def acquire_async(
+        self, key: str, timeout: float | None, *, shared: bool = False
+    ) -> Lease | None:
+        return await self._await_lease(self.acquire_future(key, timeout, shared=shared))
 
     def release(self, lease: Lease) -> None:
         grant = _grant_of(lease)
@@ -318,9 +334,10 @@ class RedisBackend(Backend):
 
     def mark(self, lease: Lease) -> int:
         """The key's next mark, if ``lease`` still holds it; else BackendUnavailable (from
-        LeaseLost), and nothing may be written under it."""
+        LeaseLost), and nothing may be written under it. ValueError for a shared lease."""
         grant = _grant_of(lease)
-        lease_name, _, state, _ = lua.names(lease.key)
+        _writable(lease, "marked")
+        lease_name, _, state, _, _ = lua.names(lease.key)
         stamp = self._call(self._mark_script, [lease_name, state], [grant.ticket, self._state_ms])
         if stamp == -1:
             raise self._refused(lease, "not marked")
@@ -333,9 +350,11 @@ class RedisBackend(Backend):
         round trip, refused in Lua if the lease is lost (BackendUnavailable from LeaseLost).
 
         The record shares the lease's hash tag, so the check and the write are one step.
+        ValueError for a shared lease (nothing sent).
         """
         grant = _grant_of(lease)
-        lease_name, _, state, _ = lua.names(lease.key)
+        _writable(lease, "stored")
+        lease_name, _, state, _, _ = lua.names(lease.key)
         text, px = ("", "0") if value is None else self._stored(value, ttl)
         keys = [lease_name, state, lua.value_name(lease.key)]
         stamp = self._call(self._store_script, keys, [grant.ticket, self._state_ms, text, px])
@@ -438,11 +457,12 @@ class RedisBackend(Backend):
         try:
             with self._client.pipeline(transaction=False) as pipe:
                 for lease in held:
-                    lease_name, _, state, _ = lua.names(lease.key)
+                    lease_name, _, state, readers, _ = lua.names(lease.key)
                     args = [_grant_of(lease).ticket, self._ttl_ms, self._state_ms]
-                    self._renew_script(keys=[lease_name, state], args=args, client=pipe)
+                    keys = [lease_name, state, readers]
+                    self._renew_script(keys=keys, args=args, client=pipe)
                 for ticket, key in waiting:
-                    _, queue, _, prefix = lua.names(key)
+                    _, queue, _, _, prefix = lua.names(key)
                     keys = [queue, prefix + "alive:" + ticket]
                     self._keep_script(keys=keys, args=[self._ttl_ms, self._state_ms], client=pipe)
                 if self._secret is not None:  # put back if lost (a restart, a failover)
@@ -483,12 +503,12 @@ class RedisBackend(Backend):
     def _run(
         self, script: Any, key: str, ticket: str, flag: str | None, *, check: bool = True
     ) -> Any:
-        """One of the line's scripts (KEYS: lease, queue, state) for ``ticket``."""
-        lease_name, queue, state, prefix = lua.names(key)
+        """One of the line's scripts (KEYS: lease, queue, state, readers) for ``ticket``."""
+        lease_name, queue, state, readers, prefix = lua.names(key)
         args = [ticket, self._ttl_ms, self._state_ms, prefix]
         if flag is not None:
             args.append(flag)
-        return self._call(script, [lease_name, queue, state], args, check=check)
+        return self._call(script, [lease_name, queue, state, readers], args, check=check)
 
     def _call(
         self, script: Any, keys: Sequence[str], args: Sequence[str], *, check: bool = True
@@ -503,7 +523,9 @@ class RedisBackend(Backend):
     def _granted(self, key: str, ticket: str, got: Sequence[Any]) -> Lease:
         """The lease a script granted: registered for renewal."""
         mark, fence = got[1], int(got[0])
-        lease = Lease(key, Grant(ticket, fence), None if mark == "-" else int(mark), fence)
+        stamp = None if mark == "-" else int(mark)
+        shared = ticket.startswith(lua.SHARED)
+        lease = Lease(key, Grant(ticket, fence), stamp, fence, shared=shared)
         with self._mutex:
             self._held[ticket] = lease
         self._ensure_watchdog()
@@ -563,19 +585,25 @@ class _TaskWait:
     __slots__ = ("_backend", "_given_up", "_key", "_line", "_loop", "_ticket", "future")
 
     def __init__(
-        self, backend: RedisBackend, key: str, loop: asyncio.AbstractEventLoop, *, line: bool
+        self,
+        backend: RedisBackend,
+        key: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        line: bool,
+        shared: bool,
     ) -> None:
         self._backend = backend
         self._key = key
         self._loop = loop
         self._line = line  # False: one try, never in line (the future says None if busy)
-        self._ticket = _ticket()
+        self._ticket = _ticket(shared)
         self._given_up = False  # set on the loop; read by the helper between blocks
         self.future: asyncio.Future[Lease | None] = loop.create_future()
 
     @property
     def _wake(self) -> str:
-        return lua.names(self._key)[3] + "wake:" + self._ticket
+        return lua.names(self._key)[4] + "wake:" + self._ticket
 
     def run(self) -> None:
         """The helper's job: join the line, block until the lease comes or the task leaves."""
@@ -652,8 +680,14 @@ def _grant_of(lease: Lease) -> Grant:
     return lease.token
 
 
-def _ticket() -> str:
-    return secrets.token_hex(16)
+def _ticket(shared: bool) -> str:
+    """A random ticket; a shared one starts with ``s`` (the scripts read its kind there)."""
+    return (lua.SHARED if shared else "") + secrets.token_hex(16)
+
+
+def _writable(lease: Lease, what: str) -> None:
+    if lease.shared:
+        raise ValueError(f"{lease!r} is shared (a reader's): it may not be {what}")
 
 
 def _say_lost(key: str, what: str) -> None:
