@@ -994,6 +994,30 @@ def test_a_readers_key_lives_as_long_as_its_longest_lived_reader(
         _release_all(long_lived, keep)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["writer", "reader"])
+def test_a_waiter_is_handed_the_lease_for_its_own_ttl_not_the_releasers(
+    redis_server: RedisServer,
+    backends: Callable[..., RedisBackend],
+    waiters: Callable[..., _Waiter],
+    shared: bool,
+) -> None:
+    """Processes may differ in lease_ttl: a lease handed on by a release (the releaser's
+    script) lives for the waiter's TTL, which its own watchdog renews at its own pace."""
+    releaser, waiter = backends("?lease_ttl=0.3"), backends("?lease_ttl=60")
+    lease = releaser.try_acquire(KEY)
+    assert lease is not None
+    try:
+        waiting = waiters(waiter, shared=shared)
+        _until(_queued(redis_server, 1), "the waiter joins the line")
+        releaser.release(lease)
+        lease = None
+        name = f"sessionlock:{{{KEY}}}:{'readers' if shared else 'lease'}"
+        assert int(redis_server.command("PTTL", name).decode()[1:]) > 30_000
+        assert waiting.take().shared is shared
+    finally:
+        _release_all(releaser, lease)
+
+
 def test_a_reader_may_load_but_never_store_or_mark(
     redis_server: RedisServer, backends: Callable[..., RedisBackend]
 ) -> None:

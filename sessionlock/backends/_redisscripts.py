@@ -6,7 +6,8 @@ One session's keys share a hash tag, so they live in one Redis Cluster slot::
     sessionlock:{<key>}:readers      the shared holders' tickets (ZSET scored by their expiry,
                                      ms on the server's clock; PEXPIREAT the latest score)
     sessionlock:{<key>}:queue        tickets waiting, oldest first (LIST, PX state_ttl)
-    sessionlock:{<key>}:alive:<t>    ticket t still waits (PX lease_ttl, renewed by its process)
+    sessionlock:{<key>}:alive:<t>    ticket t still waits: its process's lease ttl in ms (PX
+                                     that ttl, renewed by its process)
     sessionlock:{<key>}:wake:<t>     where t is told it holds the lease (LIST, PX lease_ttl)
     sessionlock:{<key>}:state        fence and mark counters (HASH, PX state_ttl)
     sessionlock:{<key>}:value        a value of :meth:`Backend.set` (PX its ttl)
@@ -165,22 +166,26 @@ end
 
 -- With the exclusive lease free: the head of the line served, each ticket told on its wake
 -- list (dead tickets dropped). An exclusive head once no reader is live, then stop; a shared
--- head with every shared ticket right behind it. The number of tickets served.
+-- head with every shared ticket right behind it. The number of tickets served. A ticket is
+-- granted for its own process's ttl (its alive value; an older version's '1': ``ttl``), not
+-- the caller's: processes may differ in lease_ttl, and its watchdog renews at its own pace.
 local function hand_on(lease, queue, state, readers, prefix, ttl, state_ttl)
   local served = 0
   while true do
     local ticket = redis.call('LINDEX', queue, 0)
     if not ticket then return served end
-    if redis.call('EXISTS', prefix .. 'alive:' .. ticket) == 0 then
+    local its = redis.call('GET', prefix .. 'alive:' .. ticket)
+    if its and (tonumber(its) or 0) < 100 then its = ttl end
+    if not its then
       redis.call('LPOP', queue)
     elseif is_shared(ticket) then
       redis.call('LPOP', queue)
-      tell(prefix, ticket, grant_shared(readers, state, prefix, ticket, ttl, state_ttl), ttl)
+      tell(prefix, ticket, grant_shared(readers, state, prefix, ticket, its, state_ttl), its)
       served = served + 1
     else
       if served > 0 or readers_live(readers) > 0 then return served end
       redis.call('LPOP', queue)
-      tell(prefix, ticket, grant(lease, state, prefix, ticket, ttl, state_ttl), ttl)
+      tell(prefix, ticket, grant(lease, state, prefix, ticket, its, state_ttl), its)
       return 1
     end
   end
@@ -220,7 +225,7 @@ end
 if ARGV[5] == '1' then
   redis.call('RPUSH', queue, ticket)
   redis.call('PEXPIRE', queue, state_ttl)
-  redis.call('SET', prefix .. 'alive:' .. ticket, '1', 'PX', ttl)
+  redis.call('SET', prefix .. 'alive:' .. ticket, ttl, 'PX', ttl)
 end
 return false
 """
@@ -275,7 +280,7 @@ if not redis.call('LPOS', queue, ticket) then
   redis.call('RPUSH', queue, ticket)
 end
 redis.call('PEXPIRE', queue, state_ttl)
-redis.call('SET', prefix .. 'alive:' .. ticket, '1', 'PX', ttl)
+redis.call('SET', prefix .. 'alive:' .. ticket, ttl, 'PX', ttl)
 return false
 """
 )
