@@ -153,7 +153,7 @@ def test_every_key_has_a_ttl_but_the_secret(
     first.secret()
     lease = first.try_acquire(KEY)
     assert lease is not None
-    waiter = threading.Thread(target=lambda: second.acquire(KEY, 0.5))
+    waiter = threading.Thread(target=lambda: second.acquire(KEY, 0.5), daemon=True)
     waiter.start()
     _until(_queued(redis_server, 1), "the waiter joins the line")
     first.mark(lease)
@@ -271,7 +271,7 @@ def test_sigkill_of_the_holder_lets_the_waiter_in_within_the_ttl(
     process, _ = _holder(redis_server.url + "?lease_ttl=1")
     waiter = backends("?lease_ttl=1")
     got: list[Any] = []
-    thread = threading.Thread(target=lambda: got.append(waiter.acquire(KEY, 60.0)))
+    thread = threading.Thread(target=lambda: got.append(waiter.acquire(KEY, 60.0)), daemon=True)
     thread.start()
     _until(_queued(redis_server, 1), "the waiter joins the line")
     os.kill(process.pid, signal.SIGKILL)
@@ -334,7 +334,7 @@ def test_redis_stopped_then_restarted(
         except BaseException as error:
             errors.append(error)
 
-    waiter = threading.Thread(target=wait)
+    waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
     _until(_blocked_in_blpop(redis_server), "the waiter blocks")
     redis_server.stop()
@@ -484,7 +484,7 @@ def test_a_waiter_is_woken_by_the_release_not_by_a_poll(
     lease = holder.try_acquire(KEY)
     assert lease is not None
     got: list[Any] = []
-    thread = threading.Thread(target=lambda: got.append(waiter.acquire(KEY, None)))
+    thread = threading.Thread(target=lambda: got.append(waiter.acquire(KEY, None)), daemon=True)
     thread.start()
     _until(_blocked_in_blpop(redis_server), "the waiter blocks")
     holder.release(lease)
@@ -504,7 +504,7 @@ def test_control_a_lost_wake_up_is_caught_by_the_re_check(
     lease = holder.try_acquire(KEY)
     assert lease is not None
     got: list[Any] = []
-    thread = threading.Thread(target=lambda: got.append(waiter.acquire(KEY, None)))
+    thread = threading.Thread(target=lambda: got.append(waiter.acquire(KEY, None)), daemon=True)
     thread.start()
     _until(_queued(redis_server, 1), "the waiter joins the line")
     holder._held.clear()
@@ -557,7 +557,7 @@ def test_line_order_across_instances_is_fifo(
 
     threads = []
     for number in (2, 0, 1):
-        threads.append(threading.Thread(target=wait, args=(number,)))
+        threads.append(threading.Thread(target=wait, args=(number,), daemon=True))
         threads[-1].start()
         _until(_queued(redis_server, len(threads)), "the next waiter joins the line")
     assert holder.try_acquire(KEY) is None  # a newcomer does not jump the line
@@ -949,7 +949,9 @@ def _read_forever(url: str, held: Any) -> None:
 
 
 def test_sigkill_of_a_reader_lets_a_queued_writer_in_within_the_ttl(
-    redis_server: RedisServer, backends: Callable[..., RedisBackend]
+    redis_server: RedisServer,
+    backends: Callable[..., RedisBackend],
+    waiters: Callable[..., _Waiter],
 ) -> None:
     context = multiprocessing.get_context("spawn")
     held = context.Event()
@@ -958,20 +960,13 @@ def test_sigkill_of_a_reader_lets_a_queued_writer_in_within_the_ttl(
     process.start()
     try:
         assert held.wait(60)
-        writer = backends("?lease_ttl=1")
-        got: list[Any] = []
-        thread = threading.Thread(target=lambda: got.append(writer.acquire(KEY, 60.0)))
-        thread.daemon = True
-        thread.start()
+        writer = waiters(backends("?lease_ttl=1"), shared=False)
         _until(_queued(redis_server, 1), "the writer joins the line")
         assert _readers(redis_server) == 1
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.join(30)
-    thread.join(60)
-    assert got
-    assert got[0] is not None
-    writer.release(got[0])
+    assert not writer.take().shared
 
 
 def test_a_readers_key_lives_as_long_as_its_longest_lived_reader(
@@ -1184,7 +1179,7 @@ def test_two_cores_on_two_backends_exclude_each_other(redis_server: RedisServer)
             finally:
                 core.leave(admission)
 
-    threads = [threading.Thread(target=work, args=(cores[n % 2],)) for n in range(8)]
+    threads = [threading.Thread(target=work, args=(cores[n % 2],), daemon=True) for n in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
