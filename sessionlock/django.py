@@ -300,6 +300,8 @@ def _revise(core: Core, admission: Admission, request: Request, response: Respon
         if name == "Cache-Control":
             if value not in cache_control:  # a refusal says no-store already
                 response[name] = f"{cache_control}, {value}" if cache_control else value
+        elif name == "Set-Cookie":
+            response.cookies.update(SimpleCookie(value))
         else:
             response[name] = value
 

@@ -59,6 +59,9 @@ HEADER = "Session-Revision"
 #: In the environ/scope: the revision the request began with; and whether it is stale.
 REVISION_KEY = "sessionlock.revision"
 STALE_KEY = "sessionlock.stale"
+#: The cookie whose change makes browsers drop pages of an older revision from their
+#: back-forward cache (see :meth:`Revisions._eviction`).
+EVICTION_COOKIE = "sessionlock_rev"
 #: Body bytes looked at for the field: a form's hidden field comes before its file inputs.
 PEEK = 65_536
 
@@ -89,9 +92,11 @@ class StalePages:
                  wins): ``"refuse"``, ``"flag"`` or ``"redirect:<url>"``.
     methods:     the state-changing methods that are checked; other requests never are.
     no_store:    every response of a request that held its session gets
-                 ``Cache-Control: no-store`` (unless the app made it public), so browsers keep
-                 no copy of it, in their cache or their back-forward cache: going back
-                 renders the page again, from the session as it is now.
+                 ``Cache-Control: no-store`` (unless the app made it public), and a response
+                 that changed the session an HttpOnly ``sessionlock_rev`` cookie: browsers
+                 keep no copy in their HTTP cache, and Chromium drops ``no-store`` pages from
+                 its back-forward cache once a cookie changed. Going back renders the page
+                 again, from the session as it is now.
     ttl:         seconds a session's revision is kept after its last change (default 31
                  days, Flask's permanent session lifetime). Past it, every older page of the
                  session is stale once.
@@ -353,7 +358,17 @@ class Revisions:
         added = [(HEADER, str(revision.after()))]
         if self.pages.no_store and not _public(headers):
             added.append(("Cache-Control", "no-store"))  # joined with the app's, if any
+            if revision.changed:
+                added.append(("Set-Cookie", self._eviction(admission, revision.after())))
         return added
+
+    def _eviction(self, admission: Admission, number: int) -> str:
+        """Chromium keeps ``no-store`` pages in its back-forward cache unless a cookie
+        changed since (an HttpOnly one, measured on Chromium 156): a server-side session's
+        cookie never does, so a change of the revision changes this one."""
+        secure = "; Secure" if admission.secure else ""
+        ttl = int(self.pages.ttl)
+        return f"{EVICTION_COOKIE}={number}; Path=/; Max-Age={ttl}; HttpOnly; SameSite=Lax{secure}"
 
     def _cookie_changed(self, revision: Revision, headers: Sequence[tuple[str, str]]) -> bool:
         for name, value in headers:

@@ -16,6 +16,7 @@ from sessionlock.errors import ConfigurationError
 from sessionlock.flask import SessionLock
 from sessionlock.options import NAMES
 from sessionlock.rules import Ruleset, index_within, required
+from sessionlock.stale import StalePages
 from sessionlock.wsgi import SessionLockMiddleware
 
 RULES = [required("t", "basic"), index_within("i", "ids")]
@@ -140,7 +141,7 @@ def test_init_app_factory_form_and_double_init() -> None:
             {"timout": 5},
             "unknown option 'timout' (did you mean 'timeout'?) for SessionLock; known: "
             "backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, "
-            "on_backend_error, release, rules, secret, timeout",
+            "on_backend_error, release, rules, secret, stale_pages, timeout",
             id="option-typo",
         ),
         pytest.param({"rule": RULES}, "'rule' (did you mean 'rules'?)", id="rules-typo"),
@@ -171,6 +172,7 @@ def test_every_option_reaches_the_middleware() -> None:
         "cookie_session": "session",
         "release": "end",
         "on_backend_error": "open",
+        "stale_pages": StalePages(policy="flag"),
     }
     assert set(options) == set(NAMES)  # an option added to the middleware is listed here
     app = Flask(__name__)
@@ -180,3 +182,5 @@ def test_every_option_reaches_the_middleware() -> None:
     assert core.cookies is not None
     assert not core.release_at_head
     assert core.fail_open
+    assert core.revisions is not None
+    assert core.revisions.pages is options["stale_pages"]

@@ -243,6 +243,21 @@ def test_responses_that_used_the_session_are_not_stored() -> None:
     assert "Cache-Control" not in flask_exam().test_client().get("/q").headers  # control
 
 
+def test_a_change_changes_the_cookie_that_empties_the_back_forward_cache() -> None:
+    """Chromium keeps no-store pages in its back-forward cache unless a cookie changed: a
+    change of the revision sets ``sessionlock_rev``; a read sets nothing."""
+    client = flask_exam(stale_pages=StalePages()).test_client()
+    assert "sessionlock_rev" not in str(client.get("/q").headers.getlist("Set-Cookie"))
+    changed = client.post("/next").headers.getlist("Set-Cookie")
+    (eviction,) = [c for c in changed if c.startswith("sessionlock_rev=")]
+    assert "HttpOnly" in eviction
+    assert "Path=/" in eviction
+    assert eviction.startswith(f"sessionlock_rev={client.get('/q').headers['Session-Revision']};")
+    kept = flask_exam(stale_pages=StalePages(no_store=False)).test_client()
+    kept.get("/q")
+    assert "sessionlock_rev" not in str(kept.post("/next").headers.getlist("Set-Cookie"))
+
+
 def test_a_public_response_stays_public() -> None:
     app = flask_exam(stale_pages=StalePages())
 
