@@ -702,15 +702,12 @@ class Core:
         return _sets_tracked(headers, self._tracked)
 
     def revises(self, admission: Admission, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Whether :meth:`finish` may write a revision: the app said the session changed, it
-        sets a tracked cookie, or the key is new (the ASGI shell moves that write off the
-        event loop)."""
+        """Whether :meth:`finish` may write a revision: the app said the session changed, or
+        it sets a tracked cookie (the ASGI shell moves that write off the event loop)."""
         notes = admission.notes
         revision = notes.get("revision") if notes else None
         return revision is not None and (
-            getattr(revision, "changed", False)
-            or not getattr(revision, "saved", True)
-            or _sets_tracked(headers, self._tracked)
+            getattr(revision, "changed", False) or _sets_tracked(headers, self._tracked)
         )
 
     def sets_cookies(

@@ -74,7 +74,6 @@ _MULTIPART_FIELD = re.compile(
 )
 _STORED = re.compile(r"(\d{1,18}) ([0-9a-f]{12}|-)")
 _SUFFIX = "-revision"
-_START = 1 << 40  # a new key's first revision is below it: random, far from any other key's
 _REFUSED_BODY = (
     "This page is out of date: the session has changed since it was shown, so this request "
     "was not carried out. Reload the page and try again.\n"
@@ -173,16 +172,16 @@ def _route_policy(prefix: object, spec: object) -> tuple[Policy, str | None]:
 class Revision:
     """One request's view of its session's revision (kept in ``Admission.notes``).
 
-    A session key seen for the first time starts at a random revision, stored at once: a
-    page of another key (the session before a login gave it a new id) never names this
-    key's current revision by chance, as it would if every key started at 0.
+    A key with no stored revision is at its *base*, a number taken from the key itself (a
+    keyed hash): a page of another key (the session before a login gave it a new id) does
+    not name this key's revision, as it would if every key started at 0; and nothing needs
+    writing until the session changes.
     """
 
-    __slots__ = ("before", "by", "changed", "nonce", "number", "saved", "stale")
+    __slots__ = ("before", "by", "changed", "nonce", "number", "stale")
 
-    def __init__(self, number: int | None, by: str | None, before: str | None) -> None:
-        self.saved = number is not None
-        self.number = number if number is not None else secrets.randbelow(_START)
+    def __init__(self, number: int, by: str | None, before: str | None) -> None:
+        self.number = number  # as the request began
         self.by = by  # the nonce of the request that made it, if it gave out tokens
         self.before = before  # the tracked cookie's payload the request came with
         self.nonce: str | None = None  # given out once a page of this request asks
@@ -214,6 +213,14 @@ class Revision:
 def storage_key(key: str) -> str:
     """The backend key of a session's revision: beside its lock key (a digest, never raw)."""
     return key + _SUFFIX
+
+
+def base(key: str) -> int:
+    """The revision of a key nothing changed yet: 40 bits of the key, a keyed hash (hex)."""
+    try:
+        return int(key[:10], 16)
+    except ValueError:  # a key that is not hex (a custom backend's): still one per key
+        return int.from_bytes(key.encode()[:5].ljust(5, b"\0"), "big")
 
 
 def parse_stored(value: str | None) -> tuple[int | None, str | None]:
@@ -293,6 +300,8 @@ class Revisions:
         cookie: the payload it sees is the one a change is measured from)."""
         try:
             number, by = parse_stored(self.backend.get(storage_key(admission.key)))
+            if number is None:
+                number = base(admission.key)
         except BackendUnavailable as error:
             logger.warning(
                 "session %s: revision not read (%s): not checked", admission.key[:12], error
@@ -345,7 +354,7 @@ class Revisions:
             return []
         if not revision.changed and self.tracked:
             revision.changed = self._cookie_changed(revision, headers)
-        if (revision.changed or not revision.saved) and admission.lease is not None:
+        if revision.changed and admission.lease is not None:
             try:
                 self.backend.set(storage_key(admission.key), revision.stored(), self.pages.ttl)
             except BackendUnavailable as error:
