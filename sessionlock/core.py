@@ -44,7 +44,7 @@ class Options(TypedDict, total=False):
     cookie_session: str | Sequence[str] | None
     release: Literal["head", "end"]
     on_backend_error: Literal["closed", "open"]
-    stale_pages: StalePages | None
+    stale_pages: StalePages | str | None
 
 
 #: Where the request's :class:`Admission` is, as its handle (early release, rotation).
@@ -243,9 +243,10 @@ class Core:
                  processes or hosts two may overlap); a warning is logged once per outage, and
                  another once the backend answers again. Each request still asks the backend
                  first, so the first one after it is back is serialized everywhere again.
-    stale_pages: a :class:`sessionlock.stale.StalePages`: keep a revision per session and
-                 catch forms sent from pages older than it (the back button, an old tab).
-                 None (default): no revision is kept.
+    stale_pages: a :class:`sessionlock.stale.StalePages` (or its policy as text: ``"refuse"``,
+                 ``"flag"``, ``"redirect:<url>"``): keep a revision per session and catch
+                 forms sent from pages older than it (the back button, an old tab). None
+                 (default): no revision is kept.
     """
 
     def __init__(
@@ -261,7 +262,7 @@ class Core:
         cookie_session: str | Sequence[str] | None = DEFAULT_COOKIE_SESSION,
         release: Literal["head", "end"] = "head",
         on_backend_error: Literal["closed", "open"] = "closed",
-        stale_pages: StalePages | None = None,
+        stale_pages: StalePages | str | None = None,
     ) -> None:
         if timeout is not None and (
             not isinstance(timeout, (int, float))
@@ -344,9 +345,12 @@ class Core:
                 cookie_session, backend=backend, secret=self.secret, key=self.key_source
             )
             self._tracked = frozenset(name.encode() for name in self.cookies.names)
+        if isinstance(stale_pages, str):  # "refuse", "flag", "redirect:<url>"
+            stale_pages = StalePages.from_text(stale_pages)
         if stale_pages is not None and not isinstance(stale_pages, StalePages):
             raise ConfigurationError(
-                f"stale_pages must be a sessionlock.stale.StalePages or None, got {stale_pages!r}"
+                "stale_pages must be a sessionlock.stale.StalePages, 'refuse', 'flag', "
+                f"'redirect:<url>' or None, got {stale_pages!r}"
             )
         self.revisions: Revisions | None = None
         if stale_pages is not None:

@@ -193,9 +193,8 @@ def _on_backend_error(variable: str, text: str) -> object:
 def _stale_pages(variable: str, text: str) -> object:
     if text.lower() in _OFF:
         return _DEFAULT  # none kept: the default
-    kind, _, target = text.partition(":")
     try:
-        return StalePages(policy=kind.lower(), redirect_to=target or None)  # type: ignore[arg-type]
+        return StalePages.from_text(text)
     except ConfigurationError as error:
         raise ConfigurationError(
             f"{variable} must be 'refuse', 'flag', 'redirect:<url>' or 'off', got {text!r}"

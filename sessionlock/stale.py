@@ -128,6 +128,13 @@ class StalePages:
         self.ttl = float(ttl)
         self.counter = counter
 
+    @classmethod
+    def from_text(cls, text: str) -> StalePages:
+        """``"refuse"``, ``"flag"`` or ``"redirect:<url>"``: that policy, the rest default
+        (the form the environment, gunicorn's factory syntax and settings may use)."""
+        kind, _, target = text.strip().partition(":")
+        return cls(policy=kind.lower(), redirect_to=target or None)  # type: ignore[arg-type]
+
     def __repr__(self) -> str:
         kind, target = self.default
         shown = f"redirect to {target!r}" if kind == "redirect" else kind

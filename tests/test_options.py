@@ -19,12 +19,13 @@ from sessionlock.options import _PARSERS, NAMES, check_names, from_environ
 
 KNOWN = (
     "backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, on_backend_error, "
-    "release, secret, timeout"
+    "release, secret, stale_pages, timeout"
 )
 VARIABLES = (
     "SESSIONLOCK_APP, SESSIONLOCK_BACKEND, SESSIONLOCK_COOKIE_SESSION, SESSIONLOCK_EXEMPT, "
     "SESSIONLOCK_KEY, SESSIONLOCK_MAX_WAITERS, SESSIONLOCK_MAX_WAITING_THREADS, "
-    "SESSIONLOCK_ON_BACKEND_ERROR, SESSIONLOCK_RELEASE, SESSIONLOCK_SECRET, SESSIONLOCK_TIMEOUT"
+    "SESSIONLOCK_ON_BACKEND_ERROR, SESSIONLOCK_RELEASE, SESSIONLOCK_SECRET, "
+    "SESSIONLOCK_STALE_PAGES, SESSIONLOCK_TIMEOUT"
 )
 SECRET = "options-test-secret-0123456789"
 
@@ -118,12 +119,16 @@ EVERY = {
     "SESSIONLOCK_COOKIE_SESSION": "session,remember",
     "SESSIONLOCK_RELEASE": "end",
     "SESSIONLOCK_ON_BACKEND_ERROR": "open",
+    "SESSIONLOCK_STALE_PAGES": "redirect:/exam",
 }
 
 
 def test_every_option_is_read_from_its_variable() -> None:
     options = from_environ({**EVERY, "SESSIONLOCK_APP": "pkg:app", "PATH": "/bin"})
-    assert options == {
+    stale = options.pop("stale_pages")
+    assert stale is not None
+    assert stale.policy_for("/") == ("redirect", "/exam")
+    assert {**options, "stale_pages": None} == {
         "backend": "memory://",
         "key": "identity",
         "timeout": 2.5,
@@ -134,8 +139,9 @@ def test_every_option_is_read_from_its_variable() -> None:
         "cookie_session": ["session", "remember"],
         "release": "end",
         "on_backend_error": "open",
+        "stale_pages": None,
     }
-    assert set(options) == set(NAMES)  # every option has its variable
+    assert {*options, "stale_pages"} == set(NAMES)  # every option has its variable
 
 
 def test_what_is_read_builds_the_middleware_it_says() -> None:
@@ -303,6 +309,7 @@ def test_uvicorn_factory_takes_every_option(environ: pytest.MonkeyPatch) -> None
     assert (core.timeout, core.max_waiters, core.max_waiting_threads) == (2.5, 3, 1)
     assert core.cookies is not None
     assert not core.release_at_head
+    assert core.revisions is not None
 
 
 def test_uvicorn_factory_refuses_a_typo_before_anything_else(environ: pytest.MonkeyPatch) -> None:
@@ -339,7 +346,7 @@ GUNICORN_EVERY = (
     'sessionlock.gunicorn:wrap("tests.test_options:wsgi_hello", backend="memory://", '
     'key="identity", timeout=None, max_waiters=2, max_waiting_threads=1, '
     f'exempt=["/static/", "OPTIONS"], secret="{SECRET}", cookie_session="session", '
-    'release="end", on_backend_error="open")'
+    'release="end", on_backend_error="open", stale_pages="redirect:/exam")'
 )
 
 
