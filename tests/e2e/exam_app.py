@@ -18,11 +18,21 @@ session's current question, whatever question the page showed.
 
     app = flask_app_stale_pages(policy="redirect", redirect_to="/exam")  # StalePages(...)
     app = flask_app_stale_pages(bare=True)                               # the control
+
+The same pages on a server-side session (the session in the server's memory, keyed by an
+``sid`` cookie set once and never changed, as Flask-Session or Django's database sessions
+do), the lock keyed by that cookie:
+
+    app = flask_app_stale_pages_server_side()                            # StalePages()
+    app = flask_app_stale_pages_server_side(strip_eviction_cookie=True)  # the control
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
+import secrets
+import threading
 import time
 from collections.abc import MutableMapping
 from datetime import datetime, timezone
@@ -286,6 +296,85 @@ def flask_app_stale_pages(*, bare: bool = False, **stale_pages: Any) -> Any:
     from sessionlock.stale import StalePages
 
     return flask_app(stale_pages=StalePages(**stale_pages))
+
+
+# -- Flask on a server-side session -----------------------------------------------------
+
+SID_COOKIE = "sid"
+
+
+def _server_side_session_interface() -> Any:
+    """Flask-Session's model in a few lines: a session is a dict in this process's memory,
+    keyed by a random ``sid`` cookie that a browser's first response sets and no later one
+    changes. Flask marks the session ``modified`` when the app writes to it, and the Flask
+    adapter reports that to the middleware (as it does for Flask-Session)."""
+    from flask.sessions import SecureCookieSession, SessionInterface
+
+    class ServerSideSession(SecureCookieSession):  # its dict tracks writes in ``modified``
+        sid = ""
+        new = False
+
+    class ServerSideSessions(SessionInterface):
+        def __init__(self) -> None:
+            self.store: dict[str, dict[str, Any]] = {}
+            self.lock = threading.Lock()
+
+        def open_session(self, app: Any, request: Any) -> ServerSideSession:
+            sid = request.cookies.get(SID_COOKIE)
+            with self.lock:
+                data = copy.deepcopy(self.store.get(sid, {})) if sid else {}
+            session = ServerSideSession(data)
+            session.sid = sid or secrets.token_urlsafe(16)
+            session.new = not sid
+            return session
+
+        def save_session(self, app: Any, session: Any, response: Any) -> None:
+            if session.modified:
+                with self.lock:
+                    self.store[session.sid] = copy.deepcopy(dict(session))
+            if session.new:  # set once: no later response touches the cookie
+                response.set_cookie(SID_COOKIE, session.sid, httponly=True, samesite="Lax")
+
+    return ServerSideSessions()
+
+
+def _without_cookie(app: Any, name: str) -> Any:
+    """A WSGI wrapper that drops every ``Set-Cookie`` of cookie ``name`` from the responses."""
+    prefix = name + "="
+
+    def wrapper(environ: dict[str, Any], start_response: Any) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            kept = [
+                (header, value)
+                for header, value in headers
+                if not (header.lower() == "set-cookie" and value.lstrip().startswith(prefix))
+            ]
+            return start_response(status, kept, exc_info)
+
+        return app(environ, start)
+
+    return wrapper
+
+
+def flask_app_stale_pages_server_side(
+    *, strip_eviction_cookie: bool = False, **stale_pages: Any
+) -> Any:
+    """The Flask exam app on a server-side session, with ``key="cookie:sid"``,
+    ``cookie_session=None`` and ``stale_pages=StalePages(**stale_pages)``.
+
+    ``strip_eviction_cookie``: the control, the same app with the middleware's
+    ``sessionlock_rev`` cookie removed from every response (by a wrapper outside the app),
+    so that no cookie changes after the browser's first response.
+    """
+    from sessionlock.stale import EVICTION_COOKIE, StalePages
+
+    app = flask_app(
+        key=f"cookie:{SID_COOKIE}", cookie_session=None, stale_pages=StalePages(**stale_pages)
+    )
+    app.session_interface = _server_side_session_interface()
+    if strip_eviction_cookie:
+        return _without_cookie(app, EVICTION_COOKIE)
+    return app
 
 
 # -- Starlette ---------------------------------------------------------------------------

@@ -22,8 +22,12 @@ users. Each scenario has its expectation on the page after "back" and on what is
 Chromium (156) does keep ``no-store`` pages in its back-forward cache, but drops them when an
 HttpOnly cookie changed since (``CacheControlNoStoreHTTPOnlyCookieModified``): Flask's
 session cookie changes with every "next", so going back renders the page again here. A
-server-side session, whose id cookie does not change, gets the old page back from the cache,
-no-store or not: there only the revision check catches its submit.
+server-side session, whose id cookie does not change, would get the old page back from the
+cache, no-store or not: so a response that changed the revision sets the middleware's
+HttpOnly ``sessionlock_rev`` cookie. The server-side scenarios check both sides on the same
+app (exam_app.py's ``flask_app_stale_pages_server_side``): with the cookie, going back renders
+the current question; with it stripped (the control), Chromium restores the old page, and
+only the revision check catches its submit.
 """
 
 from __future__ import annotations
@@ -234,3 +238,50 @@ def test_control_without_middleware_records_answer_against_wrong_question() -> N
         }
 
     run("flask_app_stale_pages(bare=True)", scenario)
+
+
+# -- a server-side session: its id cookie never changes ------------------------------------
+
+
+async def cookie_names(context: Any) -> set[str]:
+    return {cookie["name"] for cookie in await context.cookies()}
+
+
+def test_server_side_session_back_renders_current_question_and_answer_lands_on_it() -> None:
+    async def scenario(context: Any, page: Any, base: str) -> None:
+        walked = await start_and_walk(page, base)
+        assert await cookie_names(context) == {"sid", "sessionlock_rev"}
+        after_back = await back(page)
+        print(f"\nRESULT server-side: walked {walked}; after back {after_back}")
+        # Dropped from the back-forward cache (the sessionlock_rev cookie changed since
+        # the page was shown): rendered again, from the session as it is now.
+        assert after_back["from"] == "network"
+        assert after_back["render"] > walked[-1]["render"]
+        assert after_back["label"] == f"Question 3 of {QUESTIONS}"
+        response, qid = await answer(page)
+        assert response.status == 200
+        assert qid == 103
+        assert await recorded(context, base) == {
+            "answers": {"103": "answer to 103"},
+            "current_qid": 103,
+        }
+
+    run("flask_app_stale_pages_server_side()", scenario)
+
+
+def test_server_side_session_without_eviction_cookie_restores_old_page_submit_refused() -> None:
+    async def scenario(context: Any, page: Any, base: str) -> None:
+        walked = await start_and_walk(page, base)
+        assert await cookie_names(context) == {"sid"}  # the id cookie only, set once
+        after_back = await back(page)
+        print(f"\nRESULT server-side control: walked {walked}; after back {after_back}")
+        # The premise: Chromium restored the question 2 page, no-store as it is.
+        assert after_back["from"] == "bfcache"
+        assert after_back["render"] == walked[1]["render"]
+        assert after_back["qid"] == 102
+        response, _ = await answer(page)
+        assert response.status == 409
+        assert "out of date" in await page.content()
+        assert await recorded(context, base) == {"answers": {}, "current_qid": 103}
+
+    run("flask_app_stale_pages_server_side(strip_eviction_cookie=True)", scenario)
