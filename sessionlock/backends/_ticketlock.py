@@ -7,16 +7,25 @@ made of open-file-description byte locks (``F_OFD_SETLK``: per open file, like `
 threads with their own descriptors exclude each other, and freed by the kernel when the last
 descriptor closes, SIGKILL included), in a CLH-style queue:
 
-- byte 0, write-locked: the holder.
+- byte 0, write-locked: the holder; read-locked: the shared holders (readers), any number.
 - byte 1, read-locked by every waiter: "someone is queued". The fast path write-locks bytes
   0-1 with no waiting, so it only succeeds when nobody holds *and* nobody waits: a newcomer
-  never overtakes a queued request. It then keeps byte 0 only.
+  never overtakes a queued request. It then keeps byte 0 only. A reader's fast path
+  write-locks byte 1 (nobody queued), read-locks byte 0 (no writer holds), then drops byte 1:
+  it joins the readers holding, never one waiting.
 - a ticket per waiter: one byte appended to the file (``O_APPEND``, set on the descriptor
   for that one write, makes the offset atomic across processes); the waiter write-locks
   byte ``BASE + ticket``, then waits for a read lock on every earlier ticket byte
   ``[BASE, BASE + ticket)``, i.e. until each earlier waiter has become holder (it then drops
   its ticket) or died. Only then does it wait for byte 0, where at most one waiter is ever
-  blocked: the next in line.
+  blocked: the next in line. A reader waits for a read lock there, a writer for a write lock.
+
+Readers and writers share the one line, so the order stays first come, first served between
+them: a writer queued behind readers waits (on byte 0) until every reader holding has let go;
+a reader queued behind a writer waits for the writer's ticket, then for its write lock; the
+readers queued behind it then go in one after another without waiting for each other (each
+drops its ticket as soon as it holds). A reader never writes the file: it takes a ticket as
+any waiter does, never cuts the tickets back (:func:`reset_if_long` is for a writer).
 
 A waiter only waits on bytes below its own (and on the holder, who waits on nothing), so no
 cycle, hence no deadlock, can form; the kernel's deadlock detection does not apply to OFD
@@ -26,7 +35,8 @@ queued (a ticket numbered lower again can at worst overtake one older waiter onc
 never exclusion, is what a reset may bend). The bytes themselves mean nothing to the lock:
 the file backend keeps a session's record at the start of its lock file (a reset keeps it).
 
-Without OFD locks (not Linux) this falls back to plain ``flock``: exclusive, not fair.
+Without OFD locks (not Linux) this falls back to plain ``flock`` (``LOCK_EX``, ``LOCK_SH``
+for readers): not fair.
 """
 
 from __future__ import annotations
@@ -54,10 +64,17 @@ if FAIR:
     _DROP_MARK = _range(fcntl.F_UNLCK, 1, 1)
     _MARK = _range(fcntl.F_RDLCK, 1, 1)
     _HOLD = _range(fcntl.F_WRLCK, 0, 1)
+    _SHARE = _range(fcntl.F_RDLCK, 0, 1)
     _GIVE = _range(fcntl.F_UNLCK, 0, 1)
+    _CLOSE_LINE = _range(fcntl.F_WRLCK, 1, 1)
 
-    def try_take(fd: int) -> bool:
-        """Hold the lock if nobody holds it and nobody is queued; never wait."""
+    def try_take(fd: int, *, shared: bool = False) -> bool:
+        """Hold the lock if nobody holds it and nobody is queued; never wait.
+
+        ``shared``: hold it with the readers, if no writer holds it and nobody is queued.
+        """
+        if shared:
+            return _try_share(fd)
         try:
             fcntl.fcntl(fd, _SET, _TAKE_BOTH)
         except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held, or queued
@@ -65,8 +82,23 @@ if FAIR:
         fcntl.fcntl(fd, _SET, _DROP_MARK)
         return True
 
-    def take_in_turn(fd: int) -> None:
-        """Queue behind every earlier waiter, then wait for the holder (blocks the thread)."""
+    def _try_share(fd: int) -> bool:
+        # Byte 1 first: nobody may queue meanwhile, so no waiter is overtaken.
+        try:
+            fcntl.fcntl(fd, _SET, _CLOSE_LINE)
+        except (BlockingIOError, PermissionError):  # someone is queued (or just checking)
+            return False
+        try:
+            fcntl.fcntl(fd, _SET, _SHARE)
+        except (BlockingIOError, PermissionError):  # a writer holds
+            return False
+        finally:
+            fcntl.fcntl(fd, _SET, _DROP_MARK)
+        return True
+
+    def take_in_turn(fd: int, *, shared: bool = False) -> None:
+        """Queue behind every earlier waiter, then wait for the holder (blocks the thread);
+        ``shared``: then hold with the readers (waits for a writer holding, not for readers)."""
         fcntl.fcntl(fd, _WAIT, _MARK)
         try:
             ticket = _append(fd)
@@ -75,21 +107,21 @@ if FAIR:
             try:
                 fcntl.fcntl(fd, _WAIT, _range(fcntl.F_RDLCK, BASE, ticket))
                 fcntl.fcntl(fd, _SET, _range(fcntl.F_UNLCK, BASE, ticket))
-                fcntl.fcntl(fd, _WAIT, _HOLD)
+                fcntl.fcntl(fd, _WAIT, _SHARE if shared else _HOLD)
             finally:
                 fcntl.fcntl(fd, _SET, _range(fcntl.F_UNLCK, BASE + ticket, 1))
         finally:
             fcntl.fcntl(fd, _SET, _DROP_MARK)
 
     def give(fd: int) -> None:
-        """Release the lock (the next in line, if any, takes it)."""
+        """Release the lock, shared or not (the next in line, if any, takes it)."""
         fcntl.fcntl(fd, _SET, _GIVE)
 
     def reset_if_long(fd: int, keep: int = 0) -> None:
-        """Cut the file back to its first ``keep`` bytes if nobody is queued (called holding,
-        past RESET_SIZE)."""
+        """Cut the file back to its first ``keep`` bytes if nobody is queued (called holding
+        exclusively, past RESET_SIZE; never by a reader, who may not write the file)."""
         try:
-            fcntl.fcntl(fd, _SET, _range(fcntl.F_WRLCK, 1, 1))
+            fcntl.fcntl(fd, _SET, _CLOSE_LINE)
         except (BlockingIOError, PermissionError):
             return  # someone is queued: later
         try:
@@ -113,15 +145,15 @@ if FAIR:
 
 else:  # pragma: no cover - not Linux
 
-    def try_take(fd: int) -> bool:
+    def try_take(fd: int, *, shared: bool = False) -> bool:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         return True
 
-    def take_in_turn(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    def take_in_turn(fd: int, *, shared: bool = False) -> None:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
 
     def give(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)

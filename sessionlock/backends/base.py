@@ -12,6 +12,7 @@ leaves each Core to serialize its own requests, as before the registry.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import threading
@@ -46,17 +47,28 @@ class Lease:
 
     ``fence``: a number that grows with every grant of the key, for the app's own writes
     (:func:`sessionlock.session_fence`); None if the backend keeps none (memory, file).
+
+    ``shared``: a reader's lease (``acquire(..., shared=True)``): other shared leases of the
+    key may be held at the same time, an exclusive one may not. A shared lease may
+    :meth:`Backend.load` the key's record, never :meth:`Backend.store` or :meth:`Backend.mark`.
     """
 
-    __slots__ = ("fence", "key", "stamp", "token")
+    __slots__ = ("fence", "key", "shared", "stamp", "token")
 
     def __init__(
-        self, key: str, token: Any = None, stamp: int | None = None, fence: int | None = None
+        self,
+        key: str,
+        token: Any = None,
+        stamp: int | None = None,
+        fence: int | None = None,
+        *,
+        shared: bool = False,
     ) -> None:
         self.key = key
         self.token = token
         self.stamp = stamp
         self.fence = fence
+        self.shared = shared
 
     def __repr__(self) -> str:
         return f"Lease({self.key[:8]}...)"
@@ -93,33 +105,45 @@ class Backend(ABC):
         """
         return secrets.token_bytes(32)
 
-    @abstractmethod
-    def try_acquire(self, key: str) -> Lease | None:
-        """Take ``key`` if it is free right now; never wait."""
+    # Shared (reader) leases: ``shared=True`` asks for a lease that other shared leases of
+    # the key may hold at once, and an exclusive one excludes. The order stays first come,
+    # first served: a request (shared or not) never overtakes one that waits before it, so
+    # readers arriving after a waiting writer wait behind it, and neither side starves.
 
     @abstractmethod
-    def acquire(self, key: str, timeout: float | None) -> Lease | None:
+    def try_acquire(self, key: str, *, shared: bool = False) -> Lease | None:
+        """Take ``key`` if it is free right now (for ``shared``: held by readers only, and
+        nobody waits); never wait."""
+
+    @abstractmethod
+    def acquire(self, key: str, timeout: float | None, *, shared: bool = False) -> Lease | None:
         """Block until ``key`` is taken (a Lease) or ``timeout`` seconds pass (None)."""
 
-    async def acquire_async(self, key: str, timeout: float | None) -> Lease | None:
+    async def acquire_async(
+        self, key: str, timeout: float | None, *, shared: bool = False
+    ) -> Lease | None:
         """:meth:`acquire` without blocking the event loop.
 
         The default runs the blocking call in a worker thread. If the awaiting task is
         cancelled, a lease that still arrives is released at once, so none is leaked.
         """
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, self.acquire, key, timeout)
+        future = loop.run_in_executor(
+            None, functools.partial(self.acquire, key, timeout, shared=shared)
+        )
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             future.add_done_callback(self._release_orphan)
             raise
 
-    def acquire_future(self, key: str, timeout: float | None) -> asyncio.Future[Lease | None]:
+    def acquire_future(
+        self, key: str, timeout: float | None, *, shared: bool = False
+    ) -> asyncio.Future[Lease | None]:
         """:meth:`acquire_async` as a future: cancelling it gives up (and gives back a lease
         that arrives anyway). The default is a task running :meth:`acquire_async`; a backend
         that can resolve a future itself returns that, and saves its waiters loop steps."""
-        return asyncio.ensure_future(self.acquire_async(key, timeout))
+        return asyncio.ensure_future(self.acquire_async(key, timeout, shared=shared))
 
     async def _await_lease(self, future: asyncio.Future[Lease | None]) -> Lease | None:
         """:meth:`acquire_async` of a backend with its own :meth:`acquire_future`: the future
@@ -171,7 +195,9 @@ class Backend(ABC):
 
         Returns the new stamp (also set on ``lease``), or None if the backend keeps no
         stamps (then nothing may be cached across leases). Never waits on other processes.
+        ValueError for a shared lease: a reader changes nothing.
         """
+        _writable(lease)
         return None
 
     #: Whether :meth:`load` and :meth:`store` under a held lease are cheap enough for an
@@ -189,8 +215,10 @@ class Backend(ABC):
         """Replace the held key's record (None: delete it) and give the key a new stamp.
 
         Returns the new stamp (as :meth:`mark`). The stamp changes first: a failure midway
-        leaves others reading the record again, never trusting their older copy.
+        leaves others reading the record again, never trusting their older copy. ValueError
+        for a shared lease (as :meth:`mark`), before anything is written.
         """
+        _writable(lease)
         stamp = self.mark(lease)
         if value is None:
             self.delete(lease.key)
@@ -222,6 +250,12 @@ class Backend(ABC):
         makes a fresh one. Subclasses that override this call ``super().close()``.
         """
         _shared.forget(self)
+
+
+def _writable(lease: Lease) -> None:
+    """ValueError if ``lease`` is shared: it may read the key's record, never change it."""
+    if lease.shared:
+        raise ValueError(f"{lease!r} is shared: it may load the record, never change it")
 
 
 def _release_quietly(backend: Backend, lease: Lease) -> None:

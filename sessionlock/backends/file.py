@@ -12,18 +12,30 @@ included): the next waiter runs at once. Classic record locks (``F_SETLK``) are 
 they are per process and any ``close()`` drops them.
 
 Waiting. Inside a process only the head of a key's local FIFO queue asks the backend
-(:mod:`sessionlock.core`), so at most one request per (process, key) contends here. It first
-tries without waiting, which fails while anyone holds *or is queued*. If the key is busy, one
-*contender* per (process, key), run on a helper thread kept alive between waits
-(:mod:`sessionlock._helpers`), queues in the kernel (no polling: the kernel wakes it
-on release) and hands the lock to whoever waits for it in this process: a thread (a
-``threading.Lock`` released) or a task (a future resolved through ``call_soon_threadsafe``),
-so the ASGI path never blocks the event loop and costs no thread per waiting task. A kernel
-wait cannot time out, so timeouts and cancellation happen on the waiting side only: a waiter
-that gives up just leaves the contender's list. The contender keeps waiting; when it gets the
-lock it gives it to the next local waiter that arrived meanwhile, or releases it at once if
-nobody wants it. Hence a timed-out or cancelled acquire never leaks a lock, and threads never
-pile up: at most one per key that is busy in another process right now.
+(:mod:`sessionlock.core`), so at most one request per (process, key) contends here (or the
+readers at its head: see shared leases below). It first tries without waiting, which fails
+while anyone holds *or is queued*. If the key is busy, one *contender* per (process, key),
+run on a helper thread kept alive between waits (:mod:`sessionlock._helpers`), queues in the
+kernel (no polling: the kernel wakes it on release) and hands the lock to whoever waits for
+it in this process: a thread (a ``threading.Lock`` released) or a task (a future resolved
+through ``call_soon_threadsafe``), so the ASGI path never blocks the event loop and costs no
+thread per waiting task. A kernel wait cannot time out, so timeouts and cancellation happen
+on the waiting side only: a waiter that gives up just leaves the contender's list. The
+contender keeps waiting; when it gets the lock it gives it to the next local waiter that
+arrived meanwhile, or releases it at once if nobody wants it. Hence a timed-out or cancelled
+acquire never leaks a lock, and threads never pile up: at most one per key that is busy in
+another process right now.
+
+Shared leases (readers, ``shared=True``). A reader read-locks the holder's byte, so readers
+hold at once, each on a descriptor of its own (OFD locks of one open file never conflict);
+a writer excludes them all. Readers and writers queue in one line, first come first served,
+in this process (the contender serves its waiters in order, each in its own mode: readers in
+a row go in one after another, a writer waits for every reader before it) and across
+processes (the kernel's ticket line, :mod:`sessionlock.backends._ticketlock`): a reader never
+overtakes a writer queued before it, nor a writer a reader. A reader may :meth:`load` the
+record, never :meth:`store` or :meth:`mark` (ValueError), and never writes the file (only a
+writer cuts the tickets back). The janitor's lock is a writer's: it never removes a file a
+reader holds.
 
 Bounded files. Releasing only unlocks: a session's next request reuses its file (creating
 and unlinking a file costs 10x a lock on a journaled file system). Each process remembers the
@@ -142,13 +154,15 @@ _LOOK_EVERY = 0.25  # seconds between two looks for idle files by releases
 
 
 class _Slot:
-    """Where a contender delivers the lock (fd and stamp) or an error to one waiter."""
+    """Where a contender delivers the lock (fd and stamp) or an error to one waiter;
+    ``shared``: the waiter wants a reader's lease."""
 
-    __slots__ = ("error", "got")
+    __slots__ = ("error", "got", "shared")
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
         self.got: _Locked | None = None
         self.error: BaseException | None = None
+        self.shared = shared
 
     def deliver(self, got: _Locked | None, error: BaseException | None) -> None:
         raise NotImplementedError
@@ -157,8 +171,8 @@ class _Slot:
 class _ThreadSlot(_Slot):
     __slots__ = ("_ready",)
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, shared: bool = False) -> None:
+        super().__init__(shared)
         self._ready = threading.Lock()
         self._ready.acquire()
 
@@ -175,8 +189,8 @@ class _TaskSlot(_Slot):
 
     __slots__ = ("_backend", "future", "key", "loop")
 
-    def __init__(self, backend: FileBackend, key: str) -> None:
-        super().__init__()
+    def __init__(self, backend: FileBackend, key: str, shared: bool = False) -> None:
+        super().__init__(shared)
         self._backend = backend
         self.key = key
         self.loop = asyncio.get_running_loop()
@@ -194,7 +208,7 @@ class _TaskSlot(_Slot):
             if got is not None:
                 self._backend._unlock_fd(got[0])
         elif got is not None:
-            self.future.set_result(self._backend._lease(self.key, got))
+            self.future.set_result(self._backend._lease(self.key, got, self.shared))
         else:
             self.future.set_exception(unavailable(error or BackendUnavailable("no lock")))
 
@@ -214,7 +228,13 @@ _Locked = tuple[int, int]
 
 
 class _Contender:
-    """The one helper of this process queued in the kernel for a key, and who waits on it."""
+    """The one helper of this process queued in the kernel for a key, and who waits on it.
+
+    It serves its waiters in their order, one kernel wait at a time, each in the head's mode:
+    a reader's lease does not wait for the readers holding, so readers in a row at the head
+    go in one after another; a writer waits for all of them. Neither kind overtakes the
+    other in this process, and across processes the kernel's line orders them.
+    """
 
     __slots__ = ("slots",)
 
@@ -297,18 +317,22 @@ class FileBackend(Backend):
 
     # -- locks -------------------------------------------------------------------------
 
-    def try_acquire(self, key: str) -> Lease | None:
+    # Shared leases: each holder has a descriptor (an open file description) of its own, as
+    # OFD locks of one description never conflict: the kept descriptor goes to one of them,
+    # the others open the file again. A reader holds byte 0 read-locked (_ticketlock).
+
+    def try_acquire(self, key: str, *, shared: bool = False) -> Lease | None:
         if not self._keeper_pid:
             self._ensure_keeper()
         if key in self._contenders:  # our own contender is in line for it already
             return None
-        got = self._lock(self._name(key, _LOCK), blocking=False)
-        return None if got is None else self._lease(key, got)
+        got = self._lock(self._name(key, _LOCK), blocking=False, shared=shared)
+        return None if got is None else self._lease(key, got, shared)
 
-    def acquire(self, key: str, timeout: float | None) -> Lease | None:
+    def acquire(self, key: str, timeout: float | None, *, shared: bool = False) -> Lease | None:
         if timeout is not None and timeout <= 0:
-            return self.try_acquire(key)
-        slot = _ThreadSlot()
+            return self.try_acquire(key, shared=shared)
+        slot = _ThreadSlot(shared)
         self._enlist(key, slot)
         if not slot.wait(timeout):
             if self._withdraw(key, slot):
@@ -316,15 +340,17 @@ class FileBackend(Backend):
             slot.wait(None)  # the lock was handed over as we gave up: take it
         if slot.got is None:
             raise unavailable(slot.error)
-        return self._lease(key, slot.got)
+        return self._lease(key, slot.got, shared)
 
-    def acquire_future(self, key: str, timeout: float | None) -> asyncio.Future[Lease | None]:
+    def acquire_future(
+        self, key: str, timeout: float | None, *, shared: bool = False
+    ) -> asyncio.Future[Lease | None]:
         """The lock's future itself: its arrival wakes the awaiting task in one loop step."""
         if timeout is not None and timeout <= 0:
             done: asyncio.Future[Lease | None] = asyncio.get_running_loop().create_future()
-            done.set_result(self.try_acquire(key))
+            done.set_result(self.try_acquire(key, shared=shared))
             return done
-        slot = _TaskSlot(self, key)
+        slot = _TaskSlot(self, key, shared)
         self._enlist(key, slot)
         future = slot.future
         future.add_done_callback(slot.gone)
@@ -333,8 +359,10 @@ class FileBackend(Backend):
             future.add_done_callback(lambda _: timer.cancel())
         return future
 
-    async def acquire_async(self, key: str, timeout: float | None) -> Lease | None:
-        return await self._await_lease(self.acquire_future(key, timeout))
+    async def acquire_async(
+        self, key: str, timeout: float | None, *, shared: bool = False
+    ) -> Lease | None:
+        return await self._await_lease(self.acquire_future(key, timeout, shared=shared))
 
     def release(self, lease: Lease) -> None:
         fd = lease.token
@@ -346,7 +374,10 @@ class FileBackend(Backend):
     def mark(self, lease: Lease) -> int | None:
         """A new stamp: the lock file's mtime, set to the wall clock in ns (a metadata write
         on the open descriptor, no path lookup). Every locker reads it with the ``fstat``
-        it makes anyway. A file system that cannot keep an exact ns mtime keeps no stamps."""
+        it makes anyway. A file system that cannot keep an exact ns mtime keeps no stamps.
+        Not under a shared lease (ValueError): a reader changes nothing."""
+        if lease.shared:
+            raise ValueError(f"{lease!r} is shared: it may load the record, never mark it")
         fd = lease.token
         if not self._stamps or not isinstance(fd, int):
             return None
@@ -389,7 +420,7 @@ class FileBackend(Backend):
         again. Writes slower than 1 ms, 16 in a row (a slow or network file system), stop
         records being written on event loops, for good, and say so once.
         """
-        fd = self._held_fd(lease)
+        fd = self._held_fd(lease, writing=True)
         started = time.perf_counter()
         deadline = None if ttl is None else self._clock() + ttl
         try:
@@ -414,18 +445,26 @@ class FileBackend(Backend):
                 )
         return stamp
 
-    def _held_fd(self, lease: Lease) -> int:
+    def _held_fd(self, lease: Lease, *, writing: bool = False) -> int:
         fd = lease.token
         if not isinstance(fd, int):
             raise ValueError(f"{lease!r} is not a held lease of {self!r}")
+        if writing and lease.shared:
+            raise ValueError(f"{lease!r} is shared: it may load the record, never change it")
         return fd
 
-    def _lease(self, key: str, got: _Locked) -> Lease:
-        return Lease(key, got[0], got[1] if self._stamps else None)
+    def _lease(self, key: str, got: _Locked, shared: bool = False) -> Lease:
+        return Lease(key, got[0], got[1] if self._stamps else None, shared=shared)
 
     def held(self) -> int:
         """How many locks this process holds right now (for tests and benchmarks)."""
         return len(self._held)
+
+    def waiting(self, key: str) -> int:
+        """How many of this process's requests wait for ``key`` here (for tests)."""
+        with self._mutex:
+            contender = self._contenders.get(key)
+            return 0 if contender is None else len(contender.slots)
 
     def _enlist(self, key: str, slot: _Slot) -> None:
         with self._mutex:
@@ -449,8 +488,13 @@ class FileBackend(Backend):
     def _contend(self, key: str, contender: _Contender) -> None:
         name = self._name(key, _LOCK)
         while True:
+            with self._mutex:  # the head's mode; everyone may have given up meanwhile
+                if not contender.slots:
+                    del self._contenders[key]
+                    return
+                shared = contender.slots[0].shared
             try:
-                got = self._lock(name, blocking=True)
+                got = self._lock(name, blocking=True, shared=shared)
             except BaseException as error:  # handed to every waiter, who raise it
                 with self._mutex:
                     failed = list(contender.slots)
@@ -460,20 +504,26 @@ class FileBackend(Backend):
                 return
             assert got is not None
             with self._mutex:
-                slot = contender.slots.popleft() if contender.slots else None
+                # The head only, and in the mode taken: if it gave up meanwhile, a waiter of
+                # the other mode may be first now (taken again in its mode, next round).
+                slot = contender.slots[0] if contender.slots else None
+                if slot is not None and slot.shared == shared:
+                    contender.slots.popleft()
+                else:
+                    slot = None
                 done = not contender.slots
                 if done:
                     del self._contenders[key]
-            if slot is None:  # everyone gave up while we waited: give the lock back
+            if slot is None:  # everyone gave up while we waited, or the head changed mode
                 self._unlock_fd(got[0])
             else:
                 slot.deliver(got, None)
             if done:
                 return
 
-    def _lock(self, name: str, *, blocking: bool) -> _Locked | None:
+    def _lock(self, name: str, *, blocking: bool, shared: bool = False) -> _Locked | None:
         """Lock ``name``'s current inode: (fd, stamp); None if busy (or queued for) and not
-        ``blocking``."""
+        ``blocking``. ``shared``: with the readers (busy: a writer holds, or anyone queues)."""
         while True:
             with self._mutex:  # a descriptor this process keeps open for the key, if any
                 fd = self._open.pop(name, None)
@@ -486,14 +536,15 @@ class FileBackend(Backend):
                     raise unavailable(exc) from exc
             try:
                 if blocking:
-                    _ticketlock.take_in_turn(fd)
-                elif not _ticketlock.try_take(fd):
+                    _ticketlock.take_in_turn(fd, shared=shared)
+                elif not _ticketlock.try_take(fd, shared=shared):
                     self._keep_open(name, fd)
                     return None
                 # An inode its holder unlinked before unlocking has st_nlink 0: retry on the
                 # current file. As stat(path) vs fstat: lock files are only unlinked.
                 info = os.fstat(fd)
-                if info.st_nlink and info.st_size > _ticketlock.RESET_SIZE:
+                # Only a writer cuts the tickets back: a reader never writes the file.
+                if not shared and info.st_nlink and info.st_size > _ticketlock.RESET_SIZE:
                     _ticketlock.reset_if_long(fd, _lockrecord.extent(fd))
             except BaseException as exc:
                 os.close(fd)  # drops whatever this descriptor held

@@ -42,14 +42,17 @@ class MemoryBackend(Backend):
         self._values: dict[str, tuple[str, float | None]] = {}
         self._mutex = threading.Lock()
 
-    def try_acquire(self, key: str) -> Lease:
-        return Lease(key)
+    # Nothing to exclude beyond this process: Core's in-process queue does it all.
+    def try_acquire(self, key: str, *, shared: bool = False) -> Lease:
+        return Lease(key, shared=shared)
 
-    def acquire(self, key: str, timeout: float | None) -> Lease:
-        return Lease(key)
+    def acquire(self, key: str, timeout: float | None, *, shared: bool = False) -> Lease:
+        return Lease(key, shared=shared)
 
-    async def acquire_async(self, key: str, timeout: float | None) -> Lease:
-        return Lease(key)
+    async def acquire_async(
+        self, key: str, timeout: float | None, *, shared: bool = False
+    ) -> Lease:
+        return Lease(key, shared=shared)
 
     def release(self, lease: Lease) -> None:
         pass
