@@ -2,11 +2,13 @@
 
 Cross-process exclusion runs for backends whose lease is shared (``shared = True``), with
 real processes; every concurrency test has its control (the same work without the lock).
+The shared (reader) lease cases ask the backends directly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -53,6 +55,16 @@ class Kind:
     # Whether the store keeps at most max_values; redis:// bounds values by their TTLs
     # (every key has one) and takes no max_values.
     bounded: bool = True
+    # Whether the lease itself excludes (memory's is free: Core's in-process queue does it).
+    excludes: bool = True
+    # Probes of who waits for a key, for the shared-lease order tests (None: no probe yet).
+    # in_line(tmp, key): a count that grows by one as a wait enters the line every instance
+    # (process) of the backend shares, and does not shrink while nobody is let in.
+    in_line: Callable[[Path, str], int] | None = None
+    # waiting(backend, key): requests waiting for the key in this one instance whose first
+    # only enters that line (file://: one kernel wait per process, the rest queue behind it
+    # in the process); 0 for a backend whose every wait is in the line itself.
+    waiting: Callable[[Backend, str], int] | None = None
 
 
 _flushed: set[Path] = set()
@@ -67,12 +79,36 @@ def _redis_url(tmp: Path) -> str:
     return server.url
 
 
+def _file_tickets(tmp: Path, key: str) -> int:
+    """file://: every wait in the kernel's line appends one ticket byte to the lock file (the
+    tests using it store no record there)."""
+    try:
+        return (tmp / "locks" / f"{key}.lock").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _file_waiting(backend: Backend, key: str) -> int:
+    assert isinstance(backend, FileBackend)
+    return backend.waiting(key)
+
+
+def _redis_queued(tmp: Path, key: str) -> int:
+    """redis://: the length of the key's waiting line (as tests/test_redis_backend.py)."""
+    reply = shared_server().command("LLEN", f"sessionlock:{{{key}}}:queue")
+    return int(reply.decode()[1:])
+
+
 ALL_BACKENDS = [
-    pytest.param(Kind(lambda tmp, **options: MemoryBackend(**options), None), id="memory"),
+    pytest.param(
+        Kind(lambda tmp, **options: MemoryBackend(**options), None, excludes=False), id="memory"
+    ),
     pytest.param(
         Kind(
             lambda tmp, **options: FileBackend(tmp / "locks", **options),
             lambda tmp: f"file://{tmp / 'locks'}",
+            in_line=_file_tickets,
+            waiting=_file_waiting,
         ),
         id="file",
     ),
@@ -81,6 +117,8 @@ ALL_BACKENDS = [
             lambda tmp, **options: RedisBackend(_redis_url(tmp), **options),
             _redis_url,
             bounded=False,
+            in_line=_redis_queued,
+            waiting=lambda backend, key: 0,  # every wait is in Redis's line: in_line
         ),
         id="redis",
     ),
@@ -500,6 +538,462 @@ def test_cross_process_async_waiter_does_not_block_the_loop(
 
     asyncio.run(main())
     assert ticks == 20
+
+
+# -- shared leases (readers) --------------------------------------------------------------
+#
+# Readers of a key hold it together; a writer excludes them and they exclude it; the order
+# is first come first served between them, across instances (processes) too. Two instances
+# of a shared backend in this process stand for two processes: each has its own descriptors
+# (file://) or connections (redis://), as another process would.
+
+
+@pytest.fixture(params=["one instance", "two instances"])
+def pair(request: pytest.FixtureRequest, kind: Kind, make_backend: MakeBackend) -> Any:
+    """Two views of one backend whose lease excludes: the same instance twice, or two
+    instances (two processes); skips the others."""
+    if not kind.excludes:
+        pytest.skip("the lease of this backend excludes nothing: Core's queue serializes")
+    first = make_backend()
+    if request.param == "one instance":
+        return first, first
+    if kind.url is None:
+        pytest.skip("the lease of this backend is per process")
+    return first, make_backend()
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    """Polls a condition of another thread's wait (no event to wait on: it waits inside the
+    backend, in the kernel or in Redis); 30 s to get there, never a timing assert."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"not reached in time: {what}"
+        time.sleep(0.002)
+
+
+class _Stage:
+    """Who holds KEY right now, as each holder says when it gets in and before it lets go.
+
+    Every entry is checked against those inside (a writer alone, readers with readers only);
+    a clash or a failed wait is recorded, and the test asserts there was none. Waiting
+    requests run on daemon threads holding until let go; :meth:`close` (the fixture's
+    teardown) lets every one go and gives back every lease, whatever the test did.
+    """
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.inside: dict[str, bool] = {}  # name -> shared
+        self.order: list[str] = []  # names in the order they got in
+        self.problems: list[str] = []
+        self._held: dict[str, tuple[Backend, Any]] = {}  # held from the test's own thread
+        self._go: dict[str, threading.Event] = {}
+        self._threads: list[threading.Thread] = []
+
+    def _entered(self, name: str, shared: bool) -> None:
+        with self.changed:
+            writers = [other for other, reader in self.inside.items() if not reader]
+            if writers or (not shared and self.inside):
+                self.problems.append(f"{name} got in while {sorted(self.inside)} held")
+            self.inside[name] = shared
+            self.order.append(name)
+            self.changed.notify_all()
+
+    def _leaving(self, name: str) -> None:
+        with self.changed:
+            del self.inside[name]
+
+    def hold(self, name: str, backend: Backend, *, shared: bool) -> None:
+        """Take the key now, from the test's thread (it must be free for this mode)."""
+        lease = backend.try_acquire(KEY, shared=shared)
+        assert lease is not None, f"{name} could not take the key"
+        assert lease.shared is shared
+        self._held[name] = (backend, lease)
+        self._entered(name, shared)
+
+    def let_go(self, name: str) -> None:
+        """Release ``name``'s lease: one held by :meth:`hold`, or a request's (its thread)."""
+        if name in self._go:
+            self._go[name].set()
+            return
+        backend, lease = self._held.pop(name)
+        self._leaving(name)
+        backend.release(lease)
+
+    def request(self, name: str, backend: Backend, *, shared: bool) -> None:
+        """A request on a daemon thread: waits for the key, holds it until let go."""
+        go = self._go[name] = threading.Event()
+
+        def run() -> None:
+            try:
+                lease = backend.acquire(KEY, 60.0, shared=shared)
+            except BaseException as error:
+                with self.changed:
+                    self.problems.append(f"{name}: {error!r}")
+                    self.changed.notify_all()
+                raise
+            if lease is None:
+                with self.changed:
+                    self.problems.append(f"{name} waited 60 s")
+                    self.changed.notify_all()
+                return
+            try:
+                if lease.shared is not shared:
+                    self.problems.append(f"{name} got a lease with shared={lease.shared}")
+                self._entered(name, shared)
+                go.wait(60)
+                self._leaving(name)
+            finally:
+                backend.release(lease)
+
+        thread = threading.Thread(target=run, name=f"request {name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def until_in(self, *names: str) -> None:
+        """Until each of ``names`` got in (or something went wrong)."""
+        with self.changed:
+            assert self.changed.wait_for(
+                lambda: set(names) <= set(self.order) or self.problems, 30
+            ), f"{names} never got in; in: {self.order}"
+        assert self.problems == []
+
+    def close(self) -> None:
+        for go in self._go.values():
+            go.set()
+        for name in list(self._held):
+            with contextlib.suppress(Exception):
+                self.let_go(name)
+        for thread in self._threads:
+            thread.join(30)
+
+
+@pytest.fixture
+def stage() -> Iterator[_Stage]:
+    made = _Stage()
+    yield made
+    made.close()
+
+
+def test_shared_leases_of_a_key_are_held_at_once(make_backend: MakeBackend) -> None:
+    backend = make_backend()
+    first = backend.try_acquire(KEY, shared=True)
+    second = backend.try_acquire(KEY, shared=True)
+    third = backend.acquire(KEY, 30.0, shared=True)  # a reader waits for no reader
+    try:
+        assert first is not None
+        assert second is not None
+        assert third is not None
+        assert all(lease.shared for lease in (first, second, third))
+    finally:
+        for lease in (first, second, third):
+            if lease is not None:
+                backend.release(lease)
+    writer = backend.try_acquire(KEY)  # all three gone: free for a writer
+    assert writer is not None
+    assert not writer.shared
+    backend.release(writer)
+
+
+def test_shared_leases_of_two_instances_are_held_at_once(
+    shared_url: str, make_backend: MakeBackend
+) -> None:
+    first, second = make_backend(), make_backend()
+    one = first.try_acquire(KEY, shared=True)
+    two = second.try_acquire(KEY, shared=True)
+    try:
+        assert one is not None
+        assert two is not None
+    finally:
+        for backend, lease in ((first, one), (second, two)):
+            if lease is not None:
+                backend.release(lease)
+
+
+def test_a_writer_excludes_readers_and_readers_exclude_a_writer(pair: Any) -> None:
+    first, second = pair
+    writer = first.try_acquire(KEY)
+    assert writer is not None
+    try:
+        assert second.try_acquire(KEY, shared=True) is None
+        assert second.acquire(KEY, 0.05, shared=True) is None  # waits, gives up, leaves
+    finally:
+        first.release(writer)
+    # A wait that gave up may still be on its way out of the line: wait, do not try.
+    reader = second.acquire(KEY, 30.0, shared=True)
+    assert reader is not None
+    try:
+        assert first.try_acquire(KEY) is None
+        assert first.acquire(KEY, 0.05) is None
+    finally:
+        second.release(reader)
+    again = first.acquire(KEY, 30.0)  # free again: nothing was left held by the waits
+    assert again is not None
+    first.release(again)
+
+
+def _line(kind: Kind, tmp_path: Path) -> Callable[[int, Backend], bool]:
+    """``queued(n, seen_from)``: whether n waits for KEY, started from now, are in line
+    ahead of any newcomer to ``seen_from``: those in the line every instance shares, plus
+    those of ``seen_from`` queued in it behind its own first (never another instance's
+    waits that are not in the shared line yet: a newcomer to ``seen_from`` may pass them)."""
+    if kind.in_line is None or kind.waiting is None:
+        pytest.skip("no probe of this backend's line")
+    in_line, waiting = kind.in_line, kind.waiting
+    base = in_line(tmp_path, KEY)
+    return lambda n, seen_from: (
+        in_line(tmp_path, KEY) - base + max(waiting(seen_from, KEY) - 1, 0) >= n
+    )
+
+
+def test_a_reader_never_overtakes_a_writer_queued_before_it(
+    kind: Kind, pair: Any, stage: _Stage, tmp_path: Path
+) -> None:
+    """R1 holds, W waits, R2 arrives: R2 waits behind W (joining R1 would overtake it)."""
+    first, second = pair
+    stage.hold("R1", first, shared=True)
+    queued = _line(kind, tmp_path)
+    stage.request("W", second, shared=False)
+    _until(lambda: queued(1, first), "W is in line")
+    assert first.try_acquire(KEY, shared=True) is None  # only readers hold, yet W waits
+    stage.request("R2", first, shared=True)
+    _until(lambda: queued(2, first), "R2 is in line behind W")
+    stage.let_go("R1")
+    stage.until_in("W")
+    assert stage.order == ["R1", "W"]
+    stage.let_go("W")
+    stage.until_in("R2")
+    assert stage.order == ["R1", "W", "R2"]
+    assert stage.problems == []
+
+
+def test_a_writer_never_overtakes_a_reader_queued_before_it(
+    kind: Kind, pair: Any, stage: _Stage, tmp_path: Path
+) -> None:
+    first, second = pair
+    stage.hold("W1", first, shared=False)
+    queued = _line(kind, tmp_path)
+    stage.request("R", second, shared=True)
+    _until(lambda: queued(1, second), "R is in line")
+    stage.request("W2", second, shared=False)
+    _until(lambda: queued(2, second), "W2 is in line behind R")
+    stage.let_go("W1")
+    stage.until_in("R")
+    stage.let_go("R")
+    stage.until_in("W2")
+    assert stage.order == ["W1", "R", "W2"]
+    assert stage.problems == []
+
+
+def test_a_writer_in_line_between_readers_splits_them(
+    kind: Kind, pair: Any, stage: _Stage, tmp_path: Path
+) -> None:
+    """H holds; R1, W, R2 wait in that order: R1 goes in alone, then W, then R2 (R2 does not
+    join R1: W waits before it). file://, one instance: W is first in the process's line
+    after R1 is served, with a reader behind it."""
+    first, second = pair
+    stage.hold("H", first, shared=False)
+    queued = _line(kind, tmp_path)
+    stage.request("R1", first, shared=True)
+    _until(lambda: queued(1, first), "R1 is in line")
+    stage.request("W", second, shared=False)
+    _until(lambda: queued(2, second), "W is in line")
+    stage.request("R2", second, shared=True)
+    _until(lambda: queued(3, second), "R2 is in line")
+    stage.let_go("H")
+    stage.until_in("R1")
+    stage.let_go("R1")
+    stage.until_in("W")
+    stage.let_go("W")
+    stage.until_in("R2")
+    assert stage.order == ["H", "R1", "W", "R2"]
+    assert stage.problems == []
+
+
+def test_readers_queued_behind_a_writer_go_in_together(
+    kind: Kind, pair: Any, stage: _Stage, tmp_path: Path
+) -> None:
+    first, second = pair
+    stage.hold("W", first, shared=False)
+    queued = _line(kind, tmp_path)
+    stage.request("R1", first, shared=True)
+    _until(lambda: queued(1, first), "R1 is in line")
+    stage.request("R2", second, shared=True)
+    _until(lambda: queued(2, second), "R2 is in line")
+    stage.request("W2", first, shared=False)
+    _until(lambda: queued(3, first), "W2 is in line behind both")
+    stage.let_go("W")
+    stage.until_in("R1", "R2")  # neither was let go: both hold at once
+    assert set(stage.inside) == {"R1", "R2"}
+    assert "W2" not in stage.order
+    stage.let_go("R1")
+    stage.let_go("R2")
+    stage.until_in("W2")
+    assert stage.problems == []
+
+
+def test_a_writer_behind_two_readers_gets_in_once_both_left(
+    kind: Kind, pair: Any, stage: _Stage, tmp_path: Path
+) -> None:
+    first, second = pair
+    stage.hold("R1", first, shared=True)
+    stage.hold("R2", second, shared=True)
+    queued = _line(kind, tmp_path)
+    stage.request("W", first, shared=False)
+    _until(lambda: queued(1, second), "W is in line")
+    stage.let_go("R1")
+    assert second.try_acquire(KEY, shared=True) is None  # R2 holds, but W waits first
+    stage.let_go("R2")
+    stage.until_in("W")
+    assert stage.order == ["R1", "R2", "W"]
+    assert stage.problems == []  # W got in with nobody inside
+
+
+def test_a_waiter_that_gives_up_leaves_its_mode_behind(
+    kind: Kind, pair: Any, stage: _Stage, tmp_path: Path
+) -> None:
+    """A reader in line gives up; the writer behind it is served as a writer, alone
+    (file://: the process's one kernel wait was the reader's)."""
+    first, second = pair
+    stage.hold("W1", first, shared=False)
+    queued = _line(kind, tmp_path)
+
+    async def give_up_in_line() -> None:
+        reader = second.acquire_future(KEY, None, shared=True)
+        _until(lambda: queued(1, second), "the reader is in line")
+        stage.request("W2", second, shared=False)
+        _until(lambda: queued(2, second), "W2 is in line behind the reader")
+        second.give_up(reader)
+        await asyncio.sleep(0)  # the future's callbacks: out of line
+
+    asyncio.run(give_up_in_line())
+    stage.let_go("W1")
+    stage.until_in("W2")
+    assert stage.inside == {"W2": False}
+    assert first.try_acquire(KEY, shared=True) is None
+    stage.let_go("W2")
+    again = first.acquire(KEY, 30.0, shared=True)
+    assert again is not None
+    first.release(again)
+    assert stage.problems == []
+
+
+def test_shared_leases_async(kind: Kind, make_backend: MakeBackend) -> None:
+    backend = make_backend()
+
+    async def main() -> None:
+        leases = await asyncio.gather(
+            backend.acquire_async(KEY, 30.0, shared=True),
+            backend.acquire_async(KEY, 30.0, shared=True),
+        )
+        try:
+            assert all(lease is not None and lease.shared for lease in leases)
+            if kind.excludes:
+                assert await backend.acquire_async(KEY, 0.05) is None
+        finally:
+            for lease in leases:
+                if lease is not None:
+                    await backend.release_async(lease)
+        writer = await backend.acquire_async(KEY, 30.0)
+        assert writer is not None
+        try:
+            assert not writer.shared
+            if kind.excludes:
+                assert await backend.acquire_async(KEY, 0.05, shared=True) is None
+        finally:
+            await backend.release_async(writer)
+        reader = await backend.acquire_async(KEY, 30.0, shared=True)
+        assert reader is not None
+        await backend.release_async(reader)
+
+    asyncio.run(main())
+
+
+def test_a_shared_lease_may_load_but_never_store_or_mark(make_backend: MakeBackend) -> None:
+    backend = make_backend()
+    backend.set(KEY, "first", None)  # a key's first record, set before any lease
+    reader = backend.try_acquire(KEY, shared=True)
+    assert reader is not None
+    try:
+        assert backend.load(reader) == "first"
+        with pytest.raises(ValueError, match="shared"):
+            backend.store(reader, "written by a reader", None)
+        with pytest.raises(ValueError, match="shared"):
+            backend.store(reader, None, None)
+        with pytest.raises(ValueError, match="shared"):
+            backend.mark(reader)
+        assert backend.load(reader) == "first"  # nothing was written
+    finally:
+        backend.release(reader)
+    writer = backend.try_acquire(KEY)
+    assert writer is not None
+    try:
+        assert backend.load(writer) == "first"
+        backend.store(writer, "second", None)
+    finally:
+        backend.release(writer)
+    reader = backend.try_acquire(KEY, shared=True)
+    assert reader is not None
+    try:
+        assert backend.load(reader) == "second"
+    finally:
+        backend.release(reader)
+
+
+def test_readers_of_two_instances_load_what_a_writer_stored(
+    shared_url: str, make_backend: MakeBackend
+) -> None:
+    writer_side, reader_side = make_backend(), make_backend()
+    writer = writer_side.try_acquire(KEY)
+    assert writer is not None
+    try:
+        writer_side.store(writer, "stored by a writer", None)
+    finally:
+        writer_side.release(writer)
+    readers = [(side, side.try_acquire(KEY, shared=True)) for side in (writer_side, reader_side)]
+    try:
+        for side, lease in readers:
+            assert lease is not None
+            assert side.load(lease) == "stored by a writer"
+    finally:
+        for side, lease in readers:
+            if lease is not None:
+                side.release(lease)
+
+
+def _reading_process(url: str, held: Any, release: Any) -> None:
+    backend = from_url(url)
+    lease = backend.acquire(KEY, 60.0, shared=True)
+    assert lease is not None
+    held.set()
+    release.wait(60)
+    backend.release(lease)
+
+
+def test_cross_process_readers_hold_together_and_exclude_a_writer(
+    shared_url: str, make_backend: MakeBackend
+) -> None:
+    context = _spawn()
+    held, release = context.Event(), context.Event()
+    process = context.Process(target=_reading_process, args=(shared_url, held, release))
+    process.start()
+    try:
+        assert held.wait(60)
+        backend = make_backend()
+        reader = backend.try_acquire(KEY, shared=True)  # with the other process's reader
+        assert reader is not None
+        try:
+            assert backend.try_acquire(KEY) is None
+        finally:
+            backend.release(reader)
+        assert backend.try_acquire(KEY) is None  # the other process still reads
+        release.set()
+        writer = backend.acquire(KEY, 60.0)  # its release lets the writer in
+        assert writer is not None
+        backend.release(writer)
+    finally:
+        release.set()
+        process.join(timeout=60)
+    assert process.exitcode == 0
 
 
 # -- one backend per URL per process -----------------------------------------------------
