@@ -88,6 +88,8 @@ class SessionLockMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))  # our copy, completed in place
+                if admission.shared:
+                    headers = core.withhold(admission, scope, headers)
                 if (core.revisions_block and core.revises(admission, headers)) or (
                     core.cookies_block
                     and core.stores(admission, headers)

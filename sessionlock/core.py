@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from http import HTTPStatus
-from typing import Literal, Protocol, TypedDict
+from typing import Literal, Protocol, TypedDict, TypeVar
 
 from . import keys
 from ._types import Request
@@ -24,11 +24,14 @@ from .queue import KeyedQueue, TaskWaiter
 from .setup_checks import SetupChecks
 from .stale import Revisions, StalePages
 
-__all__ = ["HANDLE", "HELD", "Admission", "Core", "Options", "Refusal"]
+__all__ = ["HANDLE", "HELD", "SHARED", "Admission", "Core", "Options", "Refusal"]
 
 logger = logging.getLogger("sessionlock")
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"})
+
+
+_Headers = TypeVar("_Headers", list[tuple[bytes, bytes]], list[tuple[str, str]])
 
 
 class Options(TypedDict, total=False):
@@ -45,12 +48,15 @@ class Options(TypedDict, total=False):
     release: Literal["head", "end"]
     on_backend_error: Literal["closed", "open"]
     stale_pages: StalePages | str | None
+    shared: Collection[str] | Callable[[Request], bool] | None
 
 
 #: Where the request's :class:`Admission` is, as its handle (early release, rotation).
 HANDLE = "sessionlock.handle"
 #: The (backend, key) pairs that layers outside this one hold for the request.
 HELD = "sessionlock.held"
+#: True in the environ/scope of a request that holds its session shared (``shared``).
+SHARED = "sessionlock.shared"
 _ROTATE_NOTE = "rotate"
 _WAIT_DESC = 'desc="session lock wait"'
 _NO_WAIT = ("Server-Timing", f"sessionlock;dur=0.0;{_WAIT_DESC}")
@@ -75,6 +81,7 @@ class Admission:
         "notes",
         "secure",
         "set_identity",
+        "shared",
         "started",
         "waited",
     )
@@ -97,6 +104,8 @@ class Admission:
         #: (read once at admission, for cookie tracking). Never logged: a credential.
         self.identity: str | None = None
         self.generation = 0
+        #: Whether it holds its session shared, with other readers (the ``shared`` option).
+        self.shared = False
 
     def release(self) -> None:
         """Let the session's next request run now; idempotent, from any thread."""
@@ -247,6 +256,13 @@ class Core:
                  ``"flag"``, ``"redirect:<url>"``): keep a revision per session and catch
                  forms sent from pages older than it (the back button, an old tab). None
                  (default): no revision is kept.
+    shared:      requests that only read their session (methods such as ``"GET"``, path
+                 prefixes, or a predicate of the environ/scope, as ``exempt``): they hold
+                 the session *shared*, side by side with each other, while any other request
+                 holds it alone; the line stays first come, first served. A shared request
+                 that sets a tracked session cookie has it removed from its response (it
+                 would undo what a writer saved meanwhile) and is reported. None (default):
+                 every request is exclusive.
     """
 
     def __init__(
@@ -263,6 +279,7 @@ class Core:
         release: Literal["head", "end"] = "head",
         on_backend_error: Literal["closed", "open"] = "closed",
         stale_pages: StalePages | str | None = None,
+        shared: Collection[str] | Callable[[Request], bool] | None = None,
     ) -> None:
         if timeout is not None and (
             not isinstance(timeout, (int, float))
@@ -307,6 +324,7 @@ class Core:
         self.max_waiting_threads = max_waiting_threads
         self._threads_derived = max_waiting_threads is not None
         self.is_exempt = _exemption(exempt)
+        self.is_shared = _exemption(shared, "shared")
         self.release_at_head = release == "head"
         # Marks this layer's hold in the request, so a nested layer on the same backend and
         # key passes through instead of waiting for itself.
@@ -424,6 +442,8 @@ class Core:
         admission = Admission(digest, set_identity, secure, self)
         if identity is not None:
             admission.identity, admission.generation = raw, generation
+        if set_identity is None and self.is_shared is not None and self.is_shared(request):
+            admission.shared = True  # a brand-new identity has no session to share
         if set_identity is not None and self.release_at_head:
             # A brand-new identity: held at once, without the queue or the backend (on
             # file://, a lock file made and removed for nothing). See _Unshared.
@@ -440,23 +460,25 @@ class Core:
         """
         if admission.lease is not None:  # a brand-new identity, held since admit()
             return
-        key = admission.key
-        waited = not self.queue.try_acquire(key)
+        key, shared = admission.key, admission.shared
+        waited = not self.queue.try_acquire(key, shared=shared)
         if waited:  # held here: wait in line (or be refused)
             cap = self._waiting_threads()
             waiters = self.max_waiters if cap is None else min(self.max_waiters, cap)
-            self.queue.acquire(key, timeout=self.timeout, max_waiters=waiters, max_threads=cap)
+            self.queue.acquire(
+                key, timeout=self.timeout, max_waiters=waiters, max_threads=cap, shared=shared
+            )
         try:
-            lease = self.backend.try_acquire(key)
+            lease = self._try_backend(key, shared)
             if lease is None:  # held by another process: wait for the backend
                 lease, waited = self._backend_acquire(admission), True
         except BackendUnavailable as error:
             if not self.fail_open:
-                self.queue.release(key)
+                self.queue.release(key, shared=shared)
                 raise
             lease = self._degraded(key, error)
         except BaseException:
-            self.queue.release(key)
+            self.queue.release(key, shared=shared)
             raise
         else:
             if self._outage:
@@ -475,7 +497,11 @@ class Core:
                 f" {cap} waiting threads are taken"
             )
         try:
-            lease = self.backend.acquire(admission.key, self._remaining(admission))
+            remaining = self._remaining(admission)
+            if admission.shared:
+                lease = self.backend.acquire(admission.key, remaining, shared=True)
+            else:  # without the keyword: a Backend of before shared leases still works
+                lease = self.backend.acquire(admission.key, remaining)
         finally:
             self.queue.unreserve_thread()
         if lease is None:
@@ -497,7 +523,7 @@ class Core:
         """
         lease = self._take(admission)
         if lease is not None:
-            self._give_back(lease)
+            self._give_back(lease, admission.shared)
             _debug("session %s: released", lease.key[:12])
 
     # -- waiting: tasks ------------------------------------------------------------------
@@ -508,21 +534,21 @@ class Core:
             return True
         if not self.enters_inline:  # a backend over the network: never asked on the loop
             return False
-        key = admission.key
-        if not self.queue.try_acquire(key):
+        key, shared = admission.key, admission.shared
+        if not self.queue.try_acquire(key, shared=shared):
             return False
         try:
-            lease = self.backend.try_acquire(key)
+            lease = self._try_backend(key, shared)
         except BackendUnavailable:  # the turn must not stay taken: the long way decides
-            self.queue.release(key)
+            self.queue.release(key, shared=shared)
             if self.fail_open:
                 return False
             raise
         except BaseException:
-            self.queue.release(key)
+            self.queue.release(key, shared=shared)
             raise
         if lease is None:  # another process holds it: wait the long way
-            self.queue.release(key)
+            self.queue.release(key, shared=shared)
             return False
         if self._outage:
             self._backend_back()
@@ -539,9 +565,9 @@ class Core:
         """
         if admission.lease is not None:  # a brand-new identity, held since admit()
             return
-        key = admission.key
+        key, shared = admission.key, admission.shared
         gone: asyncio.Future[object] | None = None
-        waiter = self.queue.join(key, max_waiters=self.max_waiters)
+        waiter = self.queue.join(key, max_waiters=self.max_waiters, shared=shared)
         try:
             if waiter is not None:
                 gone = asyncio.ensure_future(until_gone())
@@ -550,18 +576,18 @@ class Core:
             try:
                 # A backend over the network is not asked on the loop: its future answers,
                 # at once when the key is free (a round trip on a helper thread).
-                lease = self.backend.try_acquire(key) if self.enters_inline else None
+                lease = self._try_backend(key, shared) if self.enters_inline else None
                 if lease is None:
                     if gone is None:
                         gone = asyncio.ensure_future(until_gone())
                     lease = await self._backend_wait(admission, gone)
             except BackendUnavailable as error:
                 if not self.fail_open:
-                    self.queue.release(key)
+                    self.queue.release(key, shared=shared)
                     raise
                 lease = self._degraded(key, error)
             except BaseException:
-                self.queue.release(key)
+                self.queue.release(key, shared=shared)
                 raise
             else:
                 if self._outage:
@@ -581,7 +607,11 @@ class Core:
     async def _backend_wait(self, admission: Admission, gone: asyncio.Future[object]) -> Lease:
         # The backend's future is awaited directly and the client's leaving cancels it: no
         # task or asyncio.wait around it, whose extra loop steps delay every hand-off.
-        acquiring = self.backend.acquire_future(admission.key, self._remaining(admission))
+        remaining = self._remaining(admission)
+        if admission.shared:
+            acquiring = self.backend.acquire_future(admission.key, remaining, shared=True)
+        else:
+            acquiring = self.backend.acquire_future(admission.key, remaining)
         left = False
 
         def client_left(watcher: asyncio.Future[object]) -> None:
@@ -620,7 +650,7 @@ class Core:
         except BackendUnavailable as error:
             self._not_released(error)
         finally:
-            self.queue.release(lease.key)
+            self.queue.release(lease.key, shared=admission.shared)
 
     # -- around the app ------------------------------------------------------------------
 
@@ -631,6 +661,8 @@ class Core:
         mine = (self._mark, admission.key)
         request[HELD] = (mine,) if held is None else (*held, mine)
         request[HANDLE] = admission
+        if admission.shared:
+            request[SHARED] = True
         if type(admission.lease) is not _Degraded:
             if self.cookies is not None:
                 self.cookies.prepare(admission, request)
@@ -652,6 +684,13 @@ class Core:
         """Mark the request for a new identity, given as its response starts (under the lease)."""
         if admission.lease is None or self._identity is None:
             return False  # too late (response started, released early), or no identity
+        if admission.shared:  # a new identity moves the session's records: a writer's work
+            logger.warning(
+                "session %s: rotate_identity in a shared request: refused (make the route "
+                "exclusive)",
+                admission.key[:12],
+            )
+            return False
         if admission.notes is None:
             admission.notes = {}
         admission.notes[_ROTATE_NOTE] = True
@@ -669,7 +708,7 @@ class Core:
             and cookies.needs_read(admission, request)
         )
 
-    def _give_back(self, lease: Lease) -> None:
+    def _give_back(self, lease: Lease, shared: bool) -> None:
         if type(lease) is _Unshared:
             return
         try:
@@ -678,7 +717,12 @@ class Core:
         except BackendUnavailable as error:
             self._not_released(error)
         finally:
-            self.queue.release(lease.key)
+            self.queue.release(lease.key, shared=shared)
+
+    def _try_backend(self, key: str, shared: bool) -> Lease | None:
+        if shared:
+            return self.backend.try_acquire(key, shared=True)
+        return self.backend.try_acquire(key)  # the keyword only when needed (see above)
 
     def records_inline(self, admission: Admission) -> bool:
         """Whether :meth:`finish` may write a cookie record on an event loop: under a lease of
@@ -713,6 +757,25 @@ class Core:
         return revision is not None and (
             getattr(revision, "changed", False) or _sets_tracked(headers, self._tracked)
         )
+
+    def withhold(self, admission: Admission, request: Request, headers: _Headers) -> _Headers:
+        """A shared request's response without the tracked session cookie it sets: that
+        cookie was made from the session as this reader loaded it, and would undo what a
+        writer saved meanwhile. Its change is lost, and said (WARNING, naming the route)."""
+        if not _sets_tracked(headers, self._tracked):
+            return headers
+        if "REQUEST_METHOD" in request:
+            where = f"{request['REQUEST_METHOD']} {request.get('PATH_INFO', '')}"
+        else:
+            where = f"{request.get('method', '')} {request.get('path', '')}"
+        logger.warning(
+            "session %s: a shared request (%r) changed its session: the change is not saved "
+            "(a writer's may have come meanwhile); make this route exclusive",
+            admission.key[:12],
+            where[:200],
+            extra={"sessionlock_key": admission.key[:12], "sessionlock_shared_write": where},
+        )
+        return [h for h in headers if not _sets_tracked([h], self._tracked)]
 
     def sets_cookies(
         self, admission: Admission, headers: list[tuple[bytes, bytes]] | list[tuple[str, str]]
@@ -877,8 +940,9 @@ REFUSED = (LockTimeout, QueueFull, BackendUnavailable)
 
 
 def _exemption(
-    exempt: Collection[str] | Callable[[Request], bool] | None,
+    exempt: Collection[str] | Callable[[Request], bool] | None, name: str = "exempt"
 ) -> Callable[[Request], bool] | None:
+    """A predicate of the request from path prefixes and methods (or a predicate itself)."""
     if exempt is None:
         return None
     if callable(exempt):
@@ -886,15 +950,15 @@ def _exemption(
     if isinstance(exempt, str):
         exempt = (exempt,)
     if not isinstance(exempt, Collection) or isinstance(exempt, (bytes, bytearray)):
-        raise ConfigurationError(f"exempt takes strings or a predicate, got {exempt!r}")
+        raise ConfigurationError(f"{name} takes strings or a predicate, got {exempt!r}")
     if not all(isinstance(e, str) for e in exempt):
-        raise ConfigurationError(f"exempt entries must be strings, got {sorted(map(repr, exempt))}")
+        raise ConfigurationError(f"{name} entries must be strings, got {sorted(map(repr, exempt))}")
     prefixes = tuple(e for e in exempt if e.startswith("/"))
     methods = frozenset(e for e in exempt if not e.startswith("/"))
     unknown = methods - _METHODS
     if unknown:
         raise ConfigurationError(
-            f"exempt takes path prefixes ('/static/') or HTTP methods, not {sorted(unknown)}"
+            f"{name} takes path prefixes ('/static/') or HTTP methods, not {sorted(unknown)}"
         )
 
     def is_exempt(request: Request) -> bool:

@@ -40,10 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from http.cookies import SimpleCookie
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.apps import AppConfig  # type: ignore[import-untyped]
@@ -51,7 +52,7 @@ from django.conf import settings  # type: ignore[import-untyped]
 from django.http import HttpResponse  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-from .core import REFUSED, Admission, Core, Refusal, shared_cacheable
+from .core import REFUSED, Admission, Core, Refusal, _exemption, shared_cacheable
 from .errors import ConfigurationError
 from .options import NAMES, check_names
 from .rules import Ruleset, as_ruleset
@@ -138,7 +139,42 @@ def _build_core(source: Mapping[str, Any]) -> Core:
     # Inside Django's handler the Cookie header is read before we could hand the latest
     # cookie over, and responses are not finished through Core: no tracking here.
     options["cookie_session"] = None
+    options["shared"] = _shared_for(options.get("shared"))
     return Core(**options)
+
+
+_MARK = "__sessionlock_shared__"
+_View = TypeVar("_View", bound=Callable[..., Any])
+# Views marked anywhere: a project with none pays nothing per request for the marks.
+_marked: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+
+
+def shared(view: _View) -> _View:
+    """Mark a view (a function, or ``as_view()``'s result) as one that only reads the
+    session: its requests hold it shared, side by side with its other readers."""
+    setattr(view, _MARK, True)
+    _marked.add(view)
+    return view
+
+
+def _shared_for(option: Any) -> Callable[[Any], bool]:
+    """The ``shared`` setting (methods, prefixes, a predicate of META), or a marked view."""
+    from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
+
+    named = _exemption(option, "shared")
+
+    def is_shared(meta: Any) -> bool:
+        if named is not None and named(meta):
+            return True
+        if not _marked:
+            return False
+        try:
+            match = resolve(meta.get("PATH_INFO", "/"))
+        except Resolver404:
+            return False
+        return getattr(match.func, _MARK, False) is True
+
+    return is_shared
 
 
 class SessionLockMiddleware:
@@ -289,10 +325,18 @@ def _judge(core: Core, admission: Admission, request: Request) -> Response | Non
 
 
 def _revise(core: Core, admission: Admission, request: Request, response: Response) -> None:
-    """Under the lease, the session saved: a modified session is a new revision."""
+    """Under the lease, the session saved: a modified session is a new revision (or, in a
+    shared request, a write that races a writer's: reported)."""
+    session = getattr(request, "session", None)
+    if admission.shared and session is not None and getattr(session, "modified", False):
+        logger.warning(
+            "a shared request (%s %r) modified the session: it races the writers of its "
+            "session; mark the view exclusive",
+            request.method,
+            request.path[:200],
+        )
     if core.revisions is None:
         return
-    session = getattr(request, "session", None)
     if session is not None and getattr(session, "modified", False):
         session_changed(request.META)
     cache_control = response.get("Cache-Control", "")

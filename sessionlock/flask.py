@@ -26,6 +26,9 @@ With ``stale_pages=StalePages(...)`` templates get two globals, ``session_revisi
 ``session_revision()`` (its token, for a ``Session-Revision`` header from fetch), and a
 request whose ``session.modified`` is set counts as a change of the session (Flask-Session's
 server-side sessions included), checked after every ``after_request`` function.
+A view decorated with :func:`shared` holds its session shared (side by side with the
+session's other readers; see the ``shared`` option), on top of what ``shared=...`` names; a
+request of it that modifies the session anyway is reported (WARNING, naming the endpoint).
 Middleware options: every one of :class:`sessionlock.wsgi.SessionLockMiddleware`'s
 (:data:`sessionlock.options.NAMES`); an unknown name is a ConfigurationError when
 ``SessionLock(...)`` is made, naming the known ones. Removing ``SessionLock(...)`` undoes
@@ -34,13 +37,16 @@ everything.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+import logging
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, Response, current_app, request
 from flask.globals import request_ctx
 from markupsafe import Markup
 
+from .core import SHARED, _exemption
 from .options import NAMES, check_names
 from .rules import Rule, Ruleset, as_ruleset
 from .stale import hidden_field, page_token, session_changed
@@ -51,7 +57,21 @@ if TYPE_CHECKING:
 
     from .core import Options
 
-__all__ = ["SessionLock"]
+__all__ = ["SessionLock", "shared"]
+
+logger = logging.getLogger("sessionlock")
+
+_View = TypeVar("_View", bound=Callable[..., Any])
+_MARK = "__sessionlock_shared__"
+# Views marked anywhere: an app with none pays nothing per request for the marks.
+_marked: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+
+
+def shared(view: _View) -> _View:
+    """Mark a view as one that only reads the session: its requests hold it shared."""
+    setattr(view, _MARK, True)
+    _marked.add(view)
+    return view
 
 
 class SessionLock:
@@ -74,13 +94,16 @@ class SessionLock:
         """Wrap ``app.wsgi_app`` with the lock and register the rules (once per app)."""
         if "sessionlock" in app.extensions:
             raise RuntimeError("SessionLock is already initialised on this app")
-        middleware = SessionLockMiddleware(app.wsgi_app, **self.options)
+        options = dict(self.options)
+        options["shared"] = _shared_for(app, options.get("shared"))
+        middleware = SessionLockMiddleware(app.wsgi_app, **options)  # type: ignore[arg-type]
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions["sessionlock"] = middleware
         if self.rules.rules:
             # after_request functions run in reverse order of registration: the first one
             # registered runs last, after every function of the app and its blueprints.
             app.after_request_funcs.setdefault(None, []).insert(0, self._enforce)
+        app.after_request_funcs.setdefault(None, []).insert(0, _check_shared_write)
         if middleware.core.revisions is not None:
             app.after_request_funcs.setdefault(None, []).insert(0, _note_change)  # after rules
             app.jinja_env.globals.update(
@@ -119,3 +142,39 @@ def _revision_field() -> Markup:
 
 def _revision_token() -> str:
     return page_token(request.environ) or ""
+
+
+def _shared_for(app: Flask, option: Any) -> Callable[[Any], bool]:
+    """The ``shared`` option (methods, prefixes, a predicate), or a view marked shared."""
+    named = _exemption(option, "shared")
+
+    def is_shared(environ: Any) -> bool:
+        if named is not None and named(environ):
+            return True
+        if not _marked:
+            return False
+        try:  # the view this request will reach, found as Flask will find it
+            endpoint, _ = app.url_map.bind_to_environ(environ).match(
+                method=environ.get("REQUEST_METHOD")
+            )
+        except Exception:  # no route (404, 405, a redirect): not marked
+            return False
+        return getattr(app.view_functions.get(endpoint), _MARK, False) is True
+
+    return is_shared
+
+
+def _check_shared_write(response: Response) -> Response:
+    if request.environ.get(SHARED):
+        ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]
+        current = getattr(ctx, "_session", None)  # as in _enforce: never marks it accessed
+        if current is None:
+            current = ctx.session
+        if getattr(current, "modified", False):
+            logger.warning(
+                "the shared request of endpoint %r modified the session: a shared request's "
+                "change is not saved by a cookie session, and races a writer's in a "
+                "server-side one; mark the view exclusive",
+                request.endpoint,
+            )
+    return response

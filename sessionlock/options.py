@@ -7,7 +7,7 @@ of known ones, and the closest name when there is one::
 
     unknown option 'timout' for SessionLockMiddleware (did you mean 'timeout'?); known:
     backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, on_backend_error,
-    release, secret, stale_pages, timeout
+    release, secret, shared, stale_pages, timeout
 
 The environment form (:func:`from_environ`, read by ``sessionlock.uvicorn:app``) is
 ``SESSIONLOCK_<OPTION>`` for every option:
@@ -26,6 +26,8 @@ The environment form (:func:`from_environ`, read by ``sessionlock.uvicorn:app``)
 - ``SESSIONLOCK_RELEASE``: ``head`` or ``end``;
 - ``SESSIONLOCK_ON_BACKEND_ERROR``: ``closed`` (503 while the backend fails) or ``open``
   (serve, serialized within the process only);
+- ``SESSIONLOCK_SHARED``: comma-separated path prefixes and methods (``GET,HEAD``) whose
+  requests hold their session shared; empty, ``none`` or ``off``: none;
 - ``SESSIONLOCK_STALE_PAGES``: ``refuse``, ``flag`` or ``redirect:<url>`` (a
   :class:`~sessionlock.stale.StalePages` with that policy and its defaults); empty, ``none``
   or ``off``: no revision kept.
@@ -214,4 +216,5 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "release": _release,
     "on_backend_error": _on_backend_error,
     "stale_pages": _stale_pages,
+    "shared": _exempt,
 }

@@ -14,6 +14,11 @@ primitives, with nothing polled.
 Threads that wait are counted per process (:attr:`KeyedQueue.threads_waiting`): a caller
 may cap them (``max_threads``) so that waiting requests never occupy every server thread.
 A process forked from one that held or awaited keys starts with an empty queue.
+
+Shared turns (``shared=True``: a request that only reads its session) are held by any
+number of readers at once, while exclusive ones are held alone. The line stays one line:
+a reader that finds a writer waiting waits behind it (no writer starves), and when a
+writer's turn ends, every reader in a row at the head of the line goes in together.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ __all__ = ["KeyedQueue", "TaskWaiter"]
 
 
 class _Waiter:
-    __slots__ = ("granted", "key", "left")
+    __slots__ = ("granted", "key", "left", "shared")
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, shared: bool = False) -> None:
         self.key = key
+        self.shared = shared
         self.granted = False
         self.left = False  # out of line without the turn (timeout, abandon, cancel)
 
@@ -45,8 +51,8 @@ class _Waiter:
 class _ThreadWaiter(_Waiter):
     __slots__ = ("_lock",)
 
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
+    def __init__(self, key: str, shared: bool = False) -> None:
+        super().__init__(key, shared)
         self._lock = threading.Lock()
         self._lock.acquire()
 
@@ -73,8 +79,8 @@ class TaskWaiter(_Waiter):
 
     __slots__ = ("_loop", "_thread", "future")
 
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
+    def __init__(self, key: str, shared: bool = False) -> None:
+        super().__init__(key, shared)
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self.future: asyncio.Future[None] = self._loop.create_future()
@@ -88,8 +94,18 @@ class TaskWaiter(_Waiter):
             self._loop.call_soon_threadsafe(_resolve, self.future)
 
 
+class _Readers:
+    """A key held by readers: how many, and who waits behind them (a writer first)."""
+
+    __slots__ = ("count", "waiters")
+
+    def __init__(self) -> None:
+        self.count = 1
+        self.waiters: deque[_Waiter] | None = None
+
+
 class KeyedQueue:
-    """FIFO mutual exclusion per key inside one process."""
+    """FIFO mutual exclusion per key inside one process (readers share a turn)."""
 
     def __init__(self) -> None:
         self._reset()
@@ -97,8 +113,8 @@ class KeyedQueue:
 
     def _reset(self) -> None:
         self._mutex = threading.Lock()
-        # Present means held; the deque holds the waiters (None until the first one).
-        self._keys: dict[str, deque[_Waiter] | None] = {}
+        # Present means held: by one (the waiters, None until the first one) or by readers.
+        self._keys: dict[str, deque[_Waiter] | _Readers | None] = {}
         #: Threads waiting right now: in line here, or for a backend (:meth:`reserve_thread`).
         self.threads_waiting = 0
         # Keys held when this process was forked: their holder's release is a no-op here.
@@ -119,27 +135,45 @@ class KeyedQueue:
         """Whether somebody holds ``key`` right now."""
         return key in self._keys
 
-    def waiting(self, key: str) -> int:
-        """How many requests wait for ``key`` right now (the holder not counted)."""
-        with self._mutex:
-            return len(self._keys.get(key) or ())
+    def readers(self, key: str) -> int:
+        """How many readers hold ``key`` right now (0: nobody, or a writer)."""
+        entry = self._keys.get(key)
+        return entry.count if isinstance(entry, _Readers) else 0
 
-    def try_acquire(self, key: str) -> bool:
-        """Take ``key`` if nobody holds it; never wait, never queue."""
+    def waiting(self, key: str) -> int:
+        """How many requests wait for ``key`` right now (the holders not counted)."""
+        with self._mutex:
+            return len(_line(self._keys.get(key)) or ())
+
+    def try_acquire(self, key: str, *, shared: bool = False) -> bool:
+        """Take ``key`` if nobody holds it (``shared``: or only readers do, and nobody
+        waits); never wait, never queue."""
         # Every request passes here and through release: the mutex is taken by hand, at half
         # the cost of a ``with`` block (CPython 3.11-3.13).
         mutex = self._mutex
         mutex.acquire()
         try:
             if key in self._keys:
-                return False
-            self._keys[key] = None
+                if not shared:
+                    return False
+                entry = self._keys[key]
+                if not isinstance(entry, _Readers) or entry.waiters:
+                    return False
+                entry.count += 1
+                return True
+            self._keys[key] = _Readers() if shared else None
             return True
         finally:
             mutex.release()
 
     def acquire(
-        self, key: str, *, timeout: float | None, max_waiters: int, max_threads: int | None = None
+        self,
+        key: str,
+        *,
+        timeout: float | None,
+        max_waiters: int,
+        max_threads: int | None = None,
+        shared: bool = False,
     ) -> None:
         """Block this thread until it holds ``key``; raise QueueFull or LockTimeout.
 
@@ -147,13 +181,13 @@ class KeyedQueue:
         one more is refused with QueueFull instead of waiting.
         """
         with self._mutex:
-            busy = key in self._keys  # this thread would wait
+            busy = key in self._keys and not (shared and _joinable(self._keys[key]))
             if busy and max_threads is not None and self.threads_waiting >= max_threads:
                 raise QueueFull(
                     f"{self.threads_waiting} threads of this process already wait for"
                     " their session; one more could leave no thread for other sessions"
                 )
-            waiter = self._enqueue(key, max_waiters, _ThreadWaiter)
+            waiter = self._enqueue(key, max_waiters, _ThreadWaiter, shared=shared)
             if waiter is not None:
                 self.threads_waiting += 1
         if waiter is None or waiter.wait(timeout):
@@ -177,10 +211,10 @@ class KeyedQueue:
         with self._mutex:
             self.threads_waiting = max(0, self.threads_waiting - 1)
 
-    def join(self, key: str, *, max_waiters: int) -> TaskWaiter | None:
+    def join(self, key: str, *, max_waiters: int, shared: bool = False) -> TaskWaiter | None:
         """Take ``key`` now (None) or get a place in line to await with :meth:`wait`."""
         with self._mutex:
-            return self._enqueue(key, max_waiters, TaskWaiter)
+            return self._enqueue(key, max_waiters, TaskWaiter, shared=shared)
 
     async def wait(self, waiter: TaskWaiter, timeout: float | None) -> None:
         """Wait for ``waiter``'s turn; raise LockTimeout, or what :meth:`abandon` gave."""
@@ -203,7 +237,7 @@ class KeyedQueue:
             if future.done() and not future.cancelled():
                 future.exception()  # retrieved: the abandon's error is superseded
             if granted:  # the turn arrived as we were cancelled: pass it on
-                self.release(waiter.key)
+                self.release(waiter.key, shared=waiter.shared)
             raise
         finally:
             if timer is not None:
@@ -217,35 +251,74 @@ class KeyedQueue:
             self._forget(waiter)
         waiter.future.set_exception(error)
 
-    def release(self, key: str) -> None:
-        """Hand ``key`` to its oldest waiter, or drop it when nobody waits."""
+    def release(self, key: str, *, shared: bool = False) -> None:
+        """End one holder's turn: the key goes to the head of its line (a writer, or every
+        reader in a row there) once no holder is left, or is dropped when nobody waits."""
         mutex = self._mutex
         mutex.acquire()  # by hand, as in try_acquire
         try:
             if key in self._orphans and key not in self._keys:
                 return  # held by the parent before this process was forked: nothing here
-            waiters = self._keys[key]
+            entry = self._keys[key]
+            if isinstance(entry, _Readers):
+                entry.count -= 1
+                if entry.count:
+                    return  # other readers still hold it
+                waiters = entry.waiters
+            else:
+                waiters = entry
             if waiters:
-                waiter = waiters.popleft()
-                waiter.granted = True
-                if isinstance(waiter, _ThreadWaiter):
-                    self.threads_waiting -= 1
-                waiter.wake()
+                self._grant(key, waiters)
             else:
                 del self._keys[key]
         finally:
             mutex.release()
 
-    def _enqueue(self, key: str, max_waiters: int, kind: type[_W]) -> _W | None:
-        if key not in self._keys:
-            self._keys[key] = None
+    def _grant(self, key: str, waiters: deque[_Waiter]) -> None:
+        # Under the mutex, the key free: its head waiter gets it, with the readers behind it.
+        waiter = waiters.popleft()
+        if not waiter.shared:
+            self._keys[key] = waiters or None
+            self._wake(waiter)
+            return
+        readers = _Readers()
+        readers.count = 0
+        self._keys[key] = readers
+        woken = [waiter]
+        while waiters and waiters[0].shared:
+            woken.append(waiters.popleft())
+        readers.count = len(woken)
+        readers.waiters = waiters or None
+        for reader in woken:
+            self._wake(reader)
+
+    def _wake(self, waiter: _Waiter) -> None:
+        waiter.granted = True
+        if isinstance(waiter, _ThreadWaiter):
+            self.threads_waiting -= 1
+        waiter.wake()
+
+    def _enqueue(
+        self, key: str, max_waiters: int, kind: type[_W], shared: bool = False
+    ) -> _W | None:
+        entry = self._keys.get(key, _FREE)
+        if entry is _FREE:
+            self._keys[key] = _Readers() if shared else None
             return None
-        waiters = self._keys[key]
-        if waiters is None:
-            waiters = self._keys[key] = deque()
+        if shared and isinstance(entry, _Readers) and not entry.waiters:
+            entry.count += 1
+            return None
+        if isinstance(entry, _Readers):
+            waiters = entry.waiters
+            if waiters is None:
+                waiters = entry.waiters = deque()
+        else:
+            waiters = entry  # type: ignore[assignment]
+            if waiters is None:
+                waiters = self._keys[key] = deque()
         if len(waiters) >= max_waiters:
             raise QueueFull(f"{len(waiters)} requests of this session are already waiting")
-        waiter = kind(key)
+        waiter = kind(key, shared)
         waiters.append(waiter)
         return waiter
 
@@ -257,9 +330,30 @@ class KeyedQueue:
         waiter.left = True
         if isinstance(waiter, _ThreadWaiter):
             self.threads_waiting -= 1
-        waiters = self._keys[waiter.key]
+        entry = self._keys[waiter.key]
+        waiters = _line(entry)
         assert waiters is not None
         waiters.remove(waiter)
+        if isinstance(entry, _Readers):
+            # The writer that held readers back left the line: the readers now at its head
+            # join those holding the key.
+            while waiters and waiters[0].shared:
+                reader = waiters.popleft()
+                entry.count += 1
+                self._wake(reader)
+            entry.waiters = waiters or None
+
+
+_FREE: object = object()
+
+
+def _line(entry: deque[_Waiter] | _Readers | None) -> deque[_Waiter] | None:
+    return entry.waiters if isinstance(entry, _Readers) else entry
+
+
+def _joinable(entry: deque[_Waiter] | _Readers | None) -> bool:
+    """Whether a reader arriving now gets in at once."""
+    return isinstance(entry, _Readers) and not entry.waiters
 
 
 #: Every queue of the process, reset in a forked child (see KeyedQueue._after_fork_in_child).

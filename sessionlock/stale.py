@@ -361,6 +361,12 @@ class Revisions:
             return []
         if not revision.changed and self.tracked:
             revision.changed = self._cookie_changed(revision, headers)
+        if revision.changed and admission.shared:  # a reader writes nothing (see Core)
+            logger.warning(
+                "session %s: a shared request changed its session: no new revision",
+                admission.key[:12],
+            )
+            revision.changed = False
         if revision.changed and admission.lease is not None:
             try:
                 self.backend.set(storage_key(admission.key), revision.stored(), self.pages.ttl)

@@ -30,8 +30,8 @@ ConfigurationError naming what it takes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import ConfigurationError
@@ -39,7 +39,43 @@ from .options import NAMES, check_names
 from .rules import Rule, Ruleset, as_ruleset
 from .stale import hidden_field, page_token
 
-__all__ = ["SessionRulesMiddleware", "add_template_globals"]
+__all__ = ["SessionRulesMiddleware", "add_template_globals", "marked_routes", "shared"]
+
+_MARK = "__sessionlock_shared__"
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+
+
+def shared(endpoint: _Endpoint) -> _Endpoint:
+    """Mark an endpoint (Starlette's or FastAPI's) as one that only reads the session: with
+    ``shared=marked_routes(app.routes)`` its requests hold the session shared."""
+    setattr(endpoint, _MARK, True)
+    return endpoint
+
+
+def marked_routes(routes: Sequence[Any]) -> Callable[[Scope], bool]:
+    """The ``shared`` option for the routes whose endpoint is marked :func:`shared`: the
+    route a request will reach, found as the router will (``routes`` may grow later:
+    ``app.routes`` is read at each request). Mounted apps are looked into."""
+    from starlette.routing import Match
+
+    def reaches_marked(scope: Scope, routes: Sequence[Any]) -> bool:
+        for route in routes:
+            match, child = route.matches(scope)
+            if match is Match.NONE:
+                continue
+            if match is Match.PARTIAL:  # the path, not the method: no route serves it here
+                continue
+            inner = getattr(route, "routes", None)
+            if inner is not None:  # a Mount: the rest of the path is its routes'
+                return reaches_marked({**scope, **child}, inner)
+            return getattr(getattr(route, "endpoint", None), _MARK, False) is True
+        return False
+
+    def is_shared(scope: Scope) -> bool:
+        return scope.get("type") == "http" and reaches_marked(scope, routes)
+
+    return is_shared
+
 
 logger = logging.getLogger("sessionlock")
 

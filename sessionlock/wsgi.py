@@ -57,6 +57,8 @@ class SessionLockMiddleware:
         def start_with_headers(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
+            if admission.shared:
+                headers = core.withhold(admission, environ, headers)
             headers = core.finish(admission, headers)
             try:
                 return start_response(status, headers, exc_info)

@@ -21,8 +21,8 @@ class GateQueue(KeyedQueue):
         super().__init__()
         self.gate = gate
 
-    def _enqueue(self, key: str, max_waiters: int, kind: Any) -> Any:
-        waiter = super()._enqueue(key, max_waiters, kind)
+    def _enqueue(self, key: str, max_waiters: int, kind: Any, **more: Any) -> Any:
+        waiter = super()._enqueue(key, max_waiters, kind, **more)
         if waiter is not None:
             self.gate.note("queued")
         return waiter

@@ -141,7 +141,7 @@ def test_init_app_factory_form_and_double_init() -> None:
             {"timout": 5},
             "unknown option 'timout' (did you mean 'timeout'?) for SessionLock; known: "
             "backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, "
-            "on_backend_error, release, rules, secret, stale_pages, timeout",
+            "on_backend_error, release, rules, secret, shared, stale_pages, timeout",
             id="option-typo",
         ),
         pytest.param({"rule": RULES}, "'rule' (did you mean 'rules'?)", id="rules-typo"),
@@ -173,6 +173,7 @@ def test_every_option_reaches_the_middleware() -> None:
         "release": "end",
         "on_backend_error": "open",
         "stale_pages": StalePages(policy="flag"),
+        "shared": ["GET"],
     }
     assert set(options) == set(NAMES)  # an option added to the middleware is listed here
     app = Flask(__name__)

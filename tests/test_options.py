@@ -19,13 +19,13 @@ from sessionlock.options import _PARSERS, NAMES, check_names, from_environ
 
 KNOWN = (
     "backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, on_backend_error, "
-    "release, secret, stale_pages, timeout"
+    "release, secret, shared, stale_pages, timeout"
 )
 VARIABLES = (
     "SESSIONLOCK_APP, SESSIONLOCK_BACKEND, SESSIONLOCK_COOKIE_SESSION, SESSIONLOCK_EXEMPT, "
     "SESSIONLOCK_KEY, SESSIONLOCK_MAX_WAITERS, SESSIONLOCK_MAX_WAITING_THREADS, "
     "SESSIONLOCK_ON_BACKEND_ERROR, SESSIONLOCK_RELEASE, SESSIONLOCK_SECRET, "
-    "SESSIONLOCK_STALE_PAGES, SESSIONLOCK_TIMEOUT"
+    "SESSIONLOCK_SHARED, SESSIONLOCK_STALE_PAGES, SESSIONLOCK_TIMEOUT"
 )
 SECRET = "options-test-secret-0123456789"
 
@@ -120,6 +120,7 @@ EVERY = {
     "SESSIONLOCK_RELEASE": "end",
     "SESSIONLOCK_ON_BACKEND_ERROR": "open",
     "SESSIONLOCK_STALE_PAGES": "redirect:/exam",
+    "SESSIONLOCK_SHARED": "GET, HEAD",
 }
 
 
@@ -140,6 +141,7 @@ def test_every_option_is_read_from_its_variable() -> None:
         "release": "end",
         "on_backend_error": "open",
         "stale_pages": None,
+        "shared": ["GET", "HEAD"],
     }
     assert {*options, "stale_pages"} == set(NAMES)  # every option has its variable
 
@@ -346,7 +348,8 @@ GUNICORN_EVERY = (
     'sessionlock.gunicorn:wrap("tests.test_options:wsgi_hello", backend="memory://", '
     'key="identity", timeout=None, max_waiters=2, max_waiting_threads=1, '
     f'exempt=["/static/", "OPTIONS"], secret="{SECRET}", cookie_session="session", '
-    'release="end", on_backend_error="open", stale_pages="redirect:/exam")'
+    'release="end", on_backend_error="open", stale_pages="redirect:/exam", '
+    'shared=["GET", "HEAD"])'
 )
 
 

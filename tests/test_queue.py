@@ -36,8 +36,8 @@ CURRENT: contextvars.ContextVar[Request | None] = contextvars.ContextVar("curren
 class ObservedQueue(KeyedQueue):
     """A KeyedQueue that tells the current request when it has been put in line."""
 
-    def _enqueue(self, key: str, max_waiters: int, kind: Any) -> Any:
-        waiter = super()._enqueue(key, max_waiters, kind)
+    def _enqueue(self, key: str, max_waiters: int, kind: Any, **more: Any) -> Any:
+        waiter = super()._enqueue(key, max_waiters, kind, **more)
         request = CURRENT.get()
         if request is not None and waiter is not None:
             request.queued.set()
@@ -305,10 +305,10 @@ class LIFO(ObservedQueue):
 class Barging(ObservedQueue):
     """A broken queue for the control: a second caller of a held key gets it too."""
 
-    def _enqueue(self, key: str, max_waiters: int, kind: Any) -> Any:
+    def _enqueue(self, key: str, max_waiters: int, kind: Any, **more: Any) -> Any:
         if key in self._keys and not self._keys[key]:
             return None  # "held" but nobody waits: let it in
-        return super()._enqueue(key, max_waiters, kind)
+        return super()._enqueue(key, max_waiters, kind, **more)
 
     def release(self, key: str) -> None:
         with self._mutex:

@@ -48,6 +48,7 @@ RUN: dict[Ref, str] = {
     readme.DJANGO_SETTINGS: f"{E2E} (django_settings; `manage.py check` in its fixture)",
     readme.STARLETTE_RULES: f"{E2E} (starlette_rules)",
     readme.BEAKER: f"{E2E} (beaker) and {HERE}::test_beaker_example_answers_hello",
+    readme.SHARED_FLASK: f"{HERE}::test_shared_reads_example_runs_gets_side_by_side",
     readme.STALE_FLASK: f"{HERE}::test_stale_pages_flask_example_redirects_the_old_form",
     readme.STALE_FASTAPI: f"{HERE}::test_stale_pages_fastapi_example_refuses_the_old_form",
     readme.STALE_DJANGO: "tests/test_stale_django.py::test_the_readme_settings_and_template",
@@ -334,3 +335,30 @@ def test_stale_pages_fastapi_example_refuses_the_old_form(registry: None) -> Non
     statuses, page = asyncio.run(run())
     assert statuses == (303, 409)
     assert "Question 2" in page  # only the fresh answer moved the exam on
+
+
+def test_shared_reads_example_runs_gets_side_by_side(registry: None) -> None:
+    import threading
+
+    namespace: dict[str, Any] = {"__name__": __name__}
+    readme.run(readme.find(readme.SHARED_FLASK).source, namespace)
+    app = namespace["app"]
+    barrier = threading.Barrier(2, timeout=10)
+
+    @app.get("/meet")  # a GET like the example's: both must be inside at once to pass
+    def meet() -> str:
+        barrier.wait()
+        return "met"
+
+    client = app.test_client()
+    assert client.get("/api/progress").json == {"current": 0}
+    results: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(client.get("/meet").text), daemon=True)
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert results == ["met", "met"]
