@@ -222,8 +222,13 @@ class SyncClient:
         if form is not None:
             body, content_type = form_body(form, encoding)
         return seen(
-            self.client.generic(method, where, body, content_type=content_type, headers=headers)
+            self._answer(
+                self.client.generic(method, where, body, content_type=content_type, headers=headers)
+            )
         )
+
+    def _answer(self, response: Any) -> Any:
+        return response
 
     def get(self, where: str, **more: Any) -> Seen:
         return self.send("GET", where, **more)
@@ -240,23 +245,8 @@ class AsyncDjangoClient(SyncClient):
         # As get_asgi_application() does, not at the first request on the loop.
         self.client.handler.load_middleware(is_async=True)
 
-    def send(
-        self,
-        method: str,
-        where: str,
-        *,
-        form: dict[str, str] | None = None,
-        encoding: str = "urlencoded",
-        headers: dict[str, str] | None = None,
-        body: bytes = b"",
-        content_type: str = "application/octet-stream",
-    ) -> Seen:
-        if form is not None:
-            body, content_type = form_body(form, encoding)
-        request = self.client.generic(
-            method, where, body, content_type=content_type, headers=headers
-        )
-        return seen(asyncio.run(request))
+    def _answer(self, response: Any) -> Any:
+        return asyncio.run(response)  # the AsyncClient's request is a coroutine
 
 
 CLIENTS = [
