@@ -40,11 +40,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from http.cookies import SimpleCookie
 from types import MappingProxyType
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.apps import AppConfig  # type: ignore[import-untyped]
@@ -52,13 +51,14 @@ from django.conf import settings  # type: ignore[import-untyped]
 from django.http import HttpResponse  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-from .core import REFUSED, Admission, Core, Refusal, _exemption, shared_cacheable
+from .core import REFUSED, Admission, Core, Refusal, shared_cacheable
 from .errors import ConfigurationError
+from .marks import predicate, shared
 from .options import NAMES, check_names
 from .rules import Ruleset, as_ruleset
 from .stale import FIELD, PEEK, session_changed, token_in, wants_body
 
-__all__ = ["SessionLockConfig", "SessionLockMiddleware", "SessionRulesMiddleware", "conf"]
+__all__ = ["SessionLockConfig", "SessionLockMiddleware", "SessionRulesMiddleware", "conf", "shared"]
 
 logger = logging.getLogger("sessionlock")
 
@@ -143,38 +143,16 @@ def _build_core(source: Mapping[str, Any]) -> Core:
     return Core(**options)
 
 
-_MARK = "__sessionlock_shared__"
-_View = TypeVar("_View", bound=Callable[..., Any])
-# Views marked anywhere: a project with none pays nothing per request for the marks.
-_marked: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
-
-
-def shared(view: _View) -> _View:
-    """Mark a view (a function, or ``as_view()``'s result) as one that only reads the
-    session: its requests hold it shared, side by side with its other readers."""
-    setattr(view, _MARK, True)
-    _marked.add(view)
-    return view
-
-
 def _shared_for(option: Any) -> Callable[[Any], bool]:
-    """The ``shared`` setting (methods, prefixes, a predicate of META), or a marked view."""
     from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
 
-    named = _exemption(option, "shared")
-
-    def is_shared(meta: Any) -> bool:
-        if named is not None and named(meta):
-            return True
-        if not _marked:
-            return False
+    def view_of(meta: Any) -> object:
         try:
-            match = resolve(meta.get("PATH_INFO", "/"))
+            return resolve(meta.get("PATH_INFO", "/")).func
         except Resolver404:
-            return False
-        return getattr(match.func, _MARK, False) is True
+            return None
 
-    return is_shared
+    return predicate(option, view_of)
 
 
 class SessionLockMiddleware:

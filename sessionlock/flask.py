@@ -38,15 +38,15 @@ everything.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, current_app, request
 from flask.globals import request_ctx
 from markupsafe import Markup
 
-from .core import SHARED, _exemption
+from .core import SHARED
+from .marks import predicate, shared
 from .options import NAMES, check_names
 from .rules import Rule, Ruleset, as_ruleset
 from .stale import hidden_field, page_token, session_changed
@@ -60,18 +60,6 @@ if TYPE_CHECKING:
 __all__ = ["SessionLock", "shared"]
 
 logger = logging.getLogger("sessionlock")
-
-_View = TypeVar("_View", bound=Callable[..., Any])
-_MARK = "__sessionlock_shared__"
-# Views marked anywhere: an app with none pays nothing per request for the marks.
-_marked: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
-
-
-def shared(view: _View) -> _View:
-    """Mark a view as one that only reads the session: its requests hold it shared."""
-    setattr(view, _MARK, True)
-    _marked.add(view)
-    return view
 
 
 class SessionLock:
@@ -145,23 +133,16 @@ def _revision_token() -> str:
 
 
 def _shared_for(app: Flask, option: Any) -> Callable[[Any], bool]:
-    """The ``shared`` option (methods, prefixes, a predicate), or a view marked shared."""
-    named = _exemption(option, "shared")
-
-    def is_shared(environ: Any) -> bool:
-        if named is not None and named(environ):
-            return True
-        if not _marked:
-            return False
+    def view_of(environ: Any) -> object:
         try:  # the view this request will reach, found as Flask will find it
             endpoint, _ = app.url_map.bind_to_environ(environ).match(
                 method=environ.get("REQUEST_METHOD")
             )
-        except Exception:  # no route (404, 405, a redirect): not marked
-            return False
-        return getattr(app.view_functions.get(endpoint), _MARK, False) is True
+        except Exception:  # no route (404, 405, a redirect): no view
+            return None
+        return app.view_functions.get(endpoint)
 
-    return is_shared
+    return predicate(option, view_of)
 
 
 def _check_shared_write(response: Response) -> Response:

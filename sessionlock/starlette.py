@@ -31,25 +31,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import ConfigurationError
+from .marks import is_marked, shared
 from .options import NAMES, check_names
 from .rules import Rule, Ruleset, as_ruleset
 from .stale import hidden_field, page_token
 
 __all__ = ["SessionRulesMiddleware", "add_template_globals", "marked_routes", "shared"]
-
-_MARK = "__sessionlock_shared__"
-_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
-
-
-def shared(endpoint: _Endpoint) -> _Endpoint:
-    """Mark an endpoint (Starlette's or FastAPI's) as one that only reads the session: with
-    ``shared=marked_routes(app.routes)`` its requests hold the session shared."""
-    setattr(endpoint, _MARK, True)
-    return endpoint
 
 
 def marked_routes(routes: Sequence[Any]) -> Callable[[Scope], bool]:
@@ -68,7 +59,7 @@ def marked_routes(routes: Sequence[Any]) -> Callable[[Scope], bool]:
             inner = getattr(route, "routes", None)
             if inner is not None:  # a Mount: the rest of the path is its routes'
                 return reaches_marked({**scope, **child}, inner)
-            return getattr(getattr(route, "endpoint", None), _MARK, False) is True
+            return is_marked(getattr(route, "endpoint", None))
         return False
 
     def is_shared(scope: Scope) -> bool:
