@@ -172,18 +172,24 @@ def test_every_key_has_a_ttl_but_the_secret(
 # -- the watchdog ------------------------------------------------------------------------------
 
 
-def test_a_held_lease_is_renewed_past_its_ttl(
-    redis_server: RedisServer, backends: Callable[..., RedisBackend], monkeypatch: Any
-) -> None:
-    holder, other = backends("?lease_ttl=0.3"), backends()
+def _counted_rounds(backend: RedisBackend, monkeypatch: Any) -> threading.Semaphore:
+    """Released once per watchdog round of ``backend``, after the round's renewals."""
     rounds = threading.Semaphore(0)
-    renew = holder.renew
+    renew = backend.renew
 
     def counted() -> None:
         renew()
         rounds.release()
 
-    monkeypatch.setattr(holder, "renew", counted)
+    monkeypatch.setattr(backend, "renew", counted)
+    return rounds
+
+
+def test_a_held_lease_is_renewed_past_its_ttl(
+    redis_server: RedisServer, backends: Callable[..., RedisBackend], monkeypatch: Any
+) -> None:
+    holder, other = backends("?lease_ttl=0.3"), backends()
+    rounds = _counted_rounds(holder, monkeypatch)
     lease = holder.try_acquire(KEY)
     assert lease is not None
     for _ in range(6):  # two whole TTLs of watchdog rounds (one per ttl / 3)
@@ -920,14 +926,7 @@ def test_control_a_live_reader_keeps_a_writer_out_past_its_ttl(
 ) -> None:
     """The same reader, renewed: two TTLs of watchdog rounds later it still holds."""
     reader, writer = backends("?lease_ttl=0.3"), backends()
-    rounds = threading.Semaphore(0)
-    renew = reader.renew
-
-    def counted() -> None:
-        renew()
-        rounds.release()
-
-    monkeypatch.setattr(reader, "renew", counted)
+    rounds = _counted_rounds(reader, monkeypatch)
     lease = reader.try_acquire(KEY, shared=True)
     assert lease is not None
     try:
