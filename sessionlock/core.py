@@ -403,7 +403,9 @@ class Core:
             f"backend {where}; key {key}; tracked cookie sessions: {cookies}; timeout {timeout};"
             f" max_waiters {self.max_waiters}; max_waiting_threads {threads};"
             f" released at the {'head' if self.release_at_head else 'end'};"
-            f" on backend error: {'open' if self.fail_open else 'closed'}"
+            f" on backend error: {'open' if self.fail_open else 'closed'};"
+            f" shared reads: {'configured' if self.is_shared is not None else 'none'};"
+            f" stale pages: {self.revisions.pages if self.revisions is not None else 'off'}"
         )
 
     # -- admission -----------------------------------------------------------------------
