@@ -337,3 +337,37 @@ def test_a_starlette_route_marked_shared_runs_side_by_side() -> None:
 
     asyncio.run(scenario())
     assert "alone" in met  # unmarked: the second waited until the first left
+
+
+@pytest.mark.usefixtures("no_blocking")
+def test_asgi_a_shared_request_that_writes_sends_no_session_cookie(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def sneaky(request: Request) -> PlainTextResponse:
+        request.session["n"] = 100
+        return PlainTextResponse("wrote")
+
+    async def write(request: Request) -> PlainTextResponse:
+        request.session["n"] = request.session.get("n", 0) + 1
+        return PlainTextResponse(str(request.session["n"]))
+
+    routes = [Route("/sneaky", sneaky), Route("/write", write, methods=["POST"])]
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(AsgiLock, backend="memory://", shared=["GET"]),
+            Middleware(SessionMiddleware, secret_key=SECRET),
+        ],
+    )
+
+    async def scenario() -> list[str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            first = (await c.post("/write")).text
+            response = await c.get("/sneaky")
+            assert "session=" not in str(response.headers.get_list("set-cookie"))
+            return [first, (await c.post("/write")).text]
+
+    with caplog.at_level(logging.WARNING, logger="sessionlock"):
+        assert asyncio.run(scenario()) == ["1", "2"]  # not 101: the reader's write is gone
+    assert any(getattr(r, "sessionlock_shared_write", None) for r in caplog.records)
