@@ -1,6 +1,6 @@
 """Every benchmark's headline figures in one table: measured, anchor, target, met?
 
-    .venv/bin/python -m benchmarks            # about 4 minutes on a 2-core machine
+    .venv/bin/python -m benchmarks            # about 5 minutes on a 2-core machine
     .venv/bin/python -m benchmarks --quick    # about 1.5 minutes: checks that all of it works
     .venv/bin/python -m benchmarks --only load fifo
 
@@ -43,6 +43,7 @@ MODULES: list[tuple[str, str, str]] = [
     ("queue", "bench_queue", "N queued requests on one key: efficiency"),
     ("churn", "bench_churn", "distinct keys: nothing left behind"),
     ("stale", "bench_stale", "stale_pages: the revision's cost per request"),
+    ("shared", "bench_shared", "8 parallel GETs of one session: shared vs bare; hand-offs"),
 ]
 
 UNCONTENDED_TARGETS = [
