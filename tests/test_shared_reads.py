@@ -204,13 +204,15 @@ def test_a_bad_shared_option_is_refused_by_name() -> None:
 # -- ASGI: Starlette ------------------------------------------------------------------------
 
 
-def starlette_app(parties: int, **options: Any) -> tuple[Starlette, list[int]]:
+def starlette_app(parties: int, wait: float = WAIT, **options: Any) -> tuple[Starlette, list[int]]:
+    """``wait``: how long a reader waits at the barrier for the others (long where they
+    must all come; short in a control, where they cannot)."""
     broken: list[int] = []
 
     async def read(request: Request) -> PlainTextResponse:
         n = request.session.get("n", 0)
         try:
-            await asyncio.wait_for(barrier.wait(), 2.0)
+            await asyncio.wait_for(barrier.wait(), wait)
         except (asyncio.TimeoutError, asyncio.BrokenBarrierError):
             broken.append(1)
         return PlainTextResponse(str(n))
@@ -248,7 +250,7 @@ def test_asgi_readers_run_side_by_side() -> None:
 
 @pytest.mark.usefixtures("no_blocking")
 def test_asgi_control_all_exclusive_the_readers_never_meet() -> None:
-    app, broken = starlette_app(2)
+    app, broken = starlette_app(2, wait=1.0)
     run_asgi(app, 2)
     assert broken  # one waited at the barrier alone: the other could not come in
 
@@ -305,7 +307,7 @@ def test_a_starlette_route_marked_shared_runs_side_by_side() -> None:
     @shared
     async def report(request: Request) -> PlainTextResponse:
         try:
-            await asyncio.wait_for(together.wait(), 2.0)
+            await asyncio.wait_for(together.wait(), WAIT)
         except (asyncio.TimeoutError, asyncio.BrokenBarrierError):
             met.append("broken")
         return PlainTextResponse(str(request.session.get("n", 0)))
