@@ -48,7 +48,6 @@ decryption, no parsing). A backend that keeps no stamps (``memory://``) caches n
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -685,8 +684,10 @@ class SessionCookies:
         known_map = self._known
         known = known_map.get(identity)
         if known is not None:
-            with contextlib.suppress(KeyError):  # evicted meanwhile: still valid here
+            try:  # noqa: SIM105 (contextlib.suppress: an object per call, on every request)
                 known_map.move_to_end(identity)
+            except KeyError:  # evicted meanwhile: still valid here
+                pass
             return known
         lock_key = hash_key(self._secret, identity)
         seal = _Seal(self._secret, identity, self.names, lock_key, clear=self._clear)

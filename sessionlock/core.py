@@ -440,7 +440,10 @@ class Core:
         held = request.get(HELD)
         if held is not None and (self._mark, digest) in held:
             return None  # nested inside a layer holding this very session: already serialized
-        _debug("session %s: admitted (%s)", digest[:12], "new browser" if set_identity else "known")
+        if logger.isEnabledFor(logging.DEBUG):  # not _debug: no call, no slice when off
+            logger.debug(
+                "session %s: admitted (%s)", digest[:12], "new browser" if set_identity else "known"
+            )
         admission = Admission(digest, set_identity, secure, self)
         if identity is not None:
             admission.identity, admission.generation = raw, generation
@@ -526,7 +529,8 @@ class Core:
         lease = self._take(admission)
         if lease is not None:
             self._give_back(lease, admission.shared)
-            _debug("session %s: released", lease.key[:12])
+            if logger.isEnabledFor(logging.DEBUG):  # as in admit: every request passes here
+                logger.debug("session %s: released", lease.key[:12])
 
     # -- waiting: tasks ------------------------------------------------------------------
 
