@@ -328,7 +328,9 @@ class FileBackend(Backend):
         if key in self._contenders:  # our own contender is in line for it already
             return None
         got = self._lock(self._name(key, _LOCK), blocking=False, shared=shared)
-        return None if got is None else self._lease(key, got, shared)
+        if got is None:
+            return None
+        return Lease(key, got[0], got[1] if self._stamps else None, shared=shared)  # as _lease
 
     def acquire(self, key: str, timeout: float | None, *, shared: bool = False) -> Lease | None:
         if timeout is not None and timeout <= 0:
@@ -612,7 +614,10 @@ class FileBackend(Backend):
                 if len(idle) > 4 * _IDLE_FILES and asyncio._get_running_loop() is None:
                     behind = next(iter(idle))
                     del idle[behind]
-            sweep = self._janitor_due(now)
+            # The look itself only when it may be due: not on every release.
+            sweep = (len(self._idle) > _IDLE_FILES or now >= self._next_look) and (
+                self._janitor_due(now)
+            )
         finally:
             mutex.release()
         for unused in extra:
