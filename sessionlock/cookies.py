@@ -640,11 +640,12 @@ class SessionCookies:
         """The request's state, made once (under the lease) and kept in its notes: who it
         is, which jar generation it was sent with, and its record if this process has it."""
         notes = admission.notes
-        if notes is None:
+        if notes is None:  # the usual first call: nothing to look up
             notes = admission.notes = {}
-        state = notes.get(_NOTE)
-        if isinstance(state, _State):
-            return state
+        else:
+            state = notes.get(_NOTE)
+            if isinstance(state, _State):
+                return state
         fresh = admission.set_identity is not None
         if fresh:
             identity, generation = _cookie_value(admission.set_identity), 0
