@@ -92,8 +92,8 @@ class SessionLockMiddleware:
                     headers = core.withhold(admission, scope, headers)
                 if (core.revisions_block and core.revises(admission, headers)) or (
                     core.cookies_block
+                    and not core.records_inline(admission)  # first: no header scan if inline
                     and core.stores(admission, headers)
-                    and not core.records_inline(admission)
                 ):  # a record to write away from a held descriptor: in a worker thread
                     message["headers"] = await _off_loop(_finish, core, admission, headers)
                 else:
