@@ -15,10 +15,12 @@ descriptor closes, SIGKILL included), in a CLH-style queue:
   it joins the readers holding, never one waiting.
 - a ticket per waiter: one byte appended to the file (``O_APPEND``, set on the descriptor
   for that one write, makes the offset atomic across processes); the waiter write-locks
-  byte ``BASE + ticket``, then waits for a read lock on every earlier ticket byte
-  ``[BASE, BASE + ticket)``, i.e. until each earlier waiter has become holder (it then drops
-  its ticket) or died. Only then does it wait for byte 0, where at most one waiter is ever
-  blocked: the next in line. A reader waits for a read lock there, a writer for a write lock.
+  byte ``BASE + ticket`` (drawing and locking at a "desk", byte ``BASE``, held for those two
+  steps, so no later waiter ever sees an earlier ticket not locked yet), then waits for a
+  read lock on every earlier ticket byte ``[BASE, BASE + ticket)``, i.e. until each earlier
+  waiter has become holder (it then drops its ticket) or died. Only then does it wait for
+  byte 0, where at most one waiter is ever blocked: the next in line. A reader waits for a
+  read lock there, a writer for a write lock.
 
 Readers and writers share the one line, so the order stays first come, first served between
 them: a writer queued behind readers waits (on byte 0) until every reader holding has let go;
@@ -67,6 +69,10 @@ if FAIR:
     _SHARE = _range(fcntl.F_RDLCK, 0, 1)
     _GIVE = _range(fcntl.F_UNLCK, 0, 1)
     _CLOSE_LINE = _range(fcntl.F_WRLCK, 1, 1)
+    # Byte BASE: no ticket's (tickets are >= 1), the desk where tickets are drawn. Inside
+    # every waiter's [BASE, BASE + ticket) wait, so that wait also outlasts a draw under way.
+    _DESK = _range(fcntl.F_WRLCK, BASE, 1)
+    _LEAVE_DESK = _range(fcntl.F_UNLCK, BASE, 1)
 
     def try_take(fd: int, *, shared: bool = False) -> bool:
         """Hold the lock if nobody holds it and nobody is queued; never wait.
@@ -101,9 +107,16 @@ if FAIR:
         ``shared``: then hold with the readers (waits for a writer holding, not for readers)."""
         fcntl.fcntl(fd, _WAIT, _MARK)
         try:
-            ticket = _append(fd)
-            mine = _range(fcntl.F_WRLCK, BASE + ticket, 1)
-            fcntl.fcntl(fd, _WAIT, mine)  # nobody else has this byte: immediate
+            # At the desk, a ticket is drawn and its byte locked in one step: a later waiter
+            # checking the earlier tickets could otherwise find this one not locked yet, and
+            # go first (a CI run caught a writer passing a reader that way).
+            fcntl.fcntl(fd, _WAIT, _DESK)
+            try:
+                ticket = _append(fd)
+                mine = _range(fcntl.F_WRLCK, BASE + ticket, 1)
+                fcntl.fcntl(fd, _WAIT, mine)  # nobody else has this byte: immediate
+            finally:
+                fcntl.fcntl(fd, _SET, _LEAVE_DESK)
             try:
                 fcntl.fcntl(fd, _WAIT, _range(fcntl.F_RDLCK, BASE, ticket))
                 fcntl.fcntl(fd, _SET, _range(fcntl.F_UNLCK, BASE, ticket))
