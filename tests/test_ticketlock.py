@@ -4,13 +4,17 @@ deadlock when a waiter or the holder dies (``sessionlock.backends._ticketlock``)
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
+import queue
 import re
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -374,6 +378,239 @@ def test_a_reader_killed_holding_or_in_line_stops_nobody(
     _ticketlock.give(after)
 
 
+# -- fast paths at the same instant ---------------------------------------------------------
+#
+# A race made exact: each try runs on a thread of its own, and every call it makes to the
+# kernel through _ticketlock (a probe, a lock, an unlock) waits for its turn in a schedule.
+# Every interleaving of two tries is run, in place of hoping that two processes collide.
+
+
+class _Lane:
+    """One thread's try: let through one kernel call at a time."""
+
+    STEP, END = "step", "end"
+
+    def __init__(self, job: Callable[[], object]) -> None:
+        self.job = job
+        self.gate = threading.Semaphore(0)
+        self.events: queue.Queue[str] = queue.Queue()
+        self.done = False
+        self.result: object = None
+        self.error: BaseException | None = None
+
+
+class _Interleaving:
+    """Runs jobs on threads of their own, their ``_ticketlock`` fcntl calls one at a time in
+    the order a schedule names them (a turn that comes after a job's last call ends it).
+    Only tries: a call that waits for a lock would stop the schedule."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._lanes: dict[int, _Lane] = {}
+        real = fcntl.fcntl
+
+        def call(fd: int, cmd: int, arg: bytes | int = 0) -> bytes | int:
+            lane = self._lanes.get(threading.get_ident())
+            if lane is None:  # another thread (the test's): not stepped
+                return real(fd, cmd, arg)
+            lane.gate.acquire()
+            try:
+                return real(fd, cmd, arg)
+            finally:
+                lane.events.put(_Lane.STEP)
+
+        names = {name: getattr(fcntl, name) for name in dir(fcntl) if not name.startswith("_")}
+        monkeypatch.setattr(_ticketlock, "fcntl", types.SimpleNamespace(**{**names, "fcntl": call}))
+
+    def start(self, lane: _Lane) -> threading.Thread:
+        """The lane's thread, started: it waits for its first turn (released in finally)."""
+        thread = threading.Thread(target=self._body, args=(lane,), daemon=True)
+        thread.start()
+        return thread
+
+    def _body(self, lane: _Lane) -> None:
+        self._lanes[threading.get_ident()] = lane
+        try:
+            lane.result = lane.job()
+        except BaseException as error:
+            lane.error = error
+        finally:
+            del self._lanes[threading.get_ident()]
+            lane.events.put(_Lane.END)
+
+    def run(self, schedule: str, jobs: dict[str, Callable[[], object]]) -> dict[str, object]:
+        lanes = {name: _Lane(job) for name, job in jobs.items()}
+        threads = []
+        try:
+            for lane in lanes.values():
+                threads.append(self.start(lane))
+            for name in schedule:
+                self.step(lanes[name])
+            for lane in lanes.values():  # whatever the schedule left: to the end, in order
+                self.finish(lane)
+        finally:
+            for lane in lanes.values():
+                lane.gate.release(1000)  # nothing waits for its turn any more
+            for thread in threads:
+                thread.join(timeout=30)
+        for lane in lanes.values():
+            if lane.error is not None:
+                raise lane.error
+        return {name: lane.result for name, lane in lanes.items()}
+
+    @staticmethod
+    def step(lane: _Lane) -> None:
+        """Let the lane's next call through and wait until it is made (or the job ends)."""
+        if lane.done:
+            return
+        lane.gate.release()
+        # A failsafe, not a clock: a step is one non-blocking call.
+        if lane.events.get(timeout=30) == _Lane.END:
+            lane.done = True
+
+    def finish(self, lane: _Lane) -> None:
+        for _ in range(16):
+            self.step(lane)
+        assert lane.done, "a try that never ends"
+
+
+#: Every order of two tries' calls (up to three each: probe or lock, lock, unlock).
+SCHEDULES = sorted({"".join(order) for order in itertools.permutations("AAABBB")})
+
+
+def _fast_path_before(fd: int) -> bool:
+    """The control: the reader's fast path as it was, a write lock on byte 1 for a moment."""
+    lock = _ticketlock.fcntl.fcntl
+    try:
+        lock(fd, _ticketlock._SET, _ticketlock._CLOSE_LINE)
+    except (BlockingIOError, PermissionError):
+        return False
+    try:
+        lock(fd, _ticketlock._SET, _ticketlock._SHARE)
+    except (BlockingIOError, PermissionError):
+        return False
+    finally:
+        lock(fd, _ticketlock._SET, _ticketlock._DROP_MARK)
+    return True
+
+
+def _two_readers_at_once(
+    lock_file: Path, monkeypatch: pytest.MonkeyPatch, fast_path: Callable[[int], bool]
+) -> dict[str, tuple[dict[str, object], int]]:
+    """Per schedule: which reader's fast path held, and the ticket bytes their acquires
+    appended (a reader whose try failed queues, as the backend's contender does)."""
+    stepped = _Interleaving(monkeypatch)
+    outcomes = {}
+    for schedule in SCHEDULES:
+        a, b = _descriptor(lock_file), _descriptor(lock_file)
+        try:
+            held = stepped.run(schedule, {"A": lambda: fast_path(a), "B": lambda: fast_path(b)})
+            for name, fd in (("A", a), ("B", b)):
+                if not held[name]:
+                    _ticketlock.take_in_turn(fd, shared=True)  # the other only reads: at once
+            outcomes[schedule] = (held, os.fstat(a).st_size)
+        finally:
+            os.close(a)  # drops whatever each held
+            os.close(b)
+        os.truncate(lock_file, 0)
+    return outcomes
+
+
+def test_readers_trying_at_the_same_instant_both_take_the_fast_path(
+    lock_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes = _two_readers_at_once(lock_file, monkeypatch, _ticketlock._try_share)
+    assert len(outcomes) == 20
+    for schedule, (held, size) in outcomes.items():
+        assert held == {"A": True, "B": True}, schedule  # neither is turned away
+        assert size == 0, schedule  # so neither queued: no ticket byte
+
+
+def test_control_a_write_lock_on_byte_1_makes_simultaneous_readers_collide(
+    lock_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes = _two_readers_at_once(lock_file, monkeypatch, _fast_path_before)
+    collided = {schedule for schedule, (held, _) in outcomes.items() if not all(held.values())}
+    assert "ABBBAA" in collided  # B tries while A holds byte 1: B queues
+    for schedule in collided:
+        held, size = outcomes[schedule]
+        assert sum(map(bool, held.values())) == 1, schedule
+        assert size == 1, schedule  # the loser's ticket byte, which no reader cuts back
+
+
+def test_a_reader_s_and_a_writer_s_tries_at_once_let_exactly_one_hold(
+    lock_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe and the read lock are two steps: whatever a writer's try does between
+    them, never both hold (and one always does: nobody else is there)."""
+    stepped = _Interleaving(monkeypatch)
+    winners = set()
+    for schedule in SCHEDULES:
+        reader, writer = _descriptor(lock_file), _descriptor(lock_file)
+        try:
+            held = stepped.run(
+                schedule,
+                {
+                    "A": lambda: _ticketlock.try_take(reader, shared=True),
+                    "B": lambda: _ticketlock.try_take(writer),
+                },
+            )
+        finally:
+            os.close(reader)
+            os.close(writer)
+        assert sum(map(bool, held.values())) == 1, (schedule, held)
+        winners.update(name for name, got in held.items() if got)
+        assert os.path.getsize(lock_file) == 0, schedule
+    assert winners == {"A", "B"}  # simultaneous arrivals: either may go first
+
+
+def test_a_writer_queuing_between_a_reader_s_probe_and_lock_waits_for_that_reader(
+    lock_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spawn: Callable[..., subprocess.Popen[str]],
+    descriptors: Callable[[], int],
+) -> None:
+    """R1 holds; R2 probes (nobody queued); W queues behind R1; R2 read-locks: W, which came
+    after R2's probe, waits for R2 too (they arrived together); it overtakes nobody, nor is
+    overtaken by anyone who came after it."""
+    r1, r2, later = descriptors(), descriptors(), descriptors()
+    assert _ticketlock.try_take(r1, shared=True)
+    stepped = _Interleaving(monkeypatch)
+    lane = _Lane(lambda: _ticketlock.try_take(r2, shared=True))
+    thread = stepped.start(lane)
+    try:
+        stepped.step(lane)  # the probe: nobody queued
+        writer = spawn("w")
+        _until(lambda: _blocked(lock_file) == 1)  # W in line, waiting for R1
+        stepped.finish(lane)  # the read lock: no writer holds
+        assert lane.error is None
+        assert lane.result is True
+    finally:
+        lane.gate.release(1000)
+        thread.join(timeout=30)
+    assert not _ticketlock.try_take(later, shared=True)  # a reader after W waits behind W
+    _ticketlock.give(r1)
+    assert _said_nothing(writer)  # R2 still holds
+    _ticketlock.give(r2)
+    assert _line_within(writer) == "got w"
+    _let_go(writer)
+    assert writer.wait(timeout=30) == 0
+
+
+def test_the_probe_sees_every_other_description_s_mark_never_its_own(
+    descriptors: Callable[[], int],
+) -> None:
+    """Why a try needs a descriptor of its own that holds nothing (as the backend's have):
+    F_OFD_GETLK ignores the locks of the description it is asked through."""
+    waiting, newcomer = descriptors(), descriptors()
+    fcntl.fcntl(waiting, fcntl.F_OFD_SETLK, _ticketlock._MARK)  # as a waiter in line holds
+    assert not _ticketlock.try_take(newcomer, shared=True)  # another description: seen
+    assert _ticketlock.try_take(waiting, shared=True)  # its own mark: not seen (the hazard)
+    _ticketlock.give(waiting)
+    fcntl.fcntl(waiting, fcntl.F_OFD_SETLK, _ticketlock._DROP_MARK)
+    assert _ticketlock.try_take(newcomer, shared=True)  # nobody in line any more
+    _ticketlock.give(newcomer)
+
+
 # -- the file backend's readers ------------------------------------------------------------
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -482,3 +719,60 @@ def test_a_reader_s_descriptor_goes_back_unlocked(backend: FileBackend, tmp_path
         other.release(writer)
     finally:
         other.close()
+
+
+def _backend_readers_at_once(
+    backend: FileBackend, other: FileBackend, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, tuple[list[bool], int]]:
+    """Per schedule: whose try_acquire held (a process each), and the bytes the lock file
+    grew by once the other got in through acquire, as Core does after a failed try."""
+    first = backend.try_acquire(KEY)  # the lock file is there before the race
+    assert first is not None
+    backend.release(first)
+    stepped = _Interleaving(monkeypatch)
+    outcomes = {}
+    for schedule in SCHEDULES:
+        size = os.path.getsize(_key_file(backend))
+        tried = stepped.run(
+            schedule,
+            {
+                "A": lambda: backend.try_acquire(KEY, shared=True),
+                "B": lambda: other.try_acquire(KEY, shared=True),
+            },
+        )
+        leases = [
+            (made, lease if lease is not None else made.acquire(KEY, 30.0, shared=True))
+            for made, lease in ((backend, tried["A"]), (other, tried["B"]))
+        ]
+        grown = os.path.getsize(_key_file(backend)) - size
+        for made, lease in leases:
+            assert lease is not None
+            made.release(lease)
+        outcomes[schedule] = ([lease is not None for lease in tried.values()], grown)
+    return outcomes
+
+
+def test_two_processes_readers_at_once_hold_together_and_grow_no_file(
+    backend: FileBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = _started(tmp_path / "locks")  # another process's view
+    try:
+        outcomes = _backend_readers_at_once(backend, other, monkeypatch)
+    finally:
+        other.close()
+    for schedule, (tried, grown) in outcomes.items():
+        assert tried == [True, True], schedule
+        assert grown == 0, schedule
+
+
+def test_control_with_the_old_fast_path_the_lock_file_grows(
+    backend: FileBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_ticketlock, "_try_share", _fast_path_before)
+    other = _started(tmp_path / "locks")
+    try:
+        outcomes = _backend_readers_at_once(backend, other, monkeypatch)
+    finally:
+        other.close()
+    assert outcomes["ABBBAA"] == ([True, False], 1)  # B turned away, queued: a ticket byte
+    assert sum(grown for _, grown in outcomes.values()) > 1

@@ -10,9 +10,17 @@ descriptor closes, SIGKILL included), in a CLH-style queue:
 - byte 0, write-locked: the holder; read-locked: the shared holders (readers), any number.
 - byte 1, read-locked by every waiter: "someone is queued". The fast path write-locks bytes
   0-1 with no waiting, so it only succeeds when nobody holds *and* nobody waits: a newcomer
-  never overtakes a queued request. It then keeps byte 0 only. A reader's fast path
-  write-locks byte 1 (nobody queued), read-locks byte 0 (no writer holds), then drops byte 1:
-  it joins the readers holding, never one waiting.
+  never overtakes a queued request. It then keeps byte 0 only. A reader's fast path locks
+  nothing on byte 1: it asks the kernel whether a write lock there would conflict
+  (``F_OFD_GETLK``: it would iff another open file holds byte 1, a waiter's mark or a writer
+  passing through), and if not read-locks byte 0 without waiting (which fails iff a writer
+  holds): it joins the readers holding, never one waiting. Readers arriving at once thus
+  never collide (they would on a write lock on byte 1: the loser would queue, a ticket byte
+  more). The probe and the read lock are two steps: a writer coming between them arrived
+  with the reader, and either goes first (it holds first: the read lock fails, the reader
+  queues; or it waits on byte 0 for the readers holding, this one among them). A writer
+  queued before the probe keeps byte 1 until it holds byte 0: the probe sees the one or the
+  read lock fails on the other, so a reader never overtakes it.
 - a ticket per waiter: one byte appended to the file (``O_APPEND``, set on the descriptor
   for that one write, makes the offset atomic across processes); the waiter write-locks
   byte ``BASE + ticket`` (drawing and locking at a "desk", byte ``BASE``, held for those two
@@ -73,6 +81,7 @@ if FAIR:
     # every waiter's [BASE, BASE + ticket) wait, so that wait also outlasts a draw under way.
     _DESK = _range(fcntl.F_WRLCK, BASE, 1)
     _LEAVE_DESK = _range(fcntl.F_UNLCK, BASE, 1)
+    _PROBE = fcntl.F_OFD_GETLK
 
     def try_take(fd: int, *, shared: bool = False) -> bool:
         """Hold the lock if nobody holds it and nobody is queued; never wait.
@@ -89,17 +98,20 @@ if FAIR:
         return True
 
     def _try_share(fd: int) -> bool:
-        # Byte 1 first: nobody may queue meanwhile, so no waiter is overtaken.
-        try:
-            fcntl.fcntl(fd, _SET, _CLOSE_LINE)
-        except (BlockingIOError, PermissionError):  # someone is queued (or just checking)
-            return False
+        # Nobody queued: a write lock on byte 1 would conflict with no other open file's lock
+        # (a waiter's mark, or a writer's fast path or reset passing through). F_OFD_GETLK
+        # ignores the locks of ``fd``'s own open file description: ``fd`` must hold nothing
+        # (the backend's holders each have a description of their own, given back unlocked).
+        # A probe, not a lock: readers probing at once never exclude each other.
+        found = fcntl.fcntl(fd, _PROBE, _CLOSE_LINE)
+        if struct.unpack_from("h", found)[0] != fcntl.F_UNLCK:  # l_type
+            return False  # someone is queued (or a writer is taking the lock right now)
+        # Then join the readers holding. A writer that came since the probe arrived with us
+        # (either goes first); one queued before it keeps byte 1 until it holds byte 0.
         try:
             fcntl.fcntl(fd, _SET, _SHARE)
-        except (BlockingIOError, PermissionError):  # a writer holds
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: a writer holds
             return False
-        finally:
-            fcntl.fcntl(fd, _SET, _DROP_MARK)
         return True
 
     def take_in_turn(fd: int, *, shared: bool = False) -> None:
