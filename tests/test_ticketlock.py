@@ -73,10 +73,22 @@ def spawn(lock_file: Path) -> Iterator[Callable[[str, str], subprocess.Popen[str
 
 
 def _blocked(lock_file: Path) -> int:
-    """How many lock requests wait on the file right now (``->`` lines of /proc/locks)."""
+    """How many lock requests wait on the file right now (``->`` lines of /proc/locks).
+
+    Each counted once: the kernel hands /proc/locks out a page (4 KB) per read, resuming by
+    position, so while other processes take and drop locks a line can come twice. Counted
+    twice, a waiter not yet in line would pass for queued (the test then lets the next one
+    start, which may queue first). The waits of one file counted here differ in kind or
+    range (one ticket each), so only a repeat has the same text after the line number.
+    """
     inode = os.stat(lock_file).st_ino
     with open("/proc/locks") as table:
-        return sum(bool(re.search(rf"->.*:{inode}\s", line)) for line in table if "->" in line)
+        waiting = {
+            line.partition(":")[2].strip()
+            for line in table
+            if "->" in line and re.search(rf"->.*:{inode}\s", line)
+        }
+    return len(waiting)
 
 
 def _until(condition: Callable[[], bool]) -> None:
