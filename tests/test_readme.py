@@ -1,15 +1,18 @@
-"""Every fenced block of README.md is run by the suite, or listed here with why it is not.
+"""Every fenced block of README.md and docs/ is run by the suite, or listed with why it is not.
 
-The blocks are parsed from README.md at test time (:mod:`tests.e2e.readme`): no snippet is
+The blocks are parsed from the pages at test time (:mod:`tests.e2e.readme`): no snippet is
 copied into a test. A block that is neither run nor listed fails
 :func:`test_every_readme_block_is_run_or_listed`, so a new snippet cannot go untested; a
 listed block that is gone fails too. Snippets that claim to protect a session run on real
 servers in ``tests/e2e/test_readme_snippets.py`` (40 increments, 8 tabs, one cookie jar,
-with a control); the others run here, in process, against a stub app of their kind.
+with a control); the others run here, in process, against a stub app of their kind. A block
+shown on two pages (README's quickstarts, a framework page's first line) is a :data:`COPIES`
+entry: its code is that of the block that runs, checked statement by statement.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import Any
@@ -26,10 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 E2E = "tests/e2e/test_readme_snippets.py"
 HERE = "tests/test_readme.py"
 OUTPUT = "program output or a diagram, not code"
+BENCH = "docs/benchmarks.md"
 
 #: Blocks that are run, and where.
 RUN: dict[Ref, str] = {
     readme.DEMO: f"{E2E}::test_the_demo_command_shows_the_race_and_its_fix",
+    readme.QUICK_FLASK: f"{E2E} (quick_flask)",
+    readme.QUICK_DJANGO: f"{E2E} (quick_django)",
+    readme.QUICK_FASTAPI: f"{E2E} (quick_fastapi)",
     readme.USE_WSGI: f"{E2E} (use_flask, use_django, use_pyramid)",
     readme.USE_ASGI: f"{E2E} (use_starlette, use_fastapi)",
     readme.USE_ANY_ASGI: f"{E2E} (use_quart)",
@@ -55,19 +62,54 @@ RUN: dict[Ref, str] = {
     readme.STALE_DJANGO_TEMPLATE: "tests/test_stale_django.py (test_the_readme_settings_and_..)",
 }
 
+#: Blocks shown again on another page: each statement (Python: the same code, comments aside)
+#: or command (shell) is one of the blocks it copies, which are run (or listed) above.
+COPIES: dict[Ref, tuple[Ref, ...]] = {
+    Ref(readme.R, "Flask", "from flask import Flask, session"): (readme.QUICK_FLASK,),
+    Ref(readme.R, "Django", "# proj/wsgi.py"): (readme.QUICK_DJANGO,),
+    Ref(readme.R, "Starlette and FastAPI", "from fastapi import"): (readme.QUICK_FASTAPI,),
+    Ref(readme.R, "Quart, Falcon", "from sessionlock.wsgi import"): (readme.USE_WSGI,),
+    Ref(readme.START, "Install", "pip install sessionlock"): (readme.INSTALL,),
+    Ref(
+        readme.START,
+        "The two commands",
+        "python3 -m venv .venv && .venv/bin/pip install -q -e '.[demo]'",
+    ): (readme.DEMO,),
+    Ref(
+        readme.START,
+        "The two commands",
+        "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test",
+    ): (readme.TESTS,),
+    Ref(readme.STARLETTE, "Wrap the app", "from sessionlock.asgi import"): (readme.USE_ASGI,),
+    Ref("docs/frameworks/quart.md", "Wrap the app", "from sessionlock.asgi import"): (
+        readme.USE_ASGI,
+        readme.USE_ANY_ASGI,
+    ),
+    **{
+        Ref(f"docs/frameworks/{name}.md", "Wrap the app", "from sessionlock.wsgi import"): (
+            readme.USE_WSGI,
+        )
+        for name in ("pyramid", "bottle", "falcon")
+    },
+}
+
 #: Blocks that are not run, each with its reason.
 NOT_RUN: dict[Ref, str] = {
     readme.TESTS: "runs this very suite (recursion); its command is checked against .ci/run",
     readme.INSTALL: "installs from PyPI; the extras it names are checked against pyproject",
-    Ref("How it works", "request -> key (hashed)"): OUTPUT,
-    Ref("Fair to other sessions", "server    variant  quiet p50"): OUTPUT,
+    Ref(readme.HOW, "How it works", "request -> key (hashed)"): OUTPUT,
+    Ref(readme.HOW, "Fair to other sessions", "server    variant  quiet p50"): OUTPUT,
     readme.REDIS_HOSTS: "a deployment on two hosts (pip, gunicorn); its app.py block is run",
-    Ref("Lost updates, measured", "requests sent  final count"): OUTPUT,
-    Ref("Benchmarks", "figure "): OUTPUT,
-    Ref("Benchmarks", "framework         variant"): OUTPUT,
-    Ref("Benchmarks", "scenario                      server"): OUTPUT,
-    Ref("Benchmarks", "waiter  variant"): OUTPUT,
-    Ref("Benchmarks", "N  raw threading.Lock"): OUTPUT,
+    Ref(BENCH, "Lost updates, measured", "requests sent  final count"): OUTPUT,
+    Ref(BENCH, "Benchmarks", "figure "): OUTPUT,
+    Ref(BENCH, "Benchmarks", "framework         variant"): OUTPUT,
+    Ref(BENCH, "Benchmarks", "scenario                      server"): OUTPUT,
+    Ref(BENCH, "Benchmarks", "waiter  variant"): OUTPUT,
+    Ref(BENCH, "Benchmarks", "N  raw threading.Lock"): OUTPUT,
+    **{
+        copy: f"a copy of {', '.join(str(o) for o in originals)}"
+        for copy, originals in COPIES.items()
+    },
 }
 
 #: Blocks run in parts: the substrings the cases pick (tests/e2e/readme_apps.py).
@@ -105,18 +147,55 @@ COMMANDS_NOT_RUN = {
 
 
 def test_every_readme_block_is_run_or_listed() -> None:
+    """Over README.md and every page of docs/ (cli.md, metrics.md... included as they come)."""
     listed = {**RUN, **NOT_RUN}
     assert not set(RUN) & set(NOT_RUN)
     unaccounted = []
-    for block in readme.blocks():
+    for block in readme.all_blocks():
         found = [ref for ref in listed if readme.matches(block, ref)]
         if len(found) != 1:
-            unaccounted.append(f"line {block.line}: {block.ref_section}: {block.first_line}")
-    assert not unaccounted, "README blocks neither run nor listed (or listed twice):\n" + (
+            unaccounted.append(
+                f"{block.path}:{block.line}: {block.ref_section}: {block.first_line}"
+            )
+    assert not unaccounted, "blocks neither run nor listed (or listed twice):\n" + (
         "\n".join(unaccounted)
     )
-    for ref in listed:  # a listed block that left the README is a stale entry
+    for ref in listed:  # a listed block that left its page is a stale entry
         readme.find(ref)
+
+
+def test_the_docs_have_blocks_in_the_inventory() -> None:
+    """The parser reads docs/: a block of each kind of page is found where it is listed."""
+    paths = {block.path for block in readme.all_blocks()}
+    assert {"README.md", readme.START, readme.FLASK, readme.GUNICORN_PAGE} <= paths
+    assert {ref.path for ref in RUN} - {"README.md"}  # most run blocks live in docs/
+
+
+def _code(ref: Ref) -> list[str]:
+    """A block's statements as code (comments and layout aside), or its shell commands."""
+    block = readme.find(ref)
+    if block.language == "python":
+        return [ast.dump(ast.parse(text)) for text in readme.statements(block.source)]
+    return readme.commands(block.source)
+
+
+@pytest.mark.parametrize("copy", list(COPIES), ids=lambda ref: f"{ref.path}:{ref.section}")
+def test_every_copy_is_the_code_of_the_blocks_it_copies(copy: Ref) -> None:
+    originals = [text for ref in COPIES[copy] for text in _code(ref)]
+    code = _code(copy)
+    assert code, copy
+    for text in code:
+        assert text in originals, f"{copy}: not in {COPIES[copy]}: {text}"
+
+
+def test_the_readme_quickstarts_are_the_framework_pages_own() -> None:
+    """README's Flask, Django and FastAPI blocks are their pages' quickstarts, line for line."""
+    quickstarts = {readme.QUICK_FLASK, readme.QUICK_DJANGO, readme.QUICK_FASTAPI}
+    shown = [copy for copy, originals in COPIES.items() if set(originals) <= quickstarts]
+    assert {COPIES[copy][0] for copy in shown} == quickstarts
+    for copy in shown:
+        assert copy.path == "README.md"
+        assert readme.find(copy).source == readme.find(COPIES[copy][0]).source
 
 
 def test_every_statement_of_a_block_run_in_parts_is_run() -> None:
@@ -126,11 +205,13 @@ def test_every_statement_of_a_block_run_in_parts_is_run() -> None:
 
 
 def test_every_shell_command_is_run_or_listed() -> None:
-    for ref in [readme.DEMO, readme.TESTS, readme.INSTALL, readme.GUNICORN, readme.UVICORN]:
-        for text in readme.commands(readme.find(ref).source):
+    shell = [b for b in readme.all_blocks() if b.language == "sh"]
+    assert len(shell) >= 6
+    for block in shell:
+        for text in readme.commands(block.source):
             run = [pick for pick in COMMANDS_RUN if pick in text]
             skipped = [start for start in COMMANDS_NOT_RUN if text.startswith(start)]
-            assert run or skipped, f"{ref}: neither run nor listed: {text}"
+            assert run or skipped, f"{block.path}:{block.line}: neither run nor listed: {text}"
     for text in readme.commands(readme.find(readme.REDIS_HOSTS).source):
         assert any(text.startswith(start) for start in COMMANDS_NOT_RUN), text
 
@@ -155,10 +236,11 @@ def test_the_install_lines_name_extras_that_exist(extra: str, package: str) -> N
     commands = readme.commands(readme.find(readme.INSTALL).source)
     assert f"pip install 'sessionlock[{extra}]'" in commands
     assert f'"{package}>=' in _extras()[extra]
-    for ref in (readme.DEMO, readme.TESTS):  # '.[demo]', '.[test]'
+    for ref in (readme.DEMO, readme.TESTS):  # '.[demo]', '.[test,docs]'
         for text in readme.commands(readme.find(ref).source):
             if "pip install" in text:
-                assert text.split("'.[")[1].split("]")[0] in _extras()
+                for name in text.split("'.[")[1].split("]")[0].split(","):
+                    assert name in _extras(), name
 
 
 def test_the_core_install_line_names_what_the_core_depends_on() -> None:

@@ -1,13 +1,14 @@
-"""The README's fenced code blocks, parsed at test time, and what runs them.
+"""The fenced code blocks of README.md and docs/, parsed at test time, and what runs them.
 
     from tests.e2e.readme import USE_WSGI, block, statement
 
-    source = statement(USE_WSGI, "# Flask")     # one statement, verbatim from README.md
+    source = statement(USE_WSGI, "# Flask")     # one statement, verbatim from its page
 
-A block is named by a :class:`Ref`: the heading it sits under and the start of its first
-non-blank line. Python blocks split into top-level statements (each with the comments on its
-own lines), shell blocks into commands (continuation lines joined, ``&&`` chains split). The
-tests pick statements and commands by a substring, so README.md stays the only copy.
+A block is named by a :class:`Ref`: the file it is in (``README.md`` or a page under
+``docs/``), the heading it sits under and the start of its first non-blank line. Python blocks
+split into top-level statements (each with the comments on its own lines), shell blocks into
+commands (continuation lines joined, ``&&`` chains split). The tests pick statements and
+commands by a substring, so the page stays the only copy.
 
 Also here: a browser's cookie jar shared by client threads (:class:`Jar`), the increment
 scenario (:func:`increments`), and :func:`serving`, which starts several real servers at once
@@ -38,6 +39,7 @@ from .servers import cookie_expired
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 BIN = Path(sys.executable).parent
 CLIENTS = 8
 TOTAL = 40
@@ -46,14 +48,16 @@ WORK = 0.02  # seconds between a handler's session load and its save
 
 @dataclass(frozen=True)
 class Ref:
-    """A README block: the heading it is under and how its first non-blank line starts."""
+    """A block: its file (from the repository root), the heading it is under, its first line."""
 
+    path: str
     section: str
     first: str
 
 
 @dataclass(frozen=True)
 class Block:
+    path: str  # from the repository root: README.md, docs/...
     ref_section: str
     first_line: str
     language: str
@@ -61,8 +65,19 @@ class Block:
     source: str
 
 
+def pages() -> list[Path]:
+    """README.md and every page of the documentation site."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
+def all_blocks() -> list[Block]:
+    """Every fenced block of README.md and docs/, in order."""
+    return [block for page in pages() for block in blocks(page)]
+
+
 def blocks(path: Path = README) -> list[Block]:
-    """Every fenced block of README.md, in order, with the heading it sits under."""
+    """Every fenced block of one page, in order, with the heading it sits under."""
+    name = path.relative_to(ROOT).as_posix()
     found: list[Block] = []
     heading = ""
     fence: tuple[str, int] | None = None
@@ -76,17 +91,17 @@ def blocks(path: Path = README) -> list[Block]:
         elif line.startswith("```"):
             source = "\n".join(body) + "\n"
             first = next((text.strip() for text in body if text.strip()), "")
-            found.append(Block(heading, first, fence[0], fence[1], source))
+            found.append(Block(name, heading, first, fence[0], fence[1], source))
             fence = None
         else:
             body.append(line)
-    assert fence is None, f"README.md: the fence opened on line {fence[1]} is never closed"
+    assert fence is None, f"{name}: the fence opened on line {fence[1]} is never closed"
     return found
 
 
-def find(ref: Ref, path: Path = README) -> Block:
-    found = [b for b in blocks(path) if matches(b, ref)]
-    assert len(found) == 1, f"README.md: {len(found)} blocks match {ref}"
+def find(ref: Ref) -> Block:
+    found = [b for b in blocks(ROOT / ref.path) if matches(b, ref)]
+    assert len(found) == 1, f"{ref.path}: {len(found)} blocks match {ref}"
     return found[0]
 
 
@@ -95,39 +110,58 @@ def _starts(block: Block, ref: Ref) -> bool:
 
 
 def matches(block: Block, ref: Ref) -> bool:
-    """``block`` is under a heading that starts with ``ref.section`` and starts with ``first``."""
-    return block.ref_section.startswith(ref.section) and _starts(block, ref)
+    """``block`` is in ``ref.path``, under a heading starting ``ref.section``, starts ``first``."""
+    return (
+        block.path == ref.path and block.ref_section.startswith(ref.section) and _starts(block, ref)
+    )
 
 
 # The blocks the tests name (the inventory in tests/test_readme.py lists every block).
+R = "README.md"
+START = "docs/getting-started.md"
+HOW = "docs/how-it-works.md"
+DEPLOY = "docs/deployment.md"
+COOKIES = "docs/cookie-sessions.md"
+RULES_PAGE = "docs/rules.md"
+FLASK = "docs/frameworks/flask.md"
+DJANGO = "docs/frameworks/django.md"
+STARLETTE = "docs/frameworks/starlette.md"
+FASTAPI = "docs/frameworks/fastapi.md"
+GUNICORN_PAGE = "docs/servers/gunicorn.md"
+UVICORN_PAGE = "docs/servers/uvicorn.md"
 DETECT = "Detect and repair"
-DEMO = Ref("The two commands", "python3 -m venv .venv && .venv/bin/pip install -q -e '.[demo]'")
-TESTS = Ref("The two commands", "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]'")
-INSTALL = Ref("Install", "pip install sessionlock")
-USE_WSGI = Ref("Use", "from sessionlock.wsgi import SessionLockMiddleware")
-USE_ASGI = Ref("Use", "from sessionlock.asgi import SessionLockMiddleware")
-USE_ANY_ASGI = Ref("Use", "app = SessionLockMiddleware(quart_app)")
-EARLY_RELEASE = Ref("When the lock is released", "import sessionlock")
-FILE_BACKEND = Ref("Several worker processes", "from sessionlock.wsgi import")
-REDIS_APP = Ref("Several hosts", "# app.py, the same on every host")
-REDIS_HOSTS = Ref("Several hosts", "# host A and host B")
-GUNICORN = Ref("Gunicorn", "gunicorn -w 4")
-GUNICORN_CONF = Ref("Gunicorn", "# gunicorn.conf.py")
-UVICORN = Ref("Uvicorn", "SESSIONLOCK_APP=")
-UVICORN_FACTORY = Ref("Uvicorn", "import sessionlock.uvicorn")
-COOKIE = Ref("Cookie sessions", "from sessionlock.wsgi import SessionLockMiddleware")
-ROTATE = Ref("Threat model", '@app.post("/login")')
-RULES = Ref(DETECT, "from sessionlock.rules import Ruleset")
-RULES_HOOKS = Ref(DETECT, "import collections")
-FLASK_EXT = Ref("Flask", "from flask import Flask, session")
-DJANGO_SETTINGS = Ref("Django", "# settings.py")
-STARLETTE_RULES = Ref("Starlette", "from starlette.applications import Starlette")
-BEAKER = Ref("Any WSGI session layer", "from beaker.middleware import SessionMiddleware")
-SHARED_FLASK = Ref("Shared reads", "from flask import Flask, jsonify, session")
-STALE_FLASK = Ref("Stale pages in Flask", "from flask import Flask, redirect")
-STALE_FASTAPI = Ref("Stale pages in Starlette", "from fastapi import FastAPI, Form")
-STALE_DJANGO = Ref("Stale pages in Django", "# settings.py")
-STALE_DJANGO_TEMPLATE = Ref("Stale pages in Django", "{% load sessionlock %}")
+DEMO = Ref(R, "The two commands", "python3 -m venv .venv && .venv/bin/pip install -q -e '.[demo]'")
+TESTS = Ref(R, "The two commands", "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test")
+INSTALL = Ref(R, "Install", "pip install sessionlock")
+QUICK_FLASK = Ref(FLASK, "Quickstart", "from flask import Flask, session")
+QUICK_DJANGO = Ref(DJANGO, "Quickstart", "# proj/wsgi.py")
+QUICK_FASTAPI = Ref(FASTAPI, "Quickstart", "from fastapi import FastAPI, Request")
+USE_WSGI = Ref(START, "Use", "from sessionlock.wsgi import SessionLockMiddleware")
+USE_ASGI = Ref(START, "Use", "from sessionlock.asgi import SessionLockMiddleware")
+USE_ANY_ASGI = Ref(START, "Use", "app = SessionLockMiddleware(quart_app)")
+EARLY_RELEASE = Ref(HOW, "When the lock is released", "import sessionlock")
+FILE_BACKEND = Ref(DEPLOY, "One host", "from sessionlock.wsgi import")
+REDIS_APP = Ref(DEPLOY, "Several hosts", "# app.py, the same on every host")
+REDIS_HOSTS = Ref(DEPLOY, "Several hosts", "# host A and host B")
+GUNICORN = Ref(GUNICORN_PAGE, "Gunicorn", "gunicorn -w 4")
+GUNICORN_CONF = Ref(GUNICORN_PAGE, "Gunicorn", "# gunicorn.conf.py")
+UVICORN = Ref(UVICORN_PAGE, "Uvicorn", "SESSIONLOCK_APP=")
+UVICORN_FACTORY = Ref(UVICORN_PAGE, "Uvicorn", "import sessionlock.uvicorn")
+COOKIE = Ref(COOKIES, "Cookie sessions", "from sessionlock.wsgi import SessionLockMiddleware")
+ROTATE = Ref(COOKIES, "Threat model", '@app.post("/login")')
+RULES = Ref(RULES_PAGE, DETECT, "from sessionlock.rules import Ruleset")
+RULES_HOOKS = Ref(RULES_PAGE, DETECT, "import collections")
+FLASK_EXT = Ref(FLASK, "Rules", "from flask import Flask, session")
+DJANGO_SETTINGS = Ref(DJANGO, "Settings", "# settings.py")
+STARLETTE_RULES = Ref(STARLETTE, "Rules", "from starlette.applications import Starlette")
+BEAKER = Ref(
+    RULES_PAGE, "Any WSGI session layer", "from beaker.middleware import SessionMiddleware"
+)
+SHARED_FLASK = Ref("docs/shared-reads.md", "Shared reads", "from flask import Flask, jsonify")
+STALE_FLASK = Ref(FLASK, "Stale pages", "from flask import Flask, redirect")
+STALE_FASTAPI = Ref(FASTAPI, "Stale pages", "from fastapi import FastAPI, Form")
+STALE_DJANGO = Ref(DJANGO, "Stale pages", "# settings.py")
+STALE_DJANGO_TEMPLATE = Ref(DJANGO, "Stale pages", "{% load sessionlock %}")
 
 
 # -- python blocks ----------------------------------------------------------------------------
@@ -162,9 +196,9 @@ def run(source: str, namespace: dict[str, Any]) -> Any:
     last = tree.body[-1] if tree.body else None
     if isinstance(last, ast.Expr):
         tree.body.pop()
-        exec(compile(tree, "<README.md>", "exec"), namespace)
-        return eval(compile(ast.Expression(last.value), "<README.md>", "eval"), namespace)
-    exec(compile(tree, "<README.md>", "exec"), namespace)
+        exec(compile(tree, "<snippet>", "exec"), namespace)
+        return eval(compile(ast.Expression(last.value), "<snippet>", "eval"), namespace)
+    exec(compile(tree, "<snippet>", "exec"), namespace)
     return None
 
 

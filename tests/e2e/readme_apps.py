@@ -9,7 +9,7 @@ Every app has ``GET /state`` (the landing page: writes ``seen`` to the session, 
 then writes ``n + 1``): concurrent increments that read the same old session lose updates.
 
 ``build()`` makes the app of ``SL_README_CASE`` (a function below) and runs the README's own
-statements on it, read from README.md now (:mod:`tests.e2e.readme`). SL_README_MODE
+statements on it, read from their page now (:mod:`tests.e2e.readme`). SL_README_MODE
 ``control`` runs the same statements minus those that name ``SessionLock`` (the wrapping),
 so the control is the same app, unwrapped. SL_README_TMP: where ``/var/lib/...`` paths of a
 snippet go. Each framework keeps its default session: Flask's and Quart's signed cookie,
@@ -345,6 +345,28 @@ def beaker() -> Any:
     return namespace["app"]
 
 
+def quick_flask() -> Any:
+    """Flask's quickstart, a whole app: the counter's routes added beside its own."""
+    namespace: dict[str, Any] = {"__name__": "readme_quick_flask"}
+    run_source(readme.find(readme.QUICK_FLASK).source, namespace)
+    return add_flask_routes(namespace["app"])
+
+
+def quick_fastapi() -> Any:
+    """FastAPI's quickstart, a whole app: the counter's routes added beside its own."""
+    namespace: dict[str, Any] = {}
+    run_source(readme.find(readme.QUICK_FASTAPI).source, namespace)
+    namespace["app"].router.routes.extend(starlette_routes())
+    return namespace["app"]
+
+
+def quick_django() -> Any:
+    """Django's quickstart, a whole wsgi.py (its settings: DJANGO_SETTINGS_MODULE, set)."""
+    namespace: dict[str, Any] = {}
+    run_source(readme.find(readme.QUICK_DJANGO).source, namespace)
+    return namespace.get("application") or django_application()  # control: no wrapping
+
+
 def django_settings() -> Any:
     """Django configured by the README's settings block (SL_README_DJANGO=block)."""
     os.environ["SL_README_DJANGO"] = "block"
@@ -370,6 +392,9 @@ CASES: dict[str, Callable[[], Any]] = {
         starlette_rules,
         beaker,
         django_settings,
+        quick_flask,
+        quick_fastapi,
+        quick_django,
     )
 }
 

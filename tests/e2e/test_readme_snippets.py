@@ -1,13 +1,14 @@
-"""Every README snippet that claims to protect a session does, on a real server.
+"""Every snippet of README.md and docs/ that claims to protect a session does, on a real server.
 
 Each case completes a snippet into a small app of its framework with that framework's
-default session (:mod:`tests.e2e.readme_apps`), runs the snippet's own lines, read from
-README.md now, to wrap it (or runs the README's command line, given a ``--bind``/``--port``),
+default session (:mod:`tests.e2e.readme_apps`), runs the snippet's own lines, read from its
+page now, to wrap it (or runs the page's command line, given a ``--bind``/``--port``),
 serves it with a real server, and sends one browser's 40 increments from 8 tabs sharing one
 cookie jar (:func:`tests.e2e.readme.increments`). With the snippet: 40 of 40. The control is
 the same app without the snippet's wrapping (the same command without ``wrap``): it must lose
 updates, or the scenario proves nothing. The table of counts is written at the end of the
-module to ``<pytest basetemp>/readme_snippets.txt`` and to the terminal.
+module to ``<pytest basetemp>/readme_snippets.txt`` and to the terminal. README's quickstarts
+are the framework pages' (``quick_*``), checked line for line in ``tests/test_readme.py``.
 """
 
 from __future__ import annotations
@@ -120,6 +121,27 @@ def python_cases(dirs: Dirs) -> list[Case]:
     )
     redis_env = {"SL_README_REDIS": _redis_url(), "SESSIONLOCK_SECRET": "s" * 32}
     return [
+        Case(
+            "quick_flask",
+            readme.QUICK_FLASK,
+            first_line(readme.statement(readme.QUICK_FLASK, "app.wsgi_app =")),
+            gthread(dirs, "quick_flask", "wrapped"),
+            gthread(dirs, "quick_flask", "control"),
+        ),
+        Case(
+            "quick_django",
+            readme.QUICK_DJANGO,
+            first_line(readme.statement(readme.QUICK_DJANGO, "application =")) + " ...",
+            gthread(dirs, "quick_django", "wrapped"),
+            gthread(dirs, "quick_django", "control"),
+        ),
+        Case(
+            "quick_fastapi",
+            readme.QUICK_FASTAPI,
+            first_line(readme.statement(readme.QUICK_FASTAPI, "(SessionLockMiddleware)")),
+            uvicorn(dirs, "quick_fastapi", "wrapped"),
+            uvicorn(dirs, "quick_fastapi", "control"),
+        ),
         pair("use_flask", readme.USE_WSGI, "# Flask"),
         pair("use_django", readme.USE_WSGI, "# Django"),
         Case(
@@ -284,6 +306,9 @@ def command_cases(dirs: Dirs) -> list[Case]:
 
 
 CASE_IDS = [
+    "quick_flask",
+    "quick_django",
+    "quick_fastapi",
     "use_flask",
     "use_django",
     "use_pyramid",
@@ -369,8 +394,10 @@ def servers(
 
 
 def format_table(rows: dict[str, Row]) -> str:
-    header = ("README snippet (section: line)", "with the snippet", "control (unwrapped)")
-    lines = [(f"{r.ref.section}: {r.shown}", r.wrapped, r.control) for r in rows.values()]
+    header = ("snippet (page: section: line)", "with the snippet", "control (unwrapped)")
+    lines = [
+        (f"{r.ref.path}: {r.ref.section}: {r.shown}", r.wrapped, r.control) for r in rows.values()
+    ]
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(3)]
     return (
         "\n".join(

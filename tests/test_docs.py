@@ -1,0 +1,62 @@
+"""The documentation site builds from docs/ with warnings as errors, API reference included.
+
+``mkdocs build --strict``: a broken link or anchor, a page left out of the nav, a missing
+include or a docstring mkdocstrings cannot read is a warning, and a warning fails the build.
+Skipped only where MkDocs is not installed (``pip install -e '.[docs]'``; .ci/run installs it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("mkdocs") is None
+    or importlib.util.find_spec("mkdocstrings_handlers") is None,
+    reason="MkDocs is not installed: pip install -e '.[docs]'",
+)
+
+
+def build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+        cwd=ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},  # Material's banner, not a warning
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_docs_build_without_a_warning(tmp_path: Path) -> None:
+    result = build(ROOT / "mkdocs.yml", tmp_path)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "WARNING" not in log, log
+    reference = (tmp_path / "reference" / "sessionlock.wsgi" / "index.html").read_text()
+    assert "SessionLockMiddleware" in reference  # mkdocstrings rendered the module
+    security = (tmp_path / "security" / "index.html").read_text()
+    assert "What is protected" in security  # SECURITY.md, included
+
+
+def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
+    """The control: the site's own settings turn a warning into a failed build."""
+    import yaml
+
+    settings = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "index.md").write_text("# Home\n\nSee [the missing page](missing.md).\n")
+    settings.update(docs_dir=str(docs), nav=[{"Home": "index.md"}], plugins=["search"])
+    config = tmp_path / "mkdocs.yml"
+    config.write_text(yaml.safe_dump(settings))
+    result = build(config, tmp_path / "site")
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "missing.md" in result.stderr
