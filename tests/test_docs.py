@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(
+needs_mkdocs = pytest.mark.skipif(
     importlib.util.find_spec("mkdocs") is None
     or importlib.util.find_spec("mkdocstrings_handlers") is None,
     reason="MkDocs is not installed: pip install -e '.[docs]'",
@@ -36,6 +37,7 @@ def build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@needs_mkdocs
 def test_the_docs_build_without_a_warning(tmp_path: Path) -> None:
     site = tmp_path / "site"
     result = build(ROOT / "mkdocs.yml", site)
@@ -49,6 +51,7 @@ def test_the_docs_build_without_a_warning(tmp_path: Path) -> None:
     assert "What is protected" in security  # SECURITY.md, included
 
 
+@needs_mkdocs
 def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
     """The control: the site's own settings turn a warning into a failed build."""
     docs = tmp_path / "docs"
@@ -64,3 +67,12 @@ def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
     result = build(config, tmp_path / "site")
     assert result.returncode != 0, result.stdout + result.stderr
     assert "missing.md" in result.stderr
+
+
+def test_the_readme_links_resolve() -> None:
+    """README.md's relative links (to docs/ pages, SECURITY.md) name files that exist."""
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text)
+    assert len(targets) >= 10, targets
+    missing = [target for target in targets if not (ROOT / target).is_file()]
+    assert not missing, missing
