@@ -1,6 +1,6 @@
 """The fenced code blocks of README.md and docs/, parsed at test time, and what runs them.
 
-    from tests.e2e.readme import USE_WSGI, block, statement
+    from tests.e2e.readme import USE_WSGI, find, statement
 
     source = statement(USE_WSGI, "# Flask")     # one statement, verbatim from its page
 
