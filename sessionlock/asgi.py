@@ -42,6 +42,12 @@ _READ = frozenset({b"set-cookie", b"cache-control"})  # the response headers Cor
 
 
 class SessionLockMiddleware:
+    """Wraps an ASGI ``app``: one session's HTTP requests run one at a time, in arrival order.
+
+    ``options``: see :class:`sessionlock.core.Core` (and :mod:`sessionlock.options` for their
+    text forms). Unknown names raise ConfigurationError, naming the closest known one.
+    """
+
     def __init__(self, app: ASGIApp, **options: Unpack[Options]) -> None:
         check_names(options, "SessionLockMiddleware")
         self.app = app

@@ -3,23 +3,12 @@
     SESSIONLOCK_APP=pkg.asgi:app SESSIONLOCK_KEY=cookie:sessionid \\
         uvicorn --factory sessionlock.uvicorn:app --workers 4
 
-uvicorn calls a factory without arguments, so the options come from the environment, one
-variable per option (parsed by :func:`sessionlock.options.from_environ`):
-
-- ``SESSIONLOCK_APP`` (required): the app to wrap, ``package.module:attribute``;
-- ``SESSIONLOCK_BACKEND``: a backend URL; default ``file://``, a private directory shared
-  by all workers of the host;
-- ``SESSIONLOCK_KEY``: a key spec (``identity``, ``cookie:NAME``, ``header:NAME``);
-- ``SESSIONLOCK_TIMEOUT``: seconds a request may wait for its turn, or ``none`` (forever);
-- ``SESSIONLOCK_MAX_WAITERS``: requests of one session allowed to wait at once;
-- ``SESSIONLOCK_MAX_WAITING_THREADS``: a whole number, or ``none`` (WSGI only: ignored by
-  the ASGI middleware's tasks, which cost no thread);
-- ``SESSIONLOCK_EXEMPT``: comma-separated path prefixes and methods (``/static/,OPTIONS``);
-  empty, ``none`` or ``off``: nothing exempt;
-- ``SESSIONLOCK_SECRET``: the key (16+ bytes) that hashes session keys;
-- ``SESSIONLOCK_COOKIE_SESSION``: comma-separated names of a signed-cookie session's
-  cookie (default ``session``); empty, ``none`` or ``off``: no cookie tracked;
-- ``SESSIONLOCK_RELEASE``: ``head`` or ``end``.
+uvicorn calls a factory without arguments, so the options come from the environment:
+``SESSIONLOCK_APP`` (required) names the app to wrap, ``package.module:attribute``, and every
+option has its variable, ``SESSIONLOCK_<OPTION>`` (``SESSIONLOCK_BACKEND``, ``_KEY``,
+``_TIMEOUT``, ...), parsed by :func:`sessionlock.options.from_environ`, whose docstring lists
+them all (one list, so this one cannot fall behind). Without ``SESSIONLOCK_BACKEND`` the
+backend is ``file://``, a private directory shared by all workers of the host.
 
 Any other ``SESSIONLOCK_*`` variable stops the start with the list of known ones: a typo
 such as ``SESSIONLOCK_TIMOUT`` would otherwise be ignored. Or write your own factory::

@@ -35,6 +35,12 @@ __all__ = ["SessionLockMiddleware"]
 
 
 class SessionLockMiddleware:
+    """Wraps a WSGI ``app``: one session's requests run one at a time, in arrival order.
+
+    ``options``: see :class:`sessionlock.core.Core` (and :mod:`sessionlock.options` for their
+    text forms). Unknown names raise ConfigurationError, naming the closest known one.
+    """
+
     def __init__(self, app: WSGIApplication, **options: Unpack[Options]) -> None:
         check_names(options, "SessionLockMiddleware")
         self.app = app
