@@ -46,7 +46,27 @@ def _parser() -> argparse.ArgumentParser:
         default=20,
         help="milliseconds between reading and writing the count (default 20)",
     )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the seed's exam page instead: the same Flask app without and with "
+        "sessionlock, side by side in a browser",
+    )
+    demo.add_argument("--host", help="with --serve: the address to listen on (default 127.0.0.1)")
+    demo.add_argument(
+        "--port", type=_port, help="with --serve: the port (default 8000; 0: a free one)"
+    )
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535 (0: a free port), got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "demo":
         parser.print_help()
         return 0
+    if args.serve:
+        return _serve(args.host or "127.0.0.1", 8000 if args.port is None else args.port)
+    if args.host is not None or args.port is not None:
+        parser.error("demo: --host and --port go with --serve")
     from .demo import format_table, run_demo
 
     print(
@@ -74,6 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_table(outcomes))
     return 0
+
+
+def _serve(host: str, port: int) -> int:
+    try:  # Flask and waitress come with the [demo] extra
+        from .demo_exam import serve_command
+
+        return serve_command(host, port)
+    except ImportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
