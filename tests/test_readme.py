@@ -97,6 +97,10 @@ COPIES: dict[Ref, tuple[Ref, ...]] = {
 NOT_RUN: dict[Ref, str] = {
     readme.TESTS: "runs this very suite (recursion); its command is checked against .ci/run",
     readme.INSTALL: "installs from PyPI; the extras it names are checked against pyproject",
+    Ref("docs/demo.md", "See it in a browser: the exam page", "pip install 'sessionlock[demo]'"): (
+        "serves until Ctrl-C; tests/test_demo_serve.py runs `demo --serve --port 0` on a real "
+        "server, over HTTP and in Chromium"
+    ),
     Ref(readme.HOW, "How it works", "request -> key (hashed)"): OUTPUT,
     Ref(readme.HOW, "Fair to other sessions", "server    variant  quiet p50"): OUTPUT,
     readme.REDIS_HOSTS: "a deployment on two hosts (pip, gunicorn); its app.py block is run",
@@ -143,6 +147,7 @@ COMMANDS_NOT_RUN = {
     ".venv/bin/python -m pytest": "this very suite",
     "pip install": "installs from PyPI",
     "gunicorn -w 4 --threads 8 --worker-class gthread app:app": "a host of a two-host setup",
+    "python -m sessionlock demo --serve": "serves until Ctrl-C: tests/test_demo_serve.py runs it",
 }
 
 
