@@ -14,17 +14,10 @@ they are per process and any ``close()`` drops them.
 Waiting. Inside a process only the head of a key's local FIFO queue asks the backend
 (:mod:`sessionlock.core`), so at most one request per (process, key) contends here (or the
 readers at its head: see shared leases below). It first tries without waiting, which fails
-while anyone holds *or is queued*. If the key is busy, one *contender* per (process, key),
-run on a helper thread kept alive between waits (:mod:`sessionlock._helpers`), queues in the
-kernel (no polling: the kernel wakes it on release) and hands the lock to whoever waits for
-it in this process: a thread (a ``threading.Lock`` released) or a task (a future resolved
-through ``call_soon_threadsafe``), so the ASGI path never blocks the event loop and costs no
-thread per waiting task. A kernel wait cannot time out, so timeouts and cancellation happen
-on the waiting side only: a waiter that gives up just leaves the contender's list. The
-contender keeps waiting; when it gets the lock it gives it to the next local waiter that
-arrived meanwhile, or releases it at once if nobody wants it. Hence a timed-out or cancelled
-acquire never leaks a lock, and threads never pile up: at most one per key that is busy in
-another process right now.
+while anyone holds *or is queued*. If the key is busy, the request waits in this process's
+line (:mod:`sessionlock.backends._filewaiters`): one contender per (process, key) queues in
+the kernel on a helper thread and hands the lock to a waiting thread or task, so the ASGI
+path never blocks the event loop, and a timed-out or cancelled wait never leaks a lock.
 
 Shared leases (readers, ``shared=True``). A reader read-locks the holder's byte, so readers
 hold at once, each on a descriptor of its own (OFD locks of one open file never conflict);
@@ -94,7 +87,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import hashlib
 import logging
 import os
@@ -102,11 +94,9 @@ import re
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Sequence
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from .._helpers import Helpers
 from ..errors import BackendUnavailable, ConfigurationError
 from . import _lockrecord, _ticketlock
 from ._filedir import (
@@ -119,6 +109,7 @@ from ._filedir import (
     unavailable,
 )
 from ._filevalues import VALUE, VALUES, ValueStore
+from ._filewaiters import Line, Locked
 from .base import DEFAULT_MAX_VALUES, Backend, Lease, check_max_values
 
 __all__ = ["FileBackend", "default_directory", "from_url", "normalize"]
@@ -154,95 +145,6 @@ _JANITOR = "sessionlock-file-janitor"
 _LOOK_EVERY = 0.25  # seconds between two looks for idle files by releases
 
 
-class _Slot:
-    """Where a contender delivers the lock (fd and stamp) or an error to one waiter;
-    ``shared``: the waiter wants a reader's lease."""
-
-    __slots__ = ("error", "got", "shared")
-
-    def __init__(self, shared: bool = False) -> None:
-        self.got: _Locked | None = None
-        self.error: BaseException | None = None
-        self.shared = shared
-
-    def deliver(self, got: _Locked | None, error: BaseException | None) -> None:
-        raise NotImplementedError
-
-
-class _ThreadSlot(_Slot):
-    __slots__ = ("_ready",)
-
-    def __init__(self, shared: bool = False) -> None:
-        super().__init__(shared)
-        self._ready = threading.Lock()
-        self._ready.acquire()
-
-    def deliver(self, got: _Locked | None, error: BaseException | None) -> None:
-        self.got, self.error = got, error
-        self._ready.release()
-
-    def wait(self, timeout: float | None) -> bool:
-        return self._ready.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
-
-
-class _TaskSlot(_Slot):
-    """A task's place in line: a future the lock's arrival resolves to a Lease."""
-
-    __slots__ = ("_backend", "future", "key", "loop")
-
-    def __init__(self, backend: FileBackend, key: str, shared: bool = False) -> None:
-        super().__init__(shared)
-        self._backend = backend
-        self.key = key
-        self.loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[Lease | None] = self.loop.create_future()
-
-    def deliver(self, got: _Locked | None, error: BaseException | None) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self._settle, got, error)
-        except RuntimeError:  # the loop is closed: nobody will take the lock
-            if got is not None:
-                self._backend._unlock_fd(got[0])
-
-    def _settle(self, got: _Locked | None, error: BaseException | None) -> None:
-        if self.future.done():  # the task gave up meanwhile: the lock goes back
-            if got is not None:
-                self._backend._unlock_fd(got[0])
-        elif got is not None:
-            self.future.set_result(self._backend._lease(self.key, got, self.shared))
-        else:
-            self.future.set_exception(unavailable(error or BackendUnavailable("no lock")))
-
-    def expire(self) -> None:
-        """The timeout: None, unless the lock is already on its way (then it is taken)."""
-        if not self.future.done() and self._backend._withdraw(self.key, self):
-            self.future.set_result(None)
-
-    def gone(self, future: asyncio.Future[Lease | None]) -> None:
-        """Cancelled: out of line (a lock on its way is given back by _settle)."""
-        if future.cancelled():
-            self._backend._withdraw(self.key, self)
-
-
-#: A lock as taken: its descriptor, and the stamp (ns mtime) the lock file had then.
-_Locked = tuple[int, int]
-
-
-class _Contender:
-    """The one helper of this process queued in the kernel for a key, and who waits on it.
-
-    It serves its waiters in their order, one kernel wait at a time, each in the head's mode:
-    a reader's lease does not wait for the readers holding, so readers in a row at the head
-    go in one after another; a writer waits for all of them. Neither kind overtakes the
-    other in this process, and across processes the kernel's line orders them.
-    """
-
-    __slots__ = ("slots",)
-
-    def __init__(self) -> None:
-        self.slots: deque[_Slot] = deque()
-
-
 class FileBackend(Backend):
     """Locks and notes kept in one private directory (see the module docstring)."""
 
@@ -270,8 +172,7 @@ class FileBackend(Backend):
         self._clock = clock
         self._slow = 0  # record writes over _SLOW_RECORD in a row
         self._mutex = threading.Lock()
-        self._contenders: dict[str, _Contender] = {}
-        self._helpers = Helpers("sessionlock-file-waiter")
+        self._line = Line(self._take_in_turn, self._unlock_fd, self._lease)
         self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
         self._stamps = True  # whether the file system keeps exact mtimes (see mark)
         self._stamps_checked = False
@@ -325,7 +226,7 @@ class FileBackend(Backend):
     def try_acquire(self, key: str, *, shared: bool = False) -> Lease | None:
         if not self._keeper_pid:
             self._ensure_keeper()
-        if key in self._contenders:  # our own contender is in line for it already
+        if self._line.busy(key):  # our own contender is in line for it already
             return None
         got = self._lock(self._name(key, _LOCK), blocking=False, shared=shared)
         if got is None:
@@ -335,15 +236,8 @@ class FileBackend(Backend):
     def acquire(self, key: str, timeout: float | None, *, shared: bool = False) -> Lease | None:
         if timeout is not None and timeout <= 0:
             return self.try_acquire(key, shared=shared)
-        slot = _ThreadSlot(shared)
-        self._enlist(key, slot)
-        if not slot.wait(timeout):
-            if self._withdraw(key, slot):
-                return None
-            slot.wait(None)  # the lock was handed over as we gave up: take it
-        if slot.got is None:
-            raise unavailable(slot.error)
-        return self._lease(key, slot.got, shared)
+        got = self._line.wait(key, timeout, shared)
+        return None if got is None else self._lease(key, got, shared)
 
     def acquire_future(
         self, key: str, timeout: float | None, *, shared: bool = False
@@ -353,14 +247,7 @@ class FileBackend(Backend):
             done: asyncio.Future[Lease | None] = asyncio.get_running_loop().create_future()
             done.set_result(self.try_acquire(key, shared=shared))
             return done
-        slot = _TaskSlot(self, key, shared)
-        self._enlist(key, slot)
-        future = slot.future
-        future.add_done_callback(slot.gone)
-        if timeout is not None:
-            timer = slot.loop.call_later(timeout, slot.expire)
-            future.add_done_callback(lambda _: timer.cancel())
-        return future
+        return self._line.future(key, timeout, shared)
 
     async def acquire_async(
         self, key: str, timeout: float | None, *, shared: bool = False
@@ -456,7 +343,7 @@ class FileBackend(Backend):
             raise ValueError(f"{lease!r} is shared: it may load the record, never change it")
         return fd
 
-    def _lease(self, key: str, got: _Locked, shared: bool = False) -> Lease:
+    def _lease(self, key: str, got: Locked, shared: bool = False) -> Lease:
         return Lease(key, got[0], got[1] if self._stamps else None, shared=shared)
 
     def held(self) -> int:
@@ -465,66 +352,15 @@ class FileBackend(Backend):
 
     def waiting(self, key: str) -> int:
         """How many of this process's requests wait for ``key`` here (for tests)."""
-        with self._mutex:
-            contender = self._contenders.get(key)
-            return 0 if contender is None else len(contender.slots)
+        return self._line.waiting(key)
 
-    def _enlist(self, key: str, slot: _Slot) -> None:
-        with self._mutex:
-            contender = self._contenders.get(key)
-            start = contender is None
-            if contender is None:
-                contender = self._contenders[key] = _Contender()
-            contender.slots.append(slot)
-        if start:
-            self._helpers.run(functools.partial(self._contend, key, contender))
+    def _take_in_turn(self, key: str, shared: bool) -> Locked:
+        """The key's lock, waited for in its turn across processes (the line's contender)."""
+        got = self._lock(self._name(key, _LOCK), blocking=True, shared=shared)
+        assert got is not None  # a blocking lock returns one or raises
+        return got
 
-    def _withdraw(self, key: str, slot: _Slot) -> bool:
-        """Leave the line: True, or False when the lock (or an error) is already on its way."""
-        with self._mutex:
-            contender = self._contenders.get(key)
-            if contender is not None and slot in contender.slots:
-                contender.slots.remove(slot)
-                return True
-        return False
-
-    def _contend(self, key: str, contender: _Contender) -> None:
-        name = self._name(key, _LOCK)
-        while True:
-            with self._mutex:  # the head's mode; everyone may have given up meanwhile
-                if not contender.slots:
-                    del self._contenders[key]
-                    return
-                shared = contender.slots[0].shared
-            try:
-                got = self._lock(name, blocking=True, shared=shared)
-            except BaseException as error:  # handed to every waiter, who raise it
-                with self._mutex:
-                    failed = list(contender.slots)
-                    del self._contenders[key]
-                for waiter in failed:
-                    waiter.deliver(None, error)
-                return
-            assert got is not None
-            with self._mutex:
-                # The head only, and in the mode taken: if it gave up meanwhile, a waiter of
-                # the other mode may be first now (taken again in its mode, next round).
-                slot = contender.slots[0] if contender.slots else None
-                if slot is not None and slot.shared == shared:
-                    contender.slots.popleft()
-                else:
-                    slot = None
-                done = not contender.slots
-                if done:
-                    del self._contenders[key]
-            if slot is None:  # everyone gave up while we waited, or the head changed mode
-                self._unlock_fd(got[0])
-            else:
-                slot.deliver(got, None)
-            if done:
-                return
-
-    def _lock(self, name: str, *, blocking: bool, shared: bool = False) -> _Locked | None:
+    def _lock(self, name: str, *, blocking: bool, shared: bool = False) -> Locked | None:
         """Lock ``name``'s current inode: (fd, stamp); None if busy (or queued for) and not
         ``blocking``. ``shared``: with the readers (busy: a writer holds, or anyone queues)."""
         mutex = self._mutex  # taken by hand on this path: half the cost of ``with``
@@ -800,7 +636,7 @@ class FileBackend(Backend):
         # In a child forked while this process held locks: drop the copies, never unlock
         # (LOCK_UN would release the parent's lock), and forget the parent's contenders.
         self._mutex = threading.Lock()
-        self._contenders = {}
+        self._line.forget()
         self._idle = {}
         self._janitor = False
         self._stop = threading.Event()  # the parent's keeper stays the parent's
