@@ -15,10 +15,12 @@ from http import HTTPStatus
 from typing import Literal, Protocol, TypedDict, TypeVar
 
 from . import keys
+from . import metrics as _metrics
 from ._types import Request
 from .backends import DEFAULT_URL, Backend, Lease, from_url
 from .errors import BackendUnavailable, ClientGone, ConfigurationError, LockTimeout, QueueFull
 from .fairness import server_threads, waiting_threads_for
+from .metrics import Metrics
 from .order import check as check_order
 from .queue import KeyedQueue, TaskWaiter
 from .setup_checks import SetupChecks
@@ -49,6 +51,7 @@ class Options(TypedDict, total=False):
     on_backend_error: Literal["closed", "open"]
     stale_pages: StalePages | str | None
     shared: Collection[str] | Callable[[Request], bool] | None
+    metrics: Metrics | str | None
 
 
 #: Where the request's :class:`Admission` is, as its handle (early release, rotation).
@@ -263,6 +266,9 @@ class Core:
                  that sets a tracked session cookie has it removed from its response (it
                  would undo what a writer saved meanwhile) and is reported. None (default):
                  every request is exclusive.
+    metrics:     a :class:`sessionlock.metrics.Metrics` told of waits, refusals, lost leases,
+                 stale requests and rule findings, or ``"prometheus"``: the process's
+                 :class:`sessionlock.prometheus.PrometheusMetrics`. None (default): none.
     """
 
     def __init__(
@@ -280,6 +286,7 @@ class Core:
         on_backend_error: Literal["closed", "open"] = "closed",
         stale_pages: StalePages | str | None = None,
         shared: Collection[str] | Callable[[Request], bool] | None = None,
+        metrics: Metrics | str | None = None,
     ) -> None:
         if timeout is not None and (
             not isinstance(timeout, (int, float))
@@ -376,6 +383,9 @@ class Core:
             self.revisions = Revisions(stale_pages, backend, names)
         # Revisions outside process memory cost I/O: the ASGI shell moves it off the loop.
         self.revisions_block = stale_pages is not None and backend.shared
+        self.metrics = _metrics.from_option(metrics)
+        if self.metrics is not None:
+            _metrics.wire(self.metrics, stale_pages)
         chosen = None if isinstance(self.key_source, keys.Identity) else self._key_name()
         checks = SetupChecks(shared=backend.shared, key=chosen)
         self._checks: SetupChecks | None = None if checks.done else checks
@@ -470,9 +480,10 @@ class Core:
         if waited:  # held here: wait in line (or be refused)
             cap = self._waiting_threads()
             waiters = self.max_waiters if cap is None else min(self.max_waiters, cap)
-            self.queue.acquire(
-                key, timeout=self.timeout, max_waiters=waiters, max_threads=cap, shared=shared
-            )
+            with _metrics.waiting(self.metrics):
+                self.queue.acquire(
+                    key, timeout=self.timeout, max_waiters=waiters, max_threads=cap, shared=shared
+                )
         try:
             lease = self._try_backend(key, shared)
             if lease is None:  # held by another process: wait for the backend
@@ -503,10 +514,11 @@ class Core:
             )
         try:
             remaining = self._remaining(admission)
-            if admission.shared:
-                lease = self.backend.acquire(admission.key, remaining, shared=True)
-            else:  # without the keyword: a Backend of before shared leases still works
-                lease = self.backend.acquire(admission.key, remaining)
+            with _metrics.waiting(self.metrics):
+                if admission.shared:
+                    lease = self.backend.acquire(admission.key, remaining, shared=True)
+                else:  # without the keyword: a Backend of before shared leases still works
+                    lease = self.backend.acquire(admission.key, remaining)
         finally:
             self.queue.unreserve_thread()
         if lease is None:
@@ -529,6 +541,8 @@ class Core:
         lease = self._take(admission)
         if lease is not None:
             self._give_back(lease, admission.shared)
+            if self.metrics is not None:
+                _metrics.released(self.metrics, lease)
             if logger.isEnabledFor(logging.DEBUG):  # as in admit: every request passes here
                 logger.debug("session %s: released", lease.key[:12])
 
@@ -578,7 +592,8 @@ class Core:
             if waiter is not None:
                 gone = asyncio.ensure_future(until_gone())
                 gone.add_done_callback(lambda done: self._client_gone(done, waiter))
-                await self.queue.wait(waiter, self.timeout)
+                with _metrics.waiting(self.metrics):
+                    await self.queue.wait(waiter, self.timeout)
             try:
                 # A backend over the network is not asked on the loop: its future answers,
                 # at once when the key is free (a round trip on a helper thread).
@@ -586,7 +601,8 @@ class Core:
                 if lease is None:
                     if gone is None:
                         gone = asyncio.ensure_future(until_gone())
-                    lease = await self._backend_wait(admission, gone)
+                    with _metrics.waiting(self.metrics):
+                        lease = await self._backend_wait(admission, gone)
             except BackendUnavailable as error:
                 if not self.fail_open:
                     self.queue.release(key, shared=shared)
@@ -648,6 +664,8 @@ class Core:
         """:meth:`leave` for a task: a backend's release is awaited, never run on the loop
         unless the backend's lease calls are local (``Backend.inline_leases``)."""
         lease = self._take(admission)
+        if lease is not None and self.metrics is not None:
+            _metrics.released(self.metrics, lease)
         if lease is None or type(lease) is _Unshared:
             return
         try:
@@ -826,12 +844,17 @@ class Core:
 
     def refuse(self, admission: Admission, error: Exception) -> Refusal:
         """The response for a request that did not get its turn, logged without the key."""
+        reason: _metrics.Reason
         if isinstance(error, QueueFull):
-            refusal = _QUEUE_FULL
+            refusal, reason = _QUEUE_FULL, "queue_full"
         elif isinstance(error, LockTimeout):
-            refusal = _TIMED_OUT
+            refusal, reason = _TIMED_OUT, "timeout"
         else:
-            refusal = _UNAVAILABLE
+            refusal, reason = _UNAVAILABLE, "backend_error"
+        if self.metrics is not None:
+            self.metrics.refused(reason)
+            if reason == "backend_error":
+                self.metrics.backend_error()
         logger.warning(
             "session %s refused with %d: %s",
             admission.key[:12],
@@ -855,6 +878,8 @@ class Core:
     def _degraded(self, key: str, error: BackendUnavailable) -> Lease:
         """``on_backend_error="open"``: the request runs on this process's turn alone (the
         caller holds it). The outage is said once, not per request."""
+        if self.metrics is not None:
+            self.metrics.backend_error()
         self._outage_began(
             "sessionlock: the backend is unavailable (%s); on_backend_error='open': requests"
             " run serialized within this process only until it answers again",
@@ -865,6 +890,8 @@ class Core:
     def _not_released(self, error: BackendUnavailable) -> None:
         """A release that failed after the response went out: the app's work stands (no
         error for it); the lease expires in the backend (redis://: within ``lease_ttl``)."""
+        if self.metrics is not None:
+            self.metrics.backend_error()
         self._outage_began(
             "sessionlock: a session could not be released (%s); its lease expires on its own",
             error,
@@ -892,6 +919,9 @@ class Core:
     def _entered(self, admission: Admission, lease: Lease) -> None:
         admission.lease = lease
         admission.waited = time.perf_counter() - admission.started
+        if self.metrics is not None:
+            self.metrics.waited(admission.waited)
+        _metrics.trace_wait(admission.waited)
         _debug("session %s: its turn after %.1f ms", lease.key[:12], admission.waited * 1000)
 
     def _remaining(self, admission: Admission) -> float | None:

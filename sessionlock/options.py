@@ -6,8 +6,8 @@ forms and the environment at once. A name that is not one of them is refused wit
 of known ones, and the closest name when there is one::
 
     unknown option 'timout' for SessionLockMiddleware (did you mean 'timeout'?); known:
-    backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, on_backend_error,
-    release, secret, shared, stale_pages, timeout
+    backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, metrics,
+    on_backend_error, release, secret, shared, stale_pages, timeout
 
 The environment form (:func:`from_environ`, read by ``sessionlock.uvicorn:app``) is
 ``SESSIONLOCK_<OPTION>`` for every option:
@@ -30,7 +30,10 @@ The environment form (:func:`from_environ`, read by ``sessionlock.uvicorn:app``)
   requests hold their session shared; empty, ``none`` or ``off``: none;
 - ``SESSIONLOCK_STALE_PAGES``: ``refuse``, ``flag`` or ``redirect:<url>`` (a
   :class:`~sessionlock.stale.StalePages` with that policy and its defaults); empty, ``none``
-  or ``off``: no revision kept.
+  or ``off``: no revision kept;
+- ``SESSIONLOCK_METRICS``: ``prometheus`` (the process's
+  :class:`~sessionlock.prometheus.PrometheusMetrics` on prometheus_client's default
+  registry); empty, ``none`` or ``off``: no metrics.
 
 Any other variable that starts with ``SESSIONLOCK_`` is refused (a typo would otherwise be
 ignored in silence), except ``SESSIONLOCK_APP``, the uvicorn factory's app. A variable set
@@ -203,6 +206,14 @@ def _stale_pages(variable: str, text: str) -> object:
         ) from error
 
 
+def _metrics(variable: str, text: str) -> object:
+    if text.lower() in _OFF:
+        return _DEFAULT  # no metrics: the default
+    if text.lower() == "prometheus":
+        return "prometheus"
+    raise ConfigurationError(f"{variable} must be 'prometheus' or 'off', got {text!r}")
+
+
 #: How each option's variable is read; an option without one is read as text.
 _PARSERS: dict[str, Callable[[str, str], object]] = {
     "backend": _text,
@@ -217,4 +228,5 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "on_backend_error": _on_backend_error,
     "stale_pages": _stale_pages,
     "shared": _exempt,
+    "metrics": _metrics,
 }

@@ -63,6 +63,8 @@ Repair: TypeAlias = Callable[[Session], None]
 #: Called once per rule that fired: ``counter(rule_name, outcome)``, outcome one of
 #: ``"repaired"``, ``"unrepaired"``, ``"failed"`` (the rule itself raised).
 Counter: TypeAlias = Callable[[str, str], None]
+#: The counter of a ruleset given none: a layer's ``metrics`` (see :mod:`sessionlock.metrics`).
+fallback_counter: Counter | None = None
 
 _MISSING: Any = object()
 # Rule names end up in a response header and in logs: printable ASCII, no comma or space.
@@ -276,10 +278,11 @@ class Ruleset:
         self._count(finding)
 
     def _count(self, finding: Finding) -> None:
-        if self.counter is None:
+        counter = self.counter if self.counter is not None else fallback_counter
+        if counter is None:
             return
         try:
-            self.counter(finding.rule, finding.outcome)
+            counter(finding.rule, finding.outcome)
         except Exception as error:  # a metrics hook must not fail the request
             logger.error("sessionlock counter hook raised %s", type(error).__name__)
 
