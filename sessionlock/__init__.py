@@ -17,6 +17,7 @@ from .errors import (
     SessionLockError,
 )
 from .fencing import session_fence
+from .metrics import Metrics
 from .release import release_session
 from .rotate import rotate_identity
 from .stale import StalePages, hidden_field, is_stale, page_token, session_changed
@@ -31,6 +32,7 @@ __all__ = [
     "Lease",
     "LeaseLost",
     "LockTimeout",
+    "Metrics",
     "QueueFull",
     "SessionLockError",
     "StalePages",

@@ -151,6 +151,7 @@ class Ruleset:
     when:    predicate of the session; rules run only when it is true (default
              :func:`has_data`: an empty session is left empty).
     counter: ``counter(rule_name, outcome)`` per rule that fired, e.g. a Prometheus counter.
+             None (default): the ``metrics`` of the lock layer made last, if any.
     header:  a response header (e.g. ``"X-Session-Repaired"``) naming the rules that fired;
              off (None) by default, since it tells clients about server state.
     """
