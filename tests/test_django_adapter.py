@@ -282,7 +282,7 @@ def test_a_bad_setting_fails_when_django_loads_the_middleware() -> None:
             {"timout": 5},
             "unknown option 'timout' (did you mean 'timeout'?) for the SESSIONLOCK setting; "
             "known: backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, "
-            "on_backend_error, release, rules, secret, shared, stale_pages, timeout",
+            "metrics, on_backend_error, release, rules, secret, shared, stale_pages, timeout",
             id="option-typo",
         ),
         pytest.param({"rule": []}, "'rule' (did you mean 'rules'?)", id="rules-typo"),
@@ -313,7 +313,7 @@ def test_every_middleware_option_is_a_setting_key() -> None:
     setting |= {"max_waiting_threads": 2, "secret": "s" * 16, "release": "end"}
     setting |= {"key": "cookie:sessionid", "cookie_session": None, "rules": []}
     setting |= {"on_backend_error": "open", "stale_pages": StalePages(policy="flag")}
-    setting |= {"shared": ["GET"]}
+    setting |= {"shared": ["GET"], "metrics": "prometheus"}
     assert set(setting) - {"rules"} == set(NAMES)  # every one of them
     with override_settings(SESSIONLOCK=setting):
         core = SessionLockMiddleware(_view)._core.get()
@@ -322,6 +322,7 @@ def test_every_middleware_option_is_a_setting_key() -> None:
     assert core.fail_open
     assert core.revisions is not None
     assert core.revisions.pages is setting["stale_pages"]
+    assert type(core.metrics).__name__ == "PrometheusMetrics"
 
 
 @pytest.mark.usefixtures("registry", "configured")

@@ -140,7 +140,7 @@ def test_init_app_factory_form_and_double_init() -> None:
         pytest.param(
             {"timout": 5},
             "unknown option 'timout' (did you mean 'timeout'?) for SessionLock; known: "
-            "backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, "
+            "backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, metrics, "
             "on_backend_error, release, rules, secret, shared, stale_pages, timeout",
             id="option-typo",
         ),
@@ -174,6 +174,7 @@ def test_every_option_reaches_the_middleware() -> None:
         "on_backend_error": "open",
         "stale_pages": StalePages(policy="flag"),
         "shared": ["GET"],
+        "metrics": "prometheus",
     }
     assert set(options) == set(NAMES)  # an option added to the middleware is listed here
     app = Flask(__name__)
@@ -185,3 +186,4 @@ def test_every_option_reaches_the_middleware() -> None:
     assert core.fail_open
     assert core.revisions is not None
     assert core.revisions.pages is options["stale_pages"]
+    assert type(core.metrics).__name__ == "PrometheusMetrics"

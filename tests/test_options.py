@@ -18,13 +18,13 @@ from sessionlock.errors import ConfigurationError
 from sessionlock.options import _PARSERS, NAMES, check_names, from_environ
 
 KNOWN = (
-    "backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, on_backend_error, "
-    "release, secret, shared, stale_pages, timeout"
+    "backend, cookie_session, exempt, key, max_waiters, max_waiting_threads, metrics, "
+    "on_backend_error, release, secret, shared, stale_pages, timeout"
 )
 VARIABLES = (
     "SESSIONLOCK_APP, SESSIONLOCK_BACKEND, SESSIONLOCK_COOKIE_SESSION, SESSIONLOCK_EXEMPT, "
     "SESSIONLOCK_KEY, SESSIONLOCK_MAX_WAITERS, SESSIONLOCK_MAX_WAITING_THREADS, "
-    "SESSIONLOCK_ON_BACKEND_ERROR, SESSIONLOCK_RELEASE, SESSIONLOCK_SECRET, "
+    "SESSIONLOCK_METRICS, SESSIONLOCK_ON_BACKEND_ERROR, SESSIONLOCK_RELEASE, SESSIONLOCK_SECRET, "
     "SESSIONLOCK_SHARED, SESSIONLOCK_STALE_PAGES, SESSIONLOCK_TIMEOUT"
 )
 SECRET = "options-test-secret-0123456789"
@@ -121,6 +121,7 @@ EVERY = {
     "SESSIONLOCK_ON_BACKEND_ERROR": "open",
     "SESSIONLOCK_STALE_PAGES": "redirect:/exam",
     "SESSIONLOCK_SHARED": "GET, HEAD",
+    "SESSIONLOCK_METRICS": "prometheus",
 }
 
 
@@ -142,6 +143,7 @@ def test_every_option_is_read_from_its_variable() -> None:
         "on_backend_error": "open",
         "stale_pages": None,
         "shared": ["GET", "HEAD"],
+        "metrics": "prometheus",
     }
     assert {*options, "stale_pages"} == set(NAMES)  # every option has its variable
 
@@ -158,6 +160,7 @@ def test_what_is_read_builds_the_middleware_it_says() -> None:
     assert core.is_exempt({"REQUEST_METHOD": "OPTIONS", "PATH_INFO": "/x"})
     assert core.is_exempt({"REQUEST_METHOD": "GET", "PATH_INFO": "/static/a.css"})
     assert not core.is_exempt({"REQUEST_METHOD": "GET", "PATH_INFO": "/page"})
+    assert type(core.metrics).__name__ == "PrometheusMetrics"
 
 
 def test_nothing_set_is_nothing_given() -> None:
@@ -349,7 +352,7 @@ GUNICORN_EVERY = (
     'key="identity", timeout=None, max_waiters=2, max_waiting_threads=1, '
     f'exempt=["/static/", "OPTIONS"], secret="{SECRET}", cookie_session="session", '
     'release="end", on_backend_error="open", stale_pages="redirect:/exam", '
-    'shared=["GET", "HEAD"])'
+    'shared=["GET", "HEAD"], metrics="prometheus")'
 )
 
 
@@ -370,6 +373,7 @@ def test_gunicorn_factory_syntax_reaches_every_option() -> None:
     assert core.cookies is not None
     assert not core.release_at_head
     assert core.fail_open
+    assert type(core.metrics).__name__ == "PrometheusMetrics"
 
 
 @pytest.mark.parametrize(
