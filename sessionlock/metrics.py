@@ -24,7 +24,6 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
-from . import rules
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -96,8 +95,10 @@ def wire(metrics: Metrics, stale_pages: StalePages | None) -> None:
     """Count stale requests and rule findings into ``metrics`` where no counter was given.
 
     Rules run in the framework adapters, away from the layer: a ruleset without a counter of
-    its own counts into the metrics of the layer made last (see :data:`rules.fallback_counter`).
+    its own counts into the metrics of the layer made last (``rules.fallback_counter``).
     """
+    from . import rules  # the adapters' module: imported when metrics are on only
+
     if stale_pages is not None and stale_pages.counter is None:
         stale_pages.counter = metrics.stale
     rules.fallback_counter = metrics.finding
