@@ -664,9 +664,9 @@ class Core:
         """:meth:`leave` for a task: a backend's release is awaited, never run on the loop
         unless the backend's lease calls are local (``Backend.inline_leases``)."""
         lease = self._take(admission)
-        if lease is not None and self.metrics is not None:
-            _metrics.released(self.metrics, lease)
         if lease is None or type(lease) is _Unshared:
+            if lease is not None and self.metrics is not None:
+                _metrics.released(self.metrics, lease)
             return
         try:
             if type(lease) is not _Degraded:
@@ -675,6 +675,8 @@ class Core:
             self._not_released(error)
         finally:
             self.queue.release(lease.key, shared=admission.shared)
+            if self.metrics is not None:  # after the release: it may find the lease lost
+                _metrics.released(self.metrics, lease)
 
     # -- around the app ------------------------------------------------------------------
 

@@ -293,6 +293,46 @@ def test_a_lease_lost_while_held_is_counted_at_its_release(
         holder.close()
 
 
+def test_asgi_a_lease_lost_while_held_is_counted_at_its_release(
+    redis_server: RedisServer, registry: CollectorRegistry, metrics: PrometheusMetrics
+) -> None:
+    """As above, under ASGI: redis:// releases through ``leave_async`` (a helper thread)."""
+    holder, other = RedisBackend(redis_server.url), RedisBackend(redis_server.url)
+    taken: list[Any] = []
+
+    def lose(key: str) -> None:
+        holder._stop.set()  # nobody renews
+        assert holder._client.pexpire(f"sessionlock:{{{key}}}:lease", 1)
+        taken.append(other.acquire(key, WAIT))
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/pause":
+            await asyncio.to_thread(lose, scope["sessionlock.handle"].key)
+        await asgi_t.hello(scope, receive, send)
+
+    middleware = asgi_t.SessionLockMiddleware(
+        app, backend=holder, key="cookie:sid", metrics=metrics
+    )
+
+    async def main() -> None:
+        first = await asgi_t.call(middleware, asgi_t.scope_for("/", cookie=f"sid={SID}"))
+        assert first.status == 200
+        assert value(registry, "leases_lost_total") == 0  # the control: a lease kept
+        paused = await asgi_t.call(middleware, asgi_t.scope_for("/pause", cookie=f"sid={SID}"))
+        assert paused.status == 200
+
+    try:
+        asgi_t.run(main())
+        assert taken[0] is not None
+        assert value(registry, "leases_lost_total") == 1
+        assert requests(registry)["served"] == 2
+    finally:
+        if taken and taken[0] is not None:
+            other.release(taken[0])
+        other.close()
+        holder.close()
+
+
 # -- configuration --------------------------------------------------------------------------
 
 
