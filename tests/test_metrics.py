@@ -442,3 +442,48 @@ def test_metrics_are_safe_to_share_between_threads(
     assert requests(registry)["served"] == 200
     assert value(registry, "waiting") == 0
     assert value(registry, "wait_seconds_count") <= 200
+
+
+# -- docs/metrics.md: its code, run as written -----------------------------------------------
+
+
+def test_the_docs_turning_it_on_block_wraps_with_the_default_prometheus_metrics() -> None:
+    from sessionlock.prometheus import default as default_metrics
+    from tests.e2e import readme
+
+    source = readme.find(readme.METRICS_ON).source
+    namespace: dict[str, Any] = {"app": wsgi_t.hello}
+    exec(compile(source, "docs/metrics.md", "exec"), namespace)  # a second run too: no clash
+    exec(compile(source, "docs/metrics.md", "exec"), {"app": wsgi_t.hello})
+    assert namespace["app"].core.metrics is default_metrics()
+
+
+def test_the_docs_statsd_example_counts_through_its_client() -> None:
+    from tests.e2e import readme
+
+    class Client:
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, str, float]] = []
+
+        def timing(self, name: str, ms: float) -> None:
+            self.sent.append(("timing", name, ms))
+
+        def incr(self, name: str) -> None:
+            self.sent.append(("incr", name, 1))
+
+    client = Client()
+    namespace: dict[str, Any] = {
+        "app": wsgi_t.hello,
+        "statsd_client": client,
+        "SessionLockMiddleware": lambda app, **options: wsgi_t.by_cookie(app, **options),
+    }
+    source = readme.find(readme.METRICS_STATSD).source
+    exec(compile(source, "docs/metrics.md", "exec"), namespace)
+    middleware = namespace["app"]
+    middleware.core.timeout = 0.01
+    first = wsgi_t.holding(middleware, f"sid={SID}")
+    try:
+        assert wsgi_t.call(middleware, wsgi_t.environ_for(cookie=f"sid={SID}")).code == 503
+    finally:
+        first.close()
+    assert client.sent == [("incr", "sessionlock.refused.timeout", 1)]

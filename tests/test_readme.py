@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 E2E = "tests/e2e/test_readme_snippets.py"
 HERE = "tests/test_readme.py"
 OUTPUT = "program output or a diagram, not code"
+METRICS = "docs/metrics.md"
 BENCH = "docs/benchmarks.md"
 
 #: Blocks that are run, and where.
@@ -59,6 +60,8 @@ RUN: dict[Ref, str] = {
     readme.STALE_FLASK: f"{HERE}::test_stale_pages_flask_example_redirects_the_old_form",
     readme.STALE_FASTAPI: f"{HERE}::test_stale_pages_fastapi_example_refuses_the_old_form",
     readme.STALE_DJANGO: "tests/test_stale_django.py::test_the_readme_settings_and_template",
+    readme.METRICS_ON: "tests/test_metrics.py::test_the_docs_turning_it_on_block_wraps_with_..",
+    readme.METRICS_STATSD: "tests/test_metrics.py::test_the_docs_statsd_example_counts_through_..",
     readme.STALE_DJANGO_TEMPLATE: "tests/test_stale_django.py (test_the_readme_settings_and_..)",
 }
 
@@ -97,6 +100,22 @@ COPIES: dict[Ref, tuple[Ref, ...]] = {
 NOT_RUN: dict[Ref, str] = {
     readme.TESTS: "runs this very suite (recursion); its command is checked against .ci/run",
     readme.INSTALL: "installs from PyPI; the extras it names are checked against pyproject",
+    Ref(METRICS, "Serving /metrics", "from prometheus_client import make_wsgi_app"): (
+        "a mount of prometheus_client's app; tests/e2e/metrics_app.py serves /metrics so"
+    ),
+    Ref(METRICS, "gunicorn (several worker processes)", "export PROMETHEUS_MULTIPROC_DIR"): (
+        "the recipe tests/e2e/test_metrics_gunicorn.py runs (tests/e2e/metrics_app.py)"
+    ),
+    Ref(METRICS, "gunicorn (several worker processes)", "from prometheus_client import multi"): (
+        "the recipe tests/e2e/test_metrics_gunicorn.py runs (tests/e2e/metrics_app.py)"
+    ),
+    Ref(METRICS, "gunicorn (several worker processes)", "from prometheus_client import Coll"): (
+        "the recipe tests/e2e/test_metrics_gunicorn.py runs (tests/e2e/metrics_app.py)"
+    ),
+    Ref(METRICS, "A scrape", "# HELP sessionlock_waiting"): OUTPUT,
+    Ref(METRICS, "Queries", "histogram_quantile(0.95"): "PromQL, for Prometheus",
+    Ref(METRICS, "Queries", "sum by (outcome)"): "PromQL, for Prometheus",
+    Ref(METRICS, "Queries", "sum(sessionlock_waiting)"): "PromQL, for Prometheus",
     Ref("docs/demo.md", "See it in a browser: the exam page", "pip install 'sessionlock[demo]'"): (
         "serves until Ctrl-C; tests/test_demo_serve.py runs `demo --serve --port 0` on a real "
         "server, over HTTP and in Chromium"
@@ -148,6 +167,16 @@ COMMANDS_NOT_RUN = {
     "pip install": "installs from PyPI",
     "gunicorn -w 4 --threads 8 --worker-class gthread app:app": "a host of a two-host setup",
     "python -m sessionlock demo --serve": "serves until Ctrl-C: tests/test_demo_serve.py runs it",
+    **dict.fromkeys(
+        [
+            "export PROMETHEUS_MULTIPROC_DIR=",
+            "rm -rf '$PROMETHEUS_MULTIPROC_DIR'",
+            "mkdir -p '$PROMETHEUS_MULTIPROC_DIR'",
+            "gunicorn -w 4 -k gthread --threads 8 -c gunicorn.conf.py",
+        ],
+        "the multiprocess recipe: tests/e2e/test_metrics_gunicorn.py runs it (2 workers, a "
+        "temporary directory)",
+    ),
 }
 
 

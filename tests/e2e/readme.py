@@ -82,19 +82,21 @@ def blocks(path: Path = README) -> list[Block]:
     heading = ""
     fence: tuple[str, int] | None = None
     body: list[str] = []
+    indent = ""  # a fence inside a list item is indented, and so is its body
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if fence is None:
             if line.startswith("#"):
                 heading = line.lstrip("#").strip()
-            elif line.startswith("```"):
-                fence, body = (line[3:].strip(), number), []
-        elif line.startswith("```"):
+            elif line.lstrip(" ").startswith("```"):
+                indent = line[: len(line) - len(line.lstrip(" "))]
+                fence, body = (line.strip()[3:].strip(), number), []
+        elif line.strip().startswith("```"):
             source = "\n".join(body) + "\n"
             first = next((text.strip() for text in body if text.strip()), "")
             found.append(Block(name, heading, first, fence[0], fence[1], source))
             fence = None
         else:
-            body.append(line)
+            body.append(line.removeprefix(indent))
     assert fence is None, f"{name}: the fence opened on line {fence[1]} is never closed"
     return found
 
@@ -162,6 +164,8 @@ STALE_FLASK = Ref(FLASK, "Stale pages", "from flask import Flask, redirect")
 STALE_FASTAPI = Ref(FASTAPI, "Stale pages", "from fastapi import FastAPI, Form")
 STALE_DJANGO = Ref(DJANGO, "Stale pages", "# settings.py")
 STALE_DJANGO_TEMPLATE = Ref(DJANGO, "Stale pages", "{% load sessionlock %}")
+METRICS_ON = Ref("docs/metrics.md", "Turning it on", "from sessionlock.wsgi import")
+METRICS_STATSD = Ref("docs/metrics.md", "Another metrics system", "import sessionlock")
 
 
 # -- python blocks ----------------------------------------------------------------------------
