@@ -84,4 +84,5 @@ def _reset_in_child() -> None:
         helpers._reset()
 
 
-os.register_at_fork(after_in_child=_reset_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows (docs/platforms.md)
+    os.register_at_fork(after_in_child=_reset_in_child)

@@ -6,7 +6,8 @@
 Schemes: ``memory://`` (one process), ``file:///path`` (the processes of one host; ``file://``
 alone: a private directory under the system temp dir, the default), ``redis://host:6379/0``,
 ``rediss://`` and ``unix:///path/redis.sock`` (every process of several hosts; needs
-``pip install 'sessionlock[redis]'``). An unknown scheme raises ConfigurationError.
+``pip install 'sessionlock[redis]'``). An unknown scheme raises ConfigurationError, and so
+does ``file://`` on a platform without ``fcntl`` (Windows: see docs/platforms.md).
 
 One backend per URL per process: :func:`from_url` returns the same instance for the same
 normalized URL (``file://`` and ``file:///tmp/sessionlock-1000/`` name one directory), so
@@ -20,6 +21,7 @@ registered, and closing it is up to you.
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 from urllib.parse import urlsplit
 
@@ -60,4 +62,17 @@ def _module(url: str) -> ModuleType:
     except KeyError:
         known = ", ".join(f"{s}://" for s in sorted(_SCHEMES))
         raise ConfigurationError(f"unknown backend scheme {scheme!r}; known: {known}") from None
-    return importlib.import_module(name)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name == "fcntl":  # Windows: no file locks of the kind file:// needs
+            raise ConfigurationError(NO_FILE_LOCKS) from None
+        raise
+
+
+#: Why file:// (the default) cannot run here, and what to choose instead (docs/platforms.md).
+NO_FILE_LOCKS = (
+    f"the file:// backend (the default) needs POSIX file locks (fcntl), which {sys.platform}"
+    " does not have: choose backend='memory://' if the app runs in one process, or"
+    " backend='redis://host:6379/0' (pip install 'sessionlock[redis]') if it runs in several"
+)

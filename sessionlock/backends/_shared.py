@@ -68,4 +68,5 @@ def _after_fork_in_child() -> None:
     _lock = threading.RLock()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows (docs/platforms.md)
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -712,7 +712,8 @@ def _reset_in_child() -> None:
         backend._reset()
 
 
-os.register_at_fork(after_in_child=_reset_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows (docs/platforms.md)
+    os.register_at_fork(after_in_child=_reset_in_child)
 
 
 def _watch(ref: weakref.ref[RedisBackend], stop: threading.Event, every: float) -> None:
