@@ -1,8 +1,9 @@
 """Without fcntl (Windows): ``import sessionlock`` works, and file:// says what to use instead.
 
 Windows is simulated in a fresh interpreter: ``fcntl`` blocked in ``sys.modules`` (an import
-of it raises ModuleNotFoundError, as there) and ``os.fork`` and ``os.register_at_fork`` removed
-(Windows has neither). The interpreter is a subprocess so that no module of this test run is re-imported.
+of it raises ModuleNotFoundError, as there) and ``os.fork`` and ``os.register_at_fork``
+removed (Windows has neither). The interpreter is a subprocess so that no module of this
+test run is re-imported.
 """
 
 from __future__ import annotations
@@ -69,9 +70,7 @@ def test_memory_backend_serves_without_fcntl() -> None:
     assert result == {"status": ["200 OK"], "body": "ok"}
 
 
-def test_file_backend_and_the_default_raise_configuration_error_naming_the_alternatives() -> (
-    None
-):
+def test_file_backend_and_the_default_raise_configuration_error_naming_the_alternatives() -> None:
     result = _run(
         """
         from sessionlock import ConfigurationError, from_url

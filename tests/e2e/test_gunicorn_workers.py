@@ -36,7 +36,7 @@ CLIENTS = 8
 INCREMENTS = 8
 BARE = "tests.e2e.apps:wsgi_app"
 BARE_ASGI = "tests.e2e.apps:asgi_app"
-UVICORN_WORKER = "uvicorn.workers.UvicornWorker"
+UVICORN_WORKER = "uvicorn_worker.UvicornWorker"  # uvicorn.workers is deprecated
 
 
 # These tests are about serializing one session across workers under a burst of its own
