@@ -1,13 +1,17 @@
-"""Command line: ``python -m sessionlock demo`` (or the ``sessionlock`` script).
+"""Command line: ``python -m sessionlock`` (or the ``sessionlock`` script).
 
-    python -m sessionlock demo --clients 4 --requests 10 --work-ms 20
+    sessionlock --version
+    sessionlock demo --clients 4 --requests 10 --work-ms 20
+    sessionlock check myapp:app          # the lock's configuration and its problems
+    sessionlock held file:///var/lib/myapp/sessionlock   # sessions held (hashed), queued
 
-Without a subcommand it prints its help.
+Without a subcommand it prints its help. See docs/cli.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -23,10 +27,32 @@ def _positive(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sessionlock",
+        prog="sessionlock",
         description="sessionlock: one session's concurrent requests, serialized.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    check = commands.add_parser(
+        "check",
+        help="import an app and print its lock's configuration and problems",
+        description=(
+            "Import APP as a server would (module:app, or module:factory() with literal "
+            "arguments), find the SessionLockMiddleware layers in it, print their effective "
+            "configuration and the problems the checks would report. Exit status: 0 no "
+            "problem, 1 problems, 2 no lock found or the app could not be imported."
+        ),
+    )
+    check.add_argument("app", metavar="APP", help="module:app or module:factory()")
+    held = commands.add_parser(
+        "held",
+        help="list the sessions a backend holds now (hashed) and how many wait",
+        description=(
+            "List the keys (keyed hashes, never session ids) that a file:// or redis:// "
+            "backend holds right now, and the processes queued for each; reads only. "
+            "memory:// is per process: exit status 2."
+        ),
+    )
+    held.add_argument("url", metavar="BACKEND_URL", help="file:///dir or redis://host:6379/0")
     demo = commands.add_parser(
         "demo",
         help="show lost session updates on a real server, without and with the middleware",
@@ -69,9 +95,27 @@ def _port(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    """The installed distribution's version (what pip and the wheel's METADATA say)."""
+    try:
+        return importlib.metadata.version("sessionlock")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        from . import __version__
+
+        return f"{__version__} (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "check":
+        from .cli_check import run
+
+        return run(args.app)
+    if args.command == "held":
+        from .cli_held import run as run_held
+
+        return run_held(args.url)
     if args.command != "demo":
         parser.print_help()
         return 0

@@ -17,12 +17,13 @@ import logging
 import secrets
 import threading
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigurationError
 from . import _shared
 
-__all__ = ["DEFAULT_MAX_VALUES", "Backend", "Lease", "check_max_values"]
+__all__ = ["DEFAULT_MAX_VALUES", "Backend", "HeldKey", "Lease", "check_max_values"]
 
 logger = logging.getLogger("sessionlock")
 
@@ -72,6 +73,23 @@ class Lease:
 
     def __repr__(self) -> str:
         return f"Lease({self.key[:8]}...)"
+
+
+@dataclass(frozen=True)
+class HeldKey:
+    """A key busy in a shared backend right now, as ``sessionlock held`` lists it.
+
+    ``key``: the keyed hash the backend stores (never a raw session id). ``mode``:
+    ``"exclusive"`` (one holder), ``"shared"`` (readers) or ``"free"`` (nobody holds it, and
+    someone is in line: a hand-over under way). ``readers``: how many hold it shared, None
+    where the backend cannot tell (file://). ``queued``: the processes in the backend's line
+    for it; each process's further requests of that key wait behind its own, inside it.
+    """
+
+    key: str
+    mode: Literal["exclusive", "shared", "free"]
+    readers: int | None
+    queued: int
 
 
 class Backend(ABC):

@@ -110,9 +110,9 @@ from ._filedir import (
 )
 from ._filevalues import VALUE, VALUES, ValueStore
 from ._filewaiters import Line, Locked
-from .base import DEFAULT_MAX_VALUES, Backend, Lease, check_max_values
+from .base import DEFAULT_MAX_VALUES, Backend, HeldKey, Lease, check_max_values
 
-__all__ = ["FileBackend", "default_directory", "from_url", "normalize"]
+__all__ = ["FileBackend", "default_directory", "from_url", "held_keys", "normalize"]
 
 logger = logging.getLogger("sessionlock")
 
@@ -725,3 +725,11 @@ def _parse(url: str) -> tuple[str, int]:
     if not os.path.isabs(path):
         raise ConfigurationError(f"file:// needs an absolute path, got {url!r}")
     return os.path.normpath(path), check_max_values(max_values)
+
+
+def held_keys(url: str) -> list[HeldKey]:
+    """The keys held or queued for in a ``file://`` URL's directory, probed without taking
+    any lock or starting a backend (``sessionlock held``): see :mod:`._fileprobe`."""
+    from ._fileprobe import held_keys as probe
+
+    return probe(_parse(url)[0])

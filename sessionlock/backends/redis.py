@@ -76,13 +76,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from .._helpers import Helpers
 from ..errors import BackendUnavailable, ConfigurationError, LeaseLost
 from . import _redisscripts as lua
-from .base import Backend, Lease
+from .base import Backend, HeldKey, Lease
 
 try:
     import redis as redis_py
@@ -565,6 +565,49 @@ class RedisBackend(Backend):
         # Not a hash already: never let it reach Redis (or a hash tag) as given.
         digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), key=self.secret())
         return "h" + digest.hexdigest()[:64]
+
+    def held_keys(self) -> list[HeldKey]:
+        """The keys held or queued for right now (``sessionlock held``), sorted by key.
+
+        Read only: one ``SCAN`` of the backend's prefix (on Redis Cluster, of the node the
+        URL names), then the holder, the live readers and the live tickets in line per key.
+        """
+        self._check_open()
+        ends = (":lease", ":readers", ":queue")
+        start = len(lua.PREFIX) + 1  # after "sessionlock:{"
+        try:
+            names = self._client.scan_iter(match=lua.PREFIX + "{*}:*", count=1000)
+            keys = sorted({n[start : n.index("}:")] for n in names if n.endswith(ends)})
+            with self._client.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for key in keys:
+                    lease, queue, _, _, _ = lua.names(key)
+                    pipe.exists(lease)
+                    pipe.lrange(queue, 0, -1)
+                first = pipe.execute()
+            seconds, micros = first[0]
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            lines = first[2::2]
+            with self._client.pipeline(transaction=False) as pipe:
+                for key, line in zip(keys, lines, strict=True):
+                    _, _, _, readers_name, prefix = lua.names(key)
+                    pipe.zcount(readers_name, f"({now_ms}", "+inf")  # expired ones are dead
+                    for ticket in line:
+                        pipe.exists(prefix + "alive:" + ticket)
+                second = pipe.execute()
+        except _ERRORS as exc:
+            raise _unavailable(exc) from exc
+        found = []
+        answers = iter(second)
+        for key, held, line in zip(keys, first[1::2], lines, strict=True):
+            readers = int(next(answers))
+            queued = sum(int(next(answers)) for _ in line)
+            mode: Literal["exclusive", "shared", "free"] = (
+                "exclusive" if held else "shared" if readers else "free"
+            )
+            if held or readers or queued:
+                found.append(HeldKey(key, mode, readers, queued))
+        return found
 
     def close(self) -> None:
         """Stop the watchdog and close the pool's connections; leave the registry.
