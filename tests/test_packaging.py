@@ -116,6 +116,8 @@ ADAPTERS = {
     "sessionlock.templatetags.sessionlock": {"django"},
     # jinja2 and markupsafe: for the Jinja2Templates environment the app passes in.
     "sessionlock.starlette": {"starlette", "jinja2", "markupsafe"},
+    # sessionlock check reads Django's settings only for an app that is a Django handler.
+    "sessionlock.cli_check": {"django"},
 }
 #: Typing-only names (under ``if TYPE_CHECKING``): never imported at run time.
 TYPING_ONLY = {"_typeshed", "typing_extensions"}
