@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from fastapi import FastAPI
 from flask import Flask
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -35,3 +36,13 @@ session = Middleware(SessionMiddleware, secret_key="test")
 starlette_app = Starlette(middleware=[lock, session])
 #: The session outside the lock: loaded before the lock, saved after it.
 starlette_misordered = Starlette(middleware=[session, lock])
+
+#: add_middleware puts each new middleware outside the ones before: the lock, added last,
+#: is outermost.
+fastapi_app = FastAPI()
+fastapi_app.add_middleware(SessionMiddleware, secret_key="test")
+fastapi_app.add_middleware(asgi.SessionLockMiddleware, backend=BACKEND)
+#: An ASGI app wrapped whole.
+starlette_wrapped = asgi.SessionLockMiddleware(
+    Starlette(middleware=[session]), backend=BACKEND, cookie_session=None
+)

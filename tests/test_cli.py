@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -79,6 +80,29 @@ def test_check_a_starlette_app_finds_the_lock_in_its_middleware_stack() -> None:
     # The chain shows the lock outside Starlette's SessionMiddleware.
     assert out.index("SessionLockMiddleware") < out.index(": SessionMiddleware")
     assert "problems: none" in out
+
+
+def test_check_a_fastapi_app_built_with_add_middleware() -> None:
+    done = sessionlock("check", "tests.cli_apps:fastapi_app")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "app tests.cli_apps:fastapi_app (FastAPI)" in done.stdout
+    # FastAPI adds middleware of its own around the user's: the lock is among them.
+    assert re.search(
+        r"^lock 1 at app\.middleware_stack[.a-z_]* \(sessionlock\.asgi", done.stdout, re.M
+    )
+    assert done.stdout.index(": SessionLockMiddleware") < done.stdout.index(": SessionMiddleware")
+    assert "problems: none" in done.stdout
+
+
+def test_check_an_asgi_app_wrapped_whole_reports_its_untracked_session() -> None:
+    # cookie_session=None: Starlette's "session" cookie, inside the lock, is not tracked.
+    done = sessionlock("check", "tests.cli_apps:starlette_wrapped")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "lock 1 at app (sessionlock.asgi.SessionLockMiddleware)" in done.stdout
+    assert "tracked cookie sessions: none" in done.stdout
+    assert "Starlette's SessionMiddleware (the signed cookie 'session') is not tracked" in (
+        done.stdout
+    )
 
 
 def test_check_reports_a_session_layer_outside_the_lock() -> None:
