@@ -113,6 +113,11 @@ NOT_RUN: dict[Ref, str] = {
         "the recipe tests/e2e/test_metrics_gunicorn.py runs (tests/e2e/metrics_app.py)"
     ),
     Ref(METRICS, "A scrape", "# HELP sessionlock_waiting"): OUTPUT,
+    Ref("docs/cli.md", "`sessionlock check`", "$ sessionlock check app:app"): OUTPUT,
+    Ref("docs/cli.md", "`sessionlock check`", "$ sessionlock check misordered:app"): OUTPUT,
+    Ref("docs/cli.md", "`sessionlock check`", "$ sessionlock check myap:app"): OUTPUT,
+    Ref("docs/cli.md", "`sessionlock held`", "$ sessionlock held file:///"): OUTPUT,
+    Ref("docs/platforms.md", "Platforms", "the file:// backend (the default) needs"): OUTPUT,
     Ref(METRICS, "Queries", "histogram_quantile(0.95"): "PromQL, for Prometheus",
     Ref(METRICS, "Queries", "sum by (outcome)"): "PromQL, for Prometheus",
     Ref(METRICS, "Queries", "sum(sessionlock_waiting)"): "PromQL, for Prometheus",
