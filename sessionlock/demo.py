@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import secrets
 import threading
 import time
@@ -136,10 +137,16 @@ def _serving(
     """Waitress on a free loopback port, its loop in a thread; closed from inside its loop."""
     server = create_server(app, host="127.0.0.1", port=0, threads=threads)
     loop = threading.Thread(target=server.run, name="sessionlock-demo-server", daemon=True)
+    # A client's next connection can reach waitress while its last one's task still winds
+    # down: a "Task queue depth is 1" warning for a task queued a few µs, noise in the table.
+    queue_log = logging.getLogger("waitress.queue")
+    level = queue_log.level
+    queue_log.setLevel(logging.ERROR)
     loop.start()
     try:
         yield str(server.effective_host), int(server.effective_port)
     finally:
+        queue_log.setLevel(level)
         # Workers first: one that finishes after the loop closed would write to a closed pipe.
         server.task_dispatcher.shutdown()
 
