@@ -137,8 +137,8 @@ def _serving(
     """Waitress on a free loopback port, its loop in a thread; closed from inside its loop."""
     server = create_server(app, host="127.0.0.1", port=0, threads=threads)
     loop = threading.Thread(target=server.run, name="sessionlock-demo-server", daemon=True)
-    # A client's next connection can reach waitress while its last one's task still winds
-    # down: a "Task queue depth is 1" warning for a task queued a few µs, noise in the table.
+    # Waitress warns "Task queue depth is N" whenever a request waits a moment for a free
+    # thread (a loaded machine, connections winding down): noise in the demo's table.
     queue_log = logging.getLogger("waitress.queue")
     level = queue_log.level
     queue_log.setLevel(logging.ERROR)
