@@ -461,9 +461,16 @@ def _changed(before: Mapping[str, Any], session: Session) -> tuple[str, ...]:
 
 
 def _accessed(session: Any) -> bool:
-    """Flask, Django, Starlette: an ``accessed`` flag; Beaker: an ``accessed()`` method."""
+    """Flask, Django, Starlette: an ``accessed`` flag; Beaker: an ``accessed()`` method.
+
+    A written session counts too: Quart 0.22's marks a write ``modified`` only, so a handler
+    that writes without reading would otherwise never be checked.
+    """
     accessed = getattr(session, "accessed", True)
-    return bool(accessed() if callable(accessed) else accessed)
+    if accessed() if callable(accessed) else accessed:
+        return True
+    modified = getattr(session, "modified", False)
+    return bool(modified() if callable(modified) else modified)
 
 
 def _mark_modified(session: Any) -> None:

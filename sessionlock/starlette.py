@@ -30,7 +30,7 @@ ConfigurationError naming what it takes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, NoReturn
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -96,7 +96,8 @@ class SessionRulesMiddleware:
         async def send_repaired(message: Message) -> None:
             if message["type"] == "http.response.start":
                 session = scope.get("session")
-                if session is not None:
+                # A mapping only: after Litestar's clear_session() it is a sentinel object.
+                if isinstance(session, MutableMapping):
                     report = rules.enforce(session)
                     if report and rules.header is not None:
                         value = rules.header_value(report)

@@ -252,6 +252,15 @@ def test_enforce_skips_unaccessed_and_empty_sessions_and_marks_modified() -> Non
     assert used.modified
 
 
+def test_enforce_checks_a_session_written_without_being_read() -> None:
+    """Quart 0.22's session marks a write ``modified``, not ``accessed``."""
+    rules = Ruleset([required("a", 1)])
+    written = _Tracked(b=1)
+    written.modified = True
+    assert rules.enforce(written)
+    assert written == {"b": 1, "a": 1}
+
+
 def test_nested_in_place_repair_counts_as_a_change() -> None:
     session = {
         "exam_question_ids": [1, 2],

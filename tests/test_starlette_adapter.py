@@ -143,3 +143,27 @@ def test_an_unknown_keyword_of_the_rules_middleware_is_refused_by_name() -> None
         "unknown option 'rulez' (did you mean 'rules'?) for SessionRulesMiddleware; known: rules"
     )
     assert "__init__" not in message
+
+
+def test_a_session_that_is_no_mapping_is_left_alone() -> None:
+    """Litestar's clear_session() leaves a sentinel object in scope["session"]: no rules run
+    on it (they called .keys() on it: a 500 for the logout)."""
+    cleared = object()
+
+    async def logout(scope: Any, receive: Any, send: Any) -> None:
+        scope["session"] = cleared
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"bye"})
+
+    async def with_session(scope: Any, receive: Any, send: Any) -> None:
+        scope["session"] = {"t": "basic"}
+        await SessionRulesMiddleware(logout, rules=RULES)(scope, receive, send)
+
+    transport = httpx.ASGITransport(app=with_session)
+
+    async def run() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.post("/logout")
+
+    response = asyncio.run(run())
+    assert (response.status_code, response.text) == (200, "bye")
