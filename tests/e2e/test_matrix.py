@@ -165,7 +165,7 @@ class Jar:
                 if cookie_expired(attributes):
                     self.cookies.pop(name.strip(), None)
                 else:
-                    self.cookies[name.strip()] = value.strip().strip('"')
+                    self.cookies[name.strip()] = value.strip()  # quotes kept, as browsers do
 
 
 def send(base: str, path: str, cookies: dict[str, str], method: str = "POST") -> httpx.Response:
@@ -175,7 +175,7 @@ def send(base: str, path: str, cookies: dict[str, str], method: str = "POST") ->
     )
 
 
-def request(base: str, jar: Jar, path: str, method: str = "POST") -> dict[str, Any]:
+def call(base: str, jar: Jar, path: str, method: str = "POST") -> dict[str, Any]:
     response = send(base, path, jar.snapshot(), method)
     assert response.status_code == 200, (response.status_code, response.text)
     jar.apply(response)
@@ -223,12 +223,12 @@ def answers(responses: list[httpx.Response]) -> list[dict[str, Any]]:
 def new_browser(base: str) -> Jar:
     """A jar whose session has begun (a server-side session has its id cookie by then)."""
     jar = Jar()
-    assert request(base, jar, "/start")["started"] is True
+    assert call(base, jar, "/start")["started"] is True
     return jar
 
 
 def state(base: str, jar: Jar) -> dict[str, Any]:
-    return request(base, jar, "/state", "GET")
+    return call(base, jar, "/state", "GET")
 
 
 # -- scenarios -----------------------------------------------------------------------------
@@ -265,13 +265,14 @@ def test_two_keys_both_counts_right_and_no_wait(server: Server) -> None:
     assert sorted(answer["met"] for answer in met) == [False, True]
 
 
-def test_logout_no_resurrection(server: Server) -> None:
+def test_logout_no_resurrection(server: Server, request: pytest.FixtureRequest) -> None:
     """Bare, a session layer either resurrects the session or (Django) refuses the request
     that saves over a deleted session (400, SessionInterrupted); locked, neither happens."""
+    expect(server, "logout", request)
     in_browser = in_store = refused = 0
     for _ in range(LOGOUT_ROUNDS):
         jar = new_browser(server.base)
-        assert request(server.base, jar, "/login")["user"] == "alice"
+        assert call(server.base, jar, "/login")["user"] == "alice"
         before_logout = Jar(jar.snapshot())
         sent = concurrently(server.base, [(jar, "/touch"), (jar, "/logout")])
         refused += sum(response.status_code != 200 for response in sent)
@@ -290,17 +291,43 @@ def test_logout_no_resurrection(server: Server) -> None:
         assert in_browser + in_store + refused > 0
 
 
-# Found by this matrix: Ruleset.enforce skips a session the request wrote without reading it.
+# Found by this matrix, in sessionlock (not the frameworks): each test that meets one is a
+# strict xfail, so the fix turns it into a failure until the mark goes.
 UNREAD_WRITE_SKIPPED = (
     "sessionlock bug: Ruleset.enforce runs only on a session marked `accessed`; Quart's "
-    "(and Flask < 3.1's) SecureCookieSession marks a write `modified` only, so a handler "
-    "that writes without reading is never checked (sessionlock/rules.py _accessed)"
+    "SecureCookieSession marks a write `modified` only, so a handler that writes without "
+    "reading is never checked (sessionlock/rules.py _accessed)"
+)
+EMPTY_SESSION_CRASH = (
+    "sessionlock bug: sessionlock.starlette.SessionRulesMiddleware enforces the rules on "
+    "whatever scope['session'] holds; after Litestar's request.clear_session() that is its "
+    "Empty sentinel, has_data calls .keys() on it: AttributeError, a 500 for the logout"
 )
 
 
+def known_bug(server: Server, scenario: str) -> str | None:
+    if not server.locked:
+        return None
+    if scenario == "repair" and server.case.framework == "quart":
+        # Seen with Quart 0.22.0; 0.19.0 marks the session accessed and is repaired.
+        return UNREAD_WRITE_SKIPPED if _version(server) >= (0, 20) else None
+    if scenario == "logout" and server.case.framework == "litestar":
+        return EMPTY_SESSION_CRASH
+    return None
+
+
+def _version(server: Server) -> tuple[int, ...]:
+    return tuple(int(part) for part in server.version.split(".")[:2])
+
+
+def expect(server: Server, scenario: str, request: pytest.FixtureRequest) -> None:
+    reason = known_bug(server, scenario)
+    if reason is not None:
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+
+
 def test_repair_before_save(server: Server, request: pytest.FixtureRequest) -> None:
-    if server.locked and _writes_unread_skipped(server):
-        request.applymarker(pytest.mark.xfail(reason=UNREAD_WRITE_SKIPPED, strict=True))
+    expect(server, "repair", request)
     jar = new_browser(server.base)
     response = send(server.base, "/corrupt", jar.snapshot())
     assert response.status_code == 200, response.text
@@ -314,14 +341,3 @@ def test_repair_before_save(server: Server, request: pytest.FixtureRequest) -> N
     else:
         assert saved["idx"] == 7
         assert "x-session-repaired" not in response.headers
-
-
-def _writes_unread_skipped(server: Server) -> bool:
-    """Quart, and Flask before 3.1 (which marks the session accessed on any read of
-    ``flask.session``): the /corrupt handler's writes leave ``accessed`` false."""
-    if server.case.framework == "quart":
-        return True
-    if server.case.framework == "flask":
-        major, minor = (int(part) for part in server.version.split(".")[:2])
-        return (major, minor) < (3, 1)
-    return False

@@ -18,15 +18,13 @@ from typing import Any
 from .logic import ROOMS, RULES, SECRET, locked, run_async
 
 METHODS = ["GET", "POST"]
+LITESTAR_COOKIES = ["session", "session-0"]
 
 
 async def operation(op: str, session: Any, query: Any) -> dict[str, Any]:
-    if op == "logout":
-        session.clear()
-        return {}
     if op == "meet":
         return await ROOMS.meet_async(query)
-    return await run_async(op, session)
+    return await run_async(op, session, session.clear)
 
 
 def starlette_app() -> Any:
@@ -86,16 +84,14 @@ def litestar_app() -> Any:
 
     @route("/{op:str}", http_method=METHODS, status_code=200)
     async def handle(request: Request[Any, Any, Any], op: str) -> dict[str, Any]:
-        if op == "logout":
-            request.clear_session()
-            return {}
         if op == "meet":
             return await ROOMS.meet_async(request.query_params)
-        return await run_async(op, request.session)
+        return await run_async(op, request.session, request.clear_session)
 
     sessions = CookieBackendConfig(secret=SECRET.encode()[:32])
     middleware: list[Any] = [sessions.middleware]
     if locked():
         middleware.append(DefineMiddleware(SessionRulesMiddleware, rules=RULES))
     app = Litestar(route_handlers=[handle], middleware=middleware)
-    return SessionLockMiddleware(app) if locked() else app
+    # Litestar 2.0 names a one-chunk session cookie "session-0"; later releases "session".
+    return SessionLockMiddleware(app, cookie_session=LITESTAR_COOKIES) if locked() else app

@@ -13,12 +13,10 @@ the ASGI one async views, so requests of one session really overlap on the event
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
-from .logic import ROOMS, SECRET, locked, state, steps
+from .logic import ROOMS, SECRET, locked, run, run_async
 
 urlpatterns: list[Any] = []
 
@@ -54,25 +52,16 @@ def _reply(body: dict[str, Any]) -> Any:
 
 
 def _sync_view(request: Any, op: str) -> Any:
-    if op == "logout":
-        request.session.flush()
-        return _reply({})
     if op == "meet":
         return _reply(ROOMS.meet(request.GET))
-    for pause in steps(op, request.session):
-        time.sleep(pause)
-    return _reply(state(request.session))
+    return _reply(run(op, request.session, request.session.flush))
 
 
 async def _async_view(request: Any, op: str) -> Any:
-    if op == "logout":
-        request.session.flush()  # the cache backend does not touch the database
-        return _reply({})
     if op == "meet":
         return _reply(await ROOMS.meet_async(request.GET))
-    for pause in steps(op, request.session):
-        await asyncio.sleep(pause)
-    return _reply(state(request.session))
+    # The cache backend's load, save and flush do not touch the database: safe on the loop.
+    return _reply(await run_async(op, request.session, request.session.flush))
 
 
 def wsgi() -> Any:

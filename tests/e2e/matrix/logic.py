@@ -5,7 +5,8 @@ Routes (each answers the session as JSON; ``GET`` or ``POST``):
 - ``/start``: the session begins (``started``), so a server-side session has its id cookie;
 - ``/incr``: ``n`` read, some work (the window of a lost update), ``n + 1`` written;
 - ``/login``: ``user`` set; ``/touch``: if logged in, ``seen + 1`` after longer work;
-- ``/logout``: the session cleared, the framework's way (each app does it itself);
+- ``/logout``: some work (revoking tokens...), then the session cleared the framework's way
+  (each app passes its ``clear``);
 - ``/corrupt``: a handler bug: ``idx`` past the end of ``items``, for the rule to repair;
 - ``/meet?room=R&n=2&timeout=T``: waits inside the app until ``n`` requests are in the room
   at once: ``{"met": true}`` proves those requests were not serialized.
@@ -20,7 +21,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from sessionlock.rules import Ruleset, index_within
@@ -46,7 +47,10 @@ def state(session: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in session.items() if not key.startswith("_")}
 
 
-def steps(op: str, session: MutableMapping[str, Any]) -> Iterator[float]:
+Clear = Callable[[], object]
+
+
+def steps(op: str, session: MutableMapping[str, Any], clear: Clear) -> Iterator[float]:
     """Run ``op`` on the session; each yielded number is a pause (seconds of work)."""
     if op == "start":
         session["started"] = True
@@ -61,6 +65,9 @@ def steps(op: str, session: MutableMapping[str, Any]) -> Iterator[float]:
             seen = session.get("seen", 0)
             yield 4 * _work()
             session["seen"] = seen + 1
+    elif op == "logout":
+        yield _work()
+        clear()
     elif op == "corrupt":
         session["items"] = [1, 2, 3]
         session["idx"] = 7
@@ -68,16 +75,16 @@ def steps(op: str, session: MutableMapping[str, Any]) -> Iterator[float]:
         raise LookupError(op)
 
 
-def run(op: str, session: MutableMapping[str, Any]) -> dict[str, Any]:
-    for pause in steps(op, session):
+def run(op: str, session: MutableMapping[str, Any], clear: Clear) -> dict[str, Any]:
+    for pause in steps(op, session, clear):
         time.sleep(pause)  # the handler's work, between its read and its write
-    return state(session)
+    return {} if op == "logout" else state(session)
 
 
-async def run_async(op: str, session: MutableMapping[str, Any]) -> dict[str, Any]:
-    for pause in steps(op, session):
+async def run_async(op: str, session: MutableMapping[str, Any], clear: Clear) -> dict[str, Any]:
+    for pause in steps(op, session, clear):
         await asyncio.sleep(pause)
-    return state(session)
+    return {} if op == "logout" else state(session)
 
 
 class Rooms:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .logic import ROOMS, RULES, SECRET, locked, run, state
+from .logic import ROOMS, RULES, SECRET, locked, run
 
 BEAKER_KEY = "cookie:beaker.session.id"
 
@@ -29,12 +29,9 @@ def flask_app() -> Any:
 
     @app.route("/<op>", methods=["GET", "POST"])
     def handle(op: str) -> Any:
-        if op == "logout":
-            flask.session.clear()
-            return state(flask.session)
         if op == "meet":
             return ROOMS.meet(flask.request.args)
-        return run(op, flask.session)
+        return run(op, flask.session, flask.session.clear)
 
     if locked():
         SessionLock(app, rules=RULES)
@@ -55,12 +52,9 @@ def _beaker(app: Any) -> Any:
 
 
 def _beaker_op(op: str, session: Any, query: Any) -> dict[str, Any]:
-    if op == "logout":
-        session.delete()  # Beaker: gone from the store, an expired cookie sent
-        return {}
     if op == "meet":
         return ROOMS.meet(query)
-    return run(op, session)
+    return run(op, session, session.delete)  # Beaker: gone from the store, cookie expired
 
 
 def bottle_app() -> Any:
@@ -98,12 +92,9 @@ def pyramid_app() -> Any:
 
     def handle(request: Any) -> dict[str, Any]:
         op = request.matchdict["op"]
-        if op == "logout":
-            request.session.invalidate()
-            return {}
         if op == "meet":
             return ROOMS.meet(request.params)
-        return run(op, request.session)
+        return run(op, request.session, request.session.invalidate)
 
     with Configurator() as config:
         config.set_session_factory(SignedCookieSessionFactory(SECRET))
