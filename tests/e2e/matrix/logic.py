@@ -28,7 +28,6 @@ from sessionlock.rules import Ruleset, index_within
 
 SECRET = "matrix-e2e-secret-0123456789abcdef"  # 34 bytes: long enough for every framework
 RULES = Ruleset([index_within("idx", "items")], header="X-Session-Repaired")
-ROUTES = ("start", "state", "incr", "login", "touch", "logout", "corrupt", "meet")
 
 
 def locked() -> bool:
