@@ -309,8 +309,8 @@ def known_bug(server: Server, scenario: str) -> str | None:
     if not server.locked:
         return None
     if scenario == "repair" and server.case.framework == "quart":
-        # Seen with Quart 0.22.0; 0.19.0 and 0.23.1 mark the session accessed when the
-        # handler reaches it, and are repaired (0.20 and 0.21 untested).
+        # Seen with Quart 0.20.0 and 0.22.0; 0.19.0 and 0.23.1 mark the session accessed
+        # when the handler reaches it, and are repaired (0.21 untested).
         return UNREAD_WRITE_SKIPPED if (0, 20) <= _version(server) < (0, 23) else None
     if scenario == "logout" and server.case.framework == "litestar":
         return EMPTY_SESSION_CRASH
