@@ -113,6 +113,10 @@ NOT_RUN: dict[Ref, str] = {
         "the recipe tests/e2e/test_metrics_gunicorn.py runs (tests/e2e/metrics_app.py)"
     ),
     Ref(METRICS, "A scrape", "# HELP sessionlock_waiting"): OUTPUT,
+    Ref("docs/matrix.md", "Run it", "pip install tox"): (
+        "the whole matrix (80 tox environments, ~15 min): run by hand, its table in the page"
+    ),
+    Ref("docs/matrix.md", "In CI", "bash .ci/matrix"): "run by .ci/run, before this suite",
     Ref("docs/cli.md", "`sessionlock check`", "$ sessionlock check app:app"): OUTPUT,
     Ref("docs/cli.md", "`sessionlock check`", "$ sessionlock check misordered:app"): OUTPUT,
     Ref("docs/cli.md", "`sessionlock check`", "$ sessionlock check myap:app"): OUTPUT,
@@ -172,6 +176,8 @@ COMMANDS_NOT_RUN = {
     "pip install": "installs from PyPI",
     "gunicorn -w 4 --threads 8 --worker-class gthread app:app": "a host of a two-host setup",
     "python -m sessionlock demo --serve": "serves until Ctrl-C: tests/test_demo_serve.py runs it",
+    "tox ": "the framework matrix (docs/matrix.md): by hand, and a subset in .ci/run",
+    "bash .ci/matrix": "run by .ci/run, before this suite",
     **dict.fromkeys(
         [
             "export PROMETHEUS_MULTIPROC_DIR=",

@@ -265,10 +265,9 @@ def test_two_keys_both_counts_right_and_no_wait(server: Server) -> None:
     assert sorted(answer["met"] for answer in met) == [False, True]
 
 
-def test_logout_no_resurrection(server: Server, request: pytest.FixtureRequest) -> None:
+def test_logout_no_resurrection(server: Server) -> None:
     """Bare, a session layer either resurrects the session or (Django) refuses the request
     that saves over a deleted session (400, SessionInterrupted); locked, neither happens."""
-    expect(server, "logout", request)
     in_browser = in_store = refused = 0
     for _ in range(LOGOUT_ROUNDS):
         jar = new_browser(server.base)
@@ -291,44 +290,7 @@ def test_logout_no_resurrection(server: Server, request: pytest.FixtureRequest) 
         assert in_browser + in_store + refused > 0
 
 
-# Found by this matrix, in sessionlock (not the frameworks): each test that meets one is a
-# strict xfail, so the fix turns it into a failure until the mark goes.
-UNREAD_WRITE_SKIPPED = (
-    "sessionlock bug: Ruleset.enforce runs only on a session marked `accessed`; Quart 0.22's "
-    "session marks a write `modified` only, so a handler that writes without reading is "
-    "never checked (sessionlock/rules.py _accessed)"
-)
-EMPTY_SESSION_CRASH = (
-    "sessionlock bug: sessionlock.starlette.SessionRulesMiddleware enforces the rules on "
-    "whatever scope['session'] holds; after Litestar's request.clear_session() that is its "
-    "Empty sentinel, has_data calls .keys() on it: AttributeError, a 500 for the logout"
-)
-
-
-def known_bug(server: Server, scenario: str) -> str | None:
-    if not server.locked:
-        return None
-    if scenario == "repair" and server.case.framework == "quart":
-        # Seen with Quart 0.20.0 and 0.22.0; 0.19.0 and 0.23.1 mark the session accessed
-        # when the handler reaches it, and are repaired (0.21 untested).
-        return UNREAD_WRITE_SKIPPED if (0, 20) <= _version(server) < (0, 23) else None
-    if scenario == "logout" and server.case.framework == "litestar":
-        return EMPTY_SESSION_CRASH
-    return None
-
-
-def _version(server: Server) -> tuple[int, ...]:
-    return tuple(int(part) for part in server.version.split(".")[:2])
-
-
-def expect(server: Server, scenario: str, request: pytest.FixtureRequest) -> None:
-    reason = known_bug(server, scenario)
-    if reason is not None:
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-
-
-def test_repair_before_save(server: Server, request: pytest.FixtureRequest) -> None:
-    expect(server, "repair", request)
+def test_repair_before_save(server: Server) -> None:
     jar = new_browser(server.base)
     response = send(server.base, "/corrupt", jar.snapshot())
     assert response.status_code == 200, response.text
