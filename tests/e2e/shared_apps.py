@@ -25,7 +25,8 @@ a writer waits), or ``line``, the file backend's cross-process line enlisted in 
 non-waiting try failed: held elsewhere, someone queued, or another request's own try at
 that instant). The test orders its requests on those events, never on time. Those hooks
 replace two methods on the instances this app uses (``KeyedQueue._enqueue``,
-``FileBackend._enlist``), as tests/queue_probe.py does in process.
+``Line._enlist`` of the file backend's waiting line), as tests/queue_probe.py does in
+process.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def _waits(where: str) -> None:
 
 def _probe(core: Any) -> None:
     """Report each tagged request that joins a line: the in-process queue's, or the file
-    backend's cross-process one (``_enlist``: the contender takes a ticket for it)."""
+    backend's cross-process one (``Line._enlist``: the contender takes a ticket for it)."""
     queue = core.queue
     enqueue = queue._enqueue
 
@@ -109,14 +110,17 @@ def _probe(core: Any) -> None:
         return waiter
 
     queue._enqueue = enqueue_and_tell
-    enlist = getattr(core.backend, "_enlist", None)
-    if enlist is not None:
+    from sessionlock.backends.file import FileBackend
+
+    if isinstance(core.backend, FileBackend):  # never silently unhooked: the gates need it
+        line = core.backend._line
+        enlist = line._enlist
 
         def enlist_and_tell(key: str, slot: Any) -> None:
             enlist(key, slot)
             _waits("line")
 
-        core.backend._enlist = enlist_and_tell
+        line._enlist = enlist_and_tell
 
 
 # -- Flask (WSGI) -----------------------------------------------------------------------------
