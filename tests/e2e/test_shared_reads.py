@@ -282,7 +282,10 @@ def spread(bases: list[str], workers: int, count: int) -> list[Connection]:
         for conn in (c for conns in lines for c in conns):
             conn.close()
         raise AssertionError(f"could not spread {count} connections over {workers} workers")
-    return [conns[i] for i in range(share) for conns in lines][:count]
+    ordered = [conns[i] for i in range(share) for conns in lines]
+    for extra in ordered[count:]:  # a share rounded up: never left to the garbage collector
+        extra.close()
+    return ordered[:count]
 
 
 class Clients:
