@@ -120,7 +120,9 @@ SERVERS: dict[str, list[str]] = {
     "uvicorn 1 worker, Starlette": [
         *("uvicorn", "--factory", "benchmarks.bench_shared:starlette_app"),
         *("--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning"),
-        "--no-access-log",
+        # As gunicorn's --keep-alive below: a variant's connections idle while the others
+        # run must not be closed (uvicorn's default is 5 s; a slow round passed it).
+        *("--no-access-log", "--timeout-keep-alive", "300"),
     ],
     "gunicorn gthread 2x8, Flask": [
         *("gunicorn", "--bind", "127.0.0.1:{port}", "--log-level", "warning"),
