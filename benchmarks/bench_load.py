@@ -30,7 +30,7 @@ reported in ``lost``.
 
 The jars are kept from one wrk run to the next (a file the script reads and writes), so
 after the warm-up every run is 32 returning browsers. Variants are interleaved: each round
-runs every variant for 1 s (10 rounds; ``--rounds``, ``--seconds``), in an order that
+runs every variant for 1 s (9 rounds; ``--rounds``, ``--seconds``), in an order that
 rotates from round to round; req/s, p50 and p99 are medians over rounds, and the ratios
 (wrapped/bare, tracked/untracked) are medians of the ratios measured in the same round (the
 figures also give their range over rounds: how much the machine moved).
@@ -550,7 +550,7 @@ def unavailable(why: str) -> list[Figure]:
 
 def sizes(quick: bool) -> tuple[int, int]:
     """(rounds, seconds per run)."""
-    return (2, 1) if quick else (10, 1)
+    return (2, 1) if quick else (9, 1)
 
 
 def figures(quick: bool) -> list[Figure]:
@@ -563,7 +563,7 @@ def figures(quick: bool) -> list[Figure]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--quick", action="store_true", help="a short run (seconds)")
-    parser.add_argument("--rounds", type=int, help="rounds (default 10, --quick 2)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 9, --quick 2)")
     parser.add_argument("--seconds", type=int, help="seconds per wrk run (default 1)")
     args = parser.parse_args(argv)
     rounds, seconds = sizes(args.quick)

@@ -237,7 +237,7 @@ def browsers() -> Iterator[dict[tuple[str, str], Browser]]:
 
 def measure_pages(quick: bool) -> dict[tuple[str, str], list[float]]:
     """Page wall times (ms) per (server, variant), variants interleaved."""
-    rounds, pages = (3, 3) if quick else (8, 8)
+    rounds, pages = (3, 3) if quick else (6, 8)
     times: dict[tuple[str, str], list[float]] = {}
     with browsers() as made:
         for r in range(rounds):
