@@ -389,7 +389,7 @@ class Waiters:
 
 def measure_handoffs(quick: bool) -> dict[tuple[str, str], list[float]]:
     """µs per (path, hand-off) (the last waiter's), interleaved; raw: (raw, writer->writer)."""
-    samples = 300 if quick else 3000
+    samples = 300 if quick else 2000
     paths: dict[str, Holding] = {"KeyedQueue": QueueHolding(), "Core (memory://)": CoreHolding()}
     cases: list[tuple[str, Holding, str, bool, bool, int]] = [
         (name, path, h, holder, shared, n)

@@ -29,7 +29,7 @@ Batch = Callable[[int], float]
 
 
 def run(quick: bool) -> dict[str, dict[str, list[float]]]:
-    rounds, n = (7, 1000) if quick else (11, 4000)
+    rounds, n = (7, 1000) if quick else (11, 3000)
     directory = tempfile.mkdtemp(prefix="sessionlock-bench-stale-")
     backends = {"memory": from_url("memory://"), "file": from_url(f"file://{directory}")}
     loop = asyncio.new_event_loop()

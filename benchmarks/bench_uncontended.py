@@ -147,7 +147,7 @@ def rows_for(shell: str, times: dict[str, list[float]]) -> list[list[str]]:
 
 def sizes(quick: bool) -> tuple[int, int]:
     """(rounds, requests per batch)."""
-    return (7, 2000) if quick else (21, 10000)
+    return (7, 2000) if quick else (15, 10000)
 
 
 def measure_shells(quick: bool) -> dict[str, dict[str, list[float]]]:
