@@ -53,11 +53,12 @@ def test_builds_with_the_oldest_declared_setuptools(tmp_path: Path) -> None:
     minimum = _declared_setuptools()
     source = tmp_path / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "CHANGELOG.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(
-        ROOT / "sessionlock", source / "sessionlock", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for name in ("SECURITY.md", "mkdocs.yml"):
+        shutil.copy(ROOT / name, source / name)
+    for tree in ("sessionlock", "docs"):
+        shutil.copytree(ROOT / tree, source / tree, ignore=shutil.ignore_patterns("__pycache__"))
     constraints = tmp_path / "constraints.txt"
     constraints.write_text(f"setuptools=={minimum}\n")
     out = tmp_path / "dist"
@@ -88,6 +89,9 @@ def test_builds_with_the_oldest_declared_setuptools(tmp_path: Path) -> None:
         member = sdist.extractfile(f"sessionlock-{version}/LICENSE")
         assert member is not None
         assert member.read() == (ROOT / "LICENSE").read_bytes()
+        in_sdist = set(sdist.getnames())
+    for name in ("CHANGELOG.md", "SECURITY.md", "mkdocs.yml", "docs/index.md"):  # MANIFEST.in
+        assert f"sessionlock-{version}/{name}" in in_sdist, name
 
     assert metadata["License-Expression"] == PROJECT["license"] == "MIT"
     assert metadata.get_all("License-File") == PROJECT["license-files"] == ["LICENSE"]
