@@ -415,7 +415,8 @@ class Core:
             f" released at the {'head' if self.release_at_head else 'end'};"
             f" on backend error: {'open' if self.fail_open else 'closed'};"
             f" shared reads: {'configured' if self.is_shared is not None else 'none'};"
-            f" stale pages: {self.revisions.pages if self.revisions is not None else 'off'}"
+            f" stale pages: {self.revisions.pages if self.revisions is not None else 'off'};"
+            f" metrics: {type(self.metrics).__name__ if self.metrics is not None else 'off'}"
         )
 
     # -- admission -----------------------------------------------------------------------

@@ -487,3 +487,9 @@ def test_the_docs_statsd_example_counts_through_its_client() -> None:
     finally:
         first.close()
     assert client.sent == [("incr", "sessionlock.refused.timeout", 1)]
+
+
+def test_the_start_up_line_says_whether_metrics_are_on(registry: CollectorRegistry) -> None:
+    assert Core(backend="memory://").describe().endswith("; metrics: off")
+    core = Core(backend="memory://", metrics=PrometheusMetrics(registry))
+    assert core.describe().endswith("; metrics: PrometheusMetrics")
