@@ -21,8 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -42,6 +45,28 @@ def cookie_expired(attributes: list[str]) -> bool:
     if "expires" in values:
         return parsedate_to_datetime(values["expires"]).timestamp() <= time.time()
     return False
+
+
+class Jar:
+    """A browser's cookie jar shared by concurrent requests (independent of the library)."""
+
+    def __init__(self, cookies: dict[str, str] | None = None) -> None:
+        self._lock = threading.Lock()
+        self.cookies: dict[str, str] = dict(cookies or {})
+
+    def snapshot(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self.cookies)
+
+    def apply(self, response: httpx.Response) -> None:
+        with self._lock:
+            for header in response.headers.get_list("set-cookie"):
+                pair, *attributes = header.split(";")
+                name, _, value = pair.partition("=")
+                if cookie_expired(attributes):
+                    self.cookies.pop(name.strip(), None)
+                else:
+                    self.cookies[name.strip()] = value.strip()  # quotes kept, as browsers do
 
 
 def free_port() -> int:

@@ -22,35 +22,13 @@ from typing import Any
 import httpx
 import pytest
 
-from .servers import cookie_expired, gunicorn, running_server, uvicorn
+from .servers import Jar, gunicorn, running_server, uvicorn
 
 pytestmark = pytest.mark.e2e
 
 INCREMENTS = 8
 LOGOUT_ROUNDS = 3
 TIMEOUT = 60.0
-
-
-class Jar:
-    """A browser's cookie jar shared by concurrent requests (independent of the library)."""
-
-    def __init__(self, cookies: dict[str, str] | None = None) -> None:
-        self._lock = threading.Lock()
-        self.cookies: dict[str, str] = dict(cookies or {})
-
-    def snapshot(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self.cookies)
-
-    def apply(self, response: httpx.Response) -> None:
-        with self._lock:
-            for header in response.headers.get_list("set-cookie"):
-                pair, *attributes = header.split(";")
-                name, _, value = pair.partition("=")
-                if cookie_expired(attributes):
-                    self.cookies.pop(name.strip(), None)
-                else:
-                    self.cookies[name.strip()] = value.strip()
 
 
 def call(base: str, method: str, path: str, cookies: dict[str, str]) -> httpx.Response:

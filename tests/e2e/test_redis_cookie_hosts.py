@@ -26,8 +26,8 @@ import pytest
 
 from tests.redis_server import RedisServer
 
-from .servers import gunicorn, running_server, uvicorn
-from .test_cookie_sessions import INCREMENTS, LOGOUT_ROUNDS, TIMEOUT, Jar, call, request
+from .servers import Jar, gunicorn, running_server, uvicorn
+from .test_cookie_sessions import INCREMENTS, LOGOUT_ROUNDS, TIMEOUT, call, request
 
 pytestmark = pytest.mark.e2e
 
@@ -38,9 +38,7 @@ APPS = {
     "starlette-uvicorn": uvicorn("--factory", "tests.e2e.cookie_apps:starlette_app"),
 }
 CASES = [
-    pytest.param((app, mode), id=f"{app}-{mode}")
-    for app in APPS
-    for mode in ("tracked", "bare")
+    pytest.param((app, mode), id=f"{app}-{mode}") for app in APPS for mode in ("tracked", "bare")
 ]
 
 
