@@ -64,17 +64,33 @@ def _wait_in_thread(backend: FileBackend, timeout: float) -> tuple[threading.Thr
     return thread, got
 
 
-def test_the_release_rings_the_waiting_request(pair: tuple[FileBackend, FileBackend]) -> None:
-    holder, waiter = pair
-    held = holder.try_acquire(KEY)
+def _hold(backend: FileBackend) -> Lease:
+    held = backend.try_acquire(KEY)
     assert held is not None
-    thread, got = _wait_in_thread(waiter, 60.0)
-    _until(_has_turn(waiter), "the waiting request has the turn (waits on the bell)")
+    return held
+
+
+def _hand_over(
+    holder: FileBackend,
+    held: Lease,
+    waiter: FileBackend,
+    thread: threading.Thread,
+    got: list[object],
+) -> None:
+    """The holder lets go: the waiting thread gets the lock (and gives it back)."""
     holder.release(held)
     thread.join(60)
-    assert not thread.is_alive()
-    assert isinstance(got[0], Lease)
-    waiter.release(got[0])
+    lease = got[0]
+    assert isinstance(lease, Lease)
+    waiter.release(lease)
+
+
+def test_the_release_rings_the_waiting_request(pair: tuple[FileBackend, FileBackend]) -> None:
+    holder, waiter = pair
+    held = _hold(holder)
+    thread, got = _wait_in_thread(waiter, 60.0)
+    _until(_has_turn(waiter), "the waiting request has the turn (waits on the bell)")
+    _hand_over(holder, held, waiter, thread, got)
 
 
 def test_control_without_the_ring_the_waiter_sleeps_on(
@@ -84,8 +100,7 @@ def test_control_without_the_ring_the_waiter_sleeps_on(
     until the ring it was missing."""
     holder, waiter = pair
     monkeypatch.setattr(_bell, "ring", lambda to: None)
-    held = holder.try_acquire(KEY)
-    assert held is not None
+    held = _hold(holder)
     thread, got = _wait_in_thread(waiter, 60.0)
     _until(_has_turn(waiter), "the waiting request has the turn")
     holder.release(held)
@@ -111,16 +126,12 @@ def test_a_squatted_bell_sends_the_waiter_back_to_the_kernels_wait(
     squatter = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     squatter.bind(_address(waiter))
     try:
-        held = holder.try_acquire(KEY)
-        assert held is not None
+        held = _hold(holder)
         thread, got = _wait_in_thread(waiter, 60.0)
         inode = (tmp_path / "locks" / f"{KEY}.lock").stat().st_ino
         _until(lambda: _blocked_in_kernel(inode), "the waiter blocks in the kernel")
         assert not _has_turn(waiter)()
-        holder.release(held)
-        thread.join(60)
-        assert isinstance(got[0], Lease)  # the kernel woke it
-        waiter.release(got[0])
+        _hand_over(holder, held, waiter, thread, got)  # the kernel woke it
     finally:
         squatter.close()
 
@@ -129,8 +140,7 @@ def test_a_waiter_that_times_out_hands_the_turn_to_the_next(
     pair: tuple[FileBackend, FileBackend], tmp_path: Path
 ) -> None:
     holder, waiter = pair
-    held = holder.try_acquire(KEY)
-    assert held is not None
+    held = _hold(holder)
     first, first_got = _wait_in_thread(waiter, 0.2)
     _until(_has_turn(waiter), "the first waiter has the turn")
     second, second_got = _wait_in_thread(waiter, 60.0)
@@ -139,20 +149,16 @@ def test_a_waiter_that_times_out_hands_the_turn_to_the_next(
     assert first_got == [None]  # timed out, while the lock was held
     _until(lambda: waiter.waiting(KEY) == 1, "the turn went on")
     tickets = (tmp_path / "locks" / f"{KEY}.lock").stat().st_size
-    holder.release(held)
-    second.join(60)
-    assert isinstance(second_got[0], Lease)
+    _hand_over(holder, held, waiter, second, second_got)
     # One ticket drawn for both: the second took over the first's place, not a new one.
     assert tickets == 1
-    waiter.release(second_got[0])
 
 
 def test_a_task_is_rung_and_a_cancelled_one_hands_the_turn_on(
     pair: tuple[FileBackend, FileBackend],
 ) -> None:
     holder, waiter = pair
-    held = holder.try_acquire(KEY)
-    assert held is not None
+    held = _hold(holder)
 
     async def main() -> Lease | None:
         cancelled = asyncio.ensure_future(waiter.acquire_async(KEY, 60.0))
@@ -174,8 +180,7 @@ def test_a_task_that_times_out_leaves_the_lock_to_the_holders_next(
     pair: tuple[FileBackend, FileBackend],
 ) -> None:
     holder, waiter = pair
-    held = holder.try_acquire(KEY)
-    assert held is not None
+    held = _hold(holder)
 
     async def main() -> Lease | None:
         return await waiter.acquire_async(KEY, 0.2)
@@ -192,16 +197,12 @@ def test_bell_names_show_neither_the_key_nor_its_file(
     pair: tuple[FileBackend, FileBackend], tmp_path: Path
 ) -> None:
     holder, waiter = pair
-    held = holder.try_acquire(KEY)
-    assert held is not None
+    held = _hold(holder)
     thread, got = _wait_in_thread(waiter, 60.0)
     _until(_has_turn(waiter), "the waiter has the turn")
     with open("/proc/net/unix") as table:
         bells = [line.split()[-1] for line in table if "sessionlock-bell-" in line]
-    holder.release(held)
-    thread.join(60)
-    assert isinstance(got[0], Lease)
-    waiter.release(got[0])
+    _hand_over(holder, held, waiter, thread, got)
     assert bells == ["@" + _address(waiter)[1:].decode()]
     assert KEY not in bells[0]
     other = FileBackend(tmp_path / "other")  # another directory: another secret, another name
@@ -217,8 +218,7 @@ def test_a_turn_left_on_a_closed_loop_goes_on_to_the_next_request(
     """A loop closed while one of its tasks had the turn (neither cancelled nor woken): the
     next request of the key in this process takes the turn over instead of waiting forever."""
     holder, waiter = pair
-    held = holder.try_acquire(KEY)
-    assert held is not None
+    held = _hold(holder)
     loop = asyncio.new_event_loop()
     stranded = loop.create_task(waiter.acquire_async(KEY, 60.0))
     loop.run_until_complete(asyncio.to_thread(_until, _has_turn(waiter), "the task's turn"))
@@ -226,7 +226,4 @@ def test_a_turn_left_on_a_closed_loop_goes_on_to_the_next_request(
     assert not stranded.done()
     thread, got = _wait_in_thread(waiter, 60.0)
     _until(lambda: waiter.waiting(KEY) == 1, "the thread took the turn over")
-    holder.release(held)
-    thread.join(60)
-    assert isinstance(got[0], Lease)
-    waiter.release(got[0])
+    _hand_over(holder, held, waiter, thread, got)
