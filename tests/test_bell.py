@@ -53,8 +53,8 @@ def _has_turn(backend: FileBackend) -> Callable[[], bool]:
     return lambda: KEY in backend._line._turns_out
 
 
-def _address(backend: FileBackend) -> bytes:
-    return _bell.address(backend.secret(), backend._name(KEY, _LOCK))
+def _addresses(backend: FileBackend) -> tuple[bytes, bytes]:
+    return _bell.addresses(backend.secret(), backend._name(KEY, _LOCK))
 
 
 def _wait_in_thread(backend: FileBackend, timeout: float) -> tuple[threading.Thread, list[object]]:
@@ -108,7 +108,7 @@ def test_control_without_the_ring_the_waiter_sleeps_on(
     assert thread.is_alive()  # nothing woke it
     assert got == []
     monkeypatch.undo()
-    _bell.ring(_address(waiter))
+    _bell.ring(_addresses(waiter)[0])
     thread.join(60)
     assert isinstance(got[0], Lease)
     waiter.release(got[0])
@@ -119,12 +119,35 @@ def _blocked_in_kernel(inode: int) -> bool:
         return any("->" in line and f":{inode} " in line for line in table)
 
 
+def test_a_holder_keeps_its_bell_and_rings_the_next_waiters_other_one(
+    pair: tuple[FileBackend, FileBackend],
+) -> None:
+    """H holds; W1 waits on the first bell and gets the lock, keeping that bell bound until
+    it lets go (closing it is off the hand-off's path); W2 then waits on the second, which
+    W1's release rings."""
+    holder, waiter = pair
+    held = _hold(holder)
+    first, first_got = _wait_in_thread(waiter, 60.0)
+    _until(_has_turn(waiter), "W1 has the turn")
+    holder.release(held)
+    first.join(60)
+    w1 = first_got[0]
+    assert isinstance(w1, Lease)
+    second, second_got = _wait_in_thread(holder, 60.0)  # W2, in the other "process"
+    _until(_has_turn(holder), "W2 has the turn")
+    with open("/proc/net/unix") as table:
+        bound = sorted(line.split()[-1] for line in table if "sessionlock-bell-" in line)
+    assert bound == sorted("@" + name[1:].decode() for name in _addresses(waiter))
+    _hand_over(waiter, w1, holder, second, second_got)
+
+
 def test_a_squatted_bell_sends_the_waiter_back_to_the_kernels_wait(
     pair: tuple[FileBackend, FileBackend], tmp_path: Path
 ) -> None:
     holder, waiter = pair
-    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    squatter.bind(_address(waiter))
+    squatters = [socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
+    for squatter, name in zip(squatters, _addresses(waiter), strict=True):
+        squatter.bind(name)
     try:
         held = _hold(holder)
         thread, got = _wait_in_thread(waiter, 60.0)
@@ -133,7 +156,8 @@ def test_a_squatted_bell_sends_the_waiter_back_to_the_kernels_wait(
         assert not _has_turn(waiter)()
         _hand_over(holder, held, waiter, thread, got)  # the kernel woke it
     finally:
-        squatter.close()
+        for squatter in squatters:
+            squatter.close()
 
 
 def test_a_waiter_that_times_out_hands_the_turn_to_the_next(
@@ -203,11 +227,11 @@ def test_bell_names_show_neither_the_key_nor_its_file(
     with open("/proc/net/unix") as table:
         bells = [line.split()[-1] for line in table if "sessionlock-bell-" in line]
     _hand_over(holder, held, waiter, thread, got)
-    assert bells == ["@" + _address(waiter)[1:].decode()]
+    assert bells == ["@" + _addresses(waiter)[0][1:].decode()]
     assert KEY not in bells[0]
     other = FileBackend(tmp_path / "other")  # another directory: another secret, another name
     try:
-        assert _bell.address(other.secret(), f"{KEY}{_LOCK}") != _address(waiter)
+        assert set(_bell.addresses(other.secret(), f"{KEY}{_LOCK}")).isdisjoint(_addresses(waiter))
     finally:
         other.close()
 
@@ -227,3 +251,28 @@ def test_a_turn_left_on_a_closed_loop_goes_on_to_the_next_request(
     thread, got = _wait_in_thread(waiter, 60.0)
     _until(lambda: waiter.waiting(KEY) == 1, "the thread took the turn over")
     _hand_over(holder, held, waiter, thread, got)
+
+
+def test_a_ring_that_comes_after_a_cancel_gives_the_turn_up(
+    pair: tuple[FileBackend, FileBackend],
+) -> None:
+    """A ring handled after the waiting task was cancelled but before its done callback ran
+    (both ready in one loop step): the lock is not taken for nobody, the turn is given up."""
+    holder, waiter = pair
+    held = _hold(holder)
+
+    async def main() -> None:
+        future = waiter._line.future(KEY, 60.0, False)
+        await asyncio.to_thread(_until, _has_turn(waiter), "the task has the turn")
+        slot = waiter._line._turns_out[KEY]
+        assert isinstance(slot, _filewaiters._TaskSlot)
+        holder.release(held)  # the lock is free: a take would now succeed
+        future.cancel()  # its done callback runs at the next step...
+        slot._rung()  # ...after this ring, handled first
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert waiter.waiting(KEY) == 0
+    again = holder.try_acquire(KEY)  # nobody holds it, nobody is in line
+    assert again is not None
+    holder.release(again)

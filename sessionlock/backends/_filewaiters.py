@@ -60,8 +60,9 @@ class Turn:
     """The next place in line for one key, across processes (:mod:`._ticketlock`): nobody
     else may take the lock before it, and its holder's release rings ``bell``.
 
-    ``settle(fd, shared)``: the backend's bookkeeping once the lock is held (the held lock,
-    or AGAIN if the file was unlinked, its descriptor then closed).
+    ``settle(fd, shared, bell)``: the backend's bookkeeping once the lock is held (the held
+    lock, or AGAIN if the file was unlinked, its descriptor then closed); it keeps the bell
+    bound until the release, which closes it after ringing the next waiter's.
     """
 
     __slots__ = ("_loop", "bell", "fd", "settle", "shared", "ticket")
@@ -72,7 +73,7 @@ class Turn:
         ticket: int,
         shared: bool,
         bell: Bell,
-        settle: Callable[[int, bool], Locked | _Again],
+        settle: Callable[[int, bool, Bell], Locked | _Again],
     ) -> None:
         self.fd, self.ticket, self.shared, self.bell, self.settle = fd, ticket, shared, bell, settle
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -81,10 +82,9 @@ class Turn:
         """The lock if its holder has let go (None: not yet), without waiting."""
         if not _ticketlock.try_hold(self.fd, shared=self.shared):
             return None
-        self.unwatch()
-        self.bell.close()  # before leaving the line: the next waiter binds it next
+        self.unwatch()  # the bell itself stays bound until the release: not on this path
         _ticketlock.leave_line(self.fd, self.ticket)
-        return self.settle(self.fd, self.shared)
+        return self.settle(self.fd, self.shared, self.bell)
 
     def watch(self, loop: asyncio.AbstractEventLoop, rung: Callable[[], None]) -> None:
         """Call ``rung`` on ``loop`` at each ring (until :meth:`unwatch`)."""
@@ -376,6 +376,9 @@ class _TaskSlot(_Slot):
         """A ring, the poll's time, or the first look: take the lock if it is free."""
         turn = self.turn
         if turn is None:
+            return
+        if self.future.done():  # cancelled, its done callback (gone) not run yet
+            self._give_up()
             return
         try:
             got = turn.take()

@@ -176,6 +176,7 @@ class FileBackend(Backend):
         self._mutex = threading.Lock()
         self._line = Line(self._take_in_turn, self._unlock_fd, self._lease)
         self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
+        self._bells: dict[int, Bell] = {}  # fd -> the bell its holder waited on (_bell)
         self._stamps = True  # whether the file system keeps exact mtimes (see mark)
         self._stamps_checked = False
         self._idle: dict[str, float] = {}  # file name -> when released here, oldest first
@@ -373,14 +374,15 @@ class FileBackend(Backend):
                 raise unavailable(exc) from exc
             bell: Bell | None = None
             try:
-                try:  # bound before the first try: a release after it rings this bell
-                    bell = Bell(_bell.address(self._secret, name))
-                except OSError:  # the name is taken (a squatter): wait in the kernel
+                # Bound before the first try: a release after it rings this bell.
+                bell = _bell.bind(_bell.addresses(self._secret, name))
+                if bell is None:  # both names taken: wait in the kernel
                     _ticketlock.hold(fd, shared=shared)
                 else:
                     if not _ticketlock.try_hold(fd, shared=shared):
                         return Turn(fd, ticket, shared, bell, functools.partial(self._settle, name))
                     bell.close()
+                    bell = None
                 _ticketlock.leave_line(fd, ticket)
                 got = self._settle(name, fd, shared)
             except BaseException as exc:
@@ -426,12 +428,17 @@ class FileBackend(Backend):
                 raise BackendUnavailable(f"{self!r} is closed") from exc
             raise unavailable(exc) from exc
 
-    def _settle(self, name: str, fd: int, shared: bool) -> Locked | _Again:
-        """Just locked: the lock as held, or AGAIN (``fd`` closed) if the file is gone."""
+    def _settle(
+        self, name: str, fd: int, shared: bool, bell: Bell | None = None
+    ) -> Locked | _Again:
+        """Just locked: the lock as held, or AGAIN (``fd`` closed) if the file is gone.
+        ``bell``: the one it waited on, kept bound until the release."""
         # An inode its holder unlinked before unlocking has st_nlink 0: retry on the current
         # file. As stat(path) vs fstat: lock files are only unlinked.
         info = os.fstat(fd)
         if not info.st_nlink:
+            if bell is not None:
+                bell.close()
             os.close(fd)
             return AGAIN
         # Only a writer cuts the tickets back: a reader never writes the file.
@@ -441,6 +448,8 @@ class FileBackend(Backend):
         mutex.acquire()
         try:
             self._held[fd] = name
+            if bell is not None:
+                self._bells[fd] = bell
         finally:
             mutex.release()
         return fd, info.st_mtime_ns
@@ -507,12 +516,22 @@ class FileBackend(Backend):
             threading.Thread(target=self._remove_idle, name=_JANITOR, daemon=True).start()
 
     def _give(self, fd: int, name: str | None) -> None:
-        """Unlock, and ring the bell of whoever is next in line for ``name`` (:mod:`._bell`)."""
-        _ticketlock.give(fd)
-        # After the unlock: a waiter that queues after this look tries the lock after it.
-        if name is not None and _bell.AVAILABLE and _ticketlock.queued(fd):
-            with contextlib.suppress(OSError):  # a ring is a hint; the waiter polls anyway
-                _bell.ring(_bell.address(self._secret, name))
+        """Unlock, and ring the bell of whoever is next in line for ``name`` (:mod:`._bell`);
+        then close the bell this holder waited on, if it did."""
+        mine = self._bells.pop(fd, None) if self._bells else None
+        try:
+            _ticketlock.give(fd)
+            if name is not None and _bell.AVAILABLE:
+                # A ring is a hint (the waiter polls anyway): a failed probe is not a failed
+                # release. After the unlock: a waiter that queues after this look tries after it.
+                with contextlib.suppress(OSError):
+                    if _ticketlock.queued(fd):
+                        for address in _bell.addresses(self._secret, name):
+                            if mine is None or address != mine.address:  # never our own
+                                _bell.ring(address)
+        finally:
+            if mine is not None:
+                mine.close()
 
     def _janitor_due(self, now: float) -> bool:
         # Called under the mutex: many idle files, or an old one (looked at 4 times a second
@@ -701,6 +720,9 @@ class FileBackend(Backend):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._held = {}
+        for bell in self._bells.values():
+            bell.close()
+        self._bells = {}
 
 
 _after_fork: weakref.WeakSet[FileBackend] = weakref.WeakSet()
