@@ -55,17 +55,7 @@ import fcntl
 import os
 import struct
 
-__all__ = [
-    "FAIR",
-    "give",
-    "hold",
-    "leave_line",
-    "queue_up",
-    "queued",
-    "take_in_turn",
-    "try_hold",
-    "try_take",
-]
+__all__ = ["FAIR", "give", "take_in_turn", "try_take"]
 
 #: Whether the platform has OFD locks, hence first-come-first-served order across processes.
 FAIR = hasattr(fcntl, "F_OFD_SETLKW")
@@ -113,7 +103,8 @@ if FAIR:
         # ignores the locks of ``fd``'s own open file description: ``fd`` must hold nothing
         # (the backend's holders each have a description of their own, given back unlocked).
         # A probe, not a lock: readers probing at once never exclude each other.
-        if queued(fd):
+        found = fcntl.fcntl(fd, _PROBE, _CLOSE_LINE)
+        if struct.unpack_from("h", found)[0] != fcntl.F_UNLCK:  # l_type
             return False  # someone is queued (or a writer is taking the lock right now)
         # Then join the readers holding. A writer that came since the probe arrived with us
         # (either goes first); one queued before it keeps byte 1 until it holds byte 0.
@@ -126,16 +117,6 @@ if FAIR:
     def take_in_turn(fd: int, *, shared: bool = False) -> None:
         """Queue behind every earlier waiter, then wait for the holder (blocks the thread);
         ``shared``: then hold with the readers (waits for a writer holding, not for readers)."""
-        ticket = queue_up(fd)
-        try:
-            hold(fd, shared=shared)
-        finally:
-            leave_line(fd, ticket)
-
-    def queue_up(fd: int) -> int:
-        """Mark the line and wait (blocking the thread) until every earlier waiter has held
-        or died: then this one is next, the one waiter byte 0 may keep waiting. Its ticket
-        and mark stay locked until :func:`leave_line`, so nobody overtakes it meanwhile."""
         fcntl.fcntl(fd, _WAIT, _MARK)
         try:
             # At the desk, a ticket is drawn and its byte locked in one step: a later waiter
@@ -148,41 +129,17 @@ if FAIR:
                 fcntl.fcntl(fd, _WAIT, mine)  # nobody else has this byte: immediate
             finally:
                 fcntl.fcntl(fd, _SET, _LEAVE_DESK)
-            try:
-                fcntl.fcntl(fd, _WAIT, _range(fcntl.F_RDLCK, BASE, ticket))
-                fcntl.fcntl(fd, _SET, _range(fcntl.F_UNLCK, BASE, ticket))
-            except BaseException:
-                fcntl.fcntl(fd, _SET, _range(fcntl.F_UNLCK, BASE + ticket, 1))
-                raise
         except BaseException:
             fcntl.fcntl(fd, _SET, _DROP_MARK)
             raise
-        return ticket
-
-    def hold(fd: int, *, shared: bool = False) -> None:
-        """Next in line: wait for the holder (blocks the thread)."""
-        fcntl.fcntl(fd, _WAIT, _SHARE if shared else _HOLD)
-
-    def try_hold(fd: int, *, shared: bool = False) -> bool:
-        """Next in line: hold the lock if nobody holds it (or only readers, if ``shared``)."""
         try:
-            fcntl.fcntl(fd, _SET, _SHARE if shared else _HOLD)
-        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held
-            return False
-        return True
-
-    def leave_line(fd: int, ticket: int) -> None:
-        """Out of line, holding or not: those behind move up."""
-        # One call for the mark and the ticket: of the bytes between them, the desk and the
-        # earlier tickets, this descriptor holds none any more.
-        fcntl.fcntl(fd, _SET, _range(fcntl.F_UNLCK, 1, BASE + ticket))
-
-    def queued(fd: int) -> bool:
-        """Whether another open file waits in line (its mark on byte 1; for a releaser, to
-        know whether to ring). ``fd``'s own locks are not seen: it must hold no mark."""
-        found = fcntl.fcntl(fd, _PROBE, _CLOSE_LINE)
-        kind: int = struct.unpack_from("h", found)[0]  # l_type
-        return kind != fcntl.F_UNLCK
+            fcntl.fcntl(fd, _WAIT, _range(fcntl.F_RDLCK, BASE, ticket))
+            fcntl.fcntl(fd, _SET, _range(fcntl.F_UNLCK, BASE, ticket))
+            fcntl.fcntl(fd, _WAIT, _SHARE if shared else _HOLD)
+        finally:
+            # Out of line in one call, mark and ticket: of the bytes between them (the desk,
+            # the earlier tickets) this descriptor holds none any more.
+            fcntl.fcntl(fd, _SET, _range(fcntl.F_UNLCK, 1, BASE + ticket))
 
     def give(fd: int) -> None:
         """Release the lock, shared or not (the next in line, if any, takes it)."""
@@ -228,21 +185,6 @@ else:  # pragma: no cover - not Linux
 
     def give(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def queue_up(fd: int) -> int:
-        return 0
-
-    def hold(fd: int, *, shared: bool = False) -> None:
-        take_in_turn(fd, shared=shared)
-
-    def try_hold(fd: int, *, shared: bool = False) -> bool:
-        return try_take(fd, shared=shared)
-
-    def leave_line(fd: int, ticket: int) -> None:
-        return None
-
-    def queued(fd: int) -> bool:
-        return False
 
     def reset_if_long(fd: int, keep: int = 0) -> None:
         return None

@@ -87,7 +87,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import hashlib
 import logging
 import os
@@ -99,8 +98,7 @@ from collections.abc import Callable, Sequence
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..errors import BackendUnavailable, ConfigurationError
-from . import _bell, _lockrecord, _ticketlock
-from ._bell import Bell
+from . import _lockrecord, _ticketlock
 from ._filedir import (
     TMP,
     agree_secret,
@@ -111,7 +109,7 @@ from ._filedir import (
     unavailable,
 )
 from ._filevalues import VALUE, VALUES, ValueStore
-from ._filewaiters import AGAIN, Line, Locked, Turn, _Again
+from ._filewaiters import Line, Locked
 from .base import DEFAULT_MAX_VALUES, Backend, HeldKey, Lease, check_max_values
 
 __all__ = ["FileBackend", "default_directory", "from_url", "held_keys", "normalize"]
@@ -176,7 +174,6 @@ class FileBackend(Backend):
         self._mutex = threading.Lock()
         self._line = Line(self._take_in_turn, self._unlock_fd, self._lease)
         self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
-        self._bells: dict[int, Bell] = {}  # fd -> the bell its holder waited on (_bell)
         self._stamps = True  # whether the file system keeps exact mtimes (see mark)
         self._stamps_checked = False
         self._idle: dict[str, float] = {}  # file name -> when released here, oldest first
@@ -357,102 +354,53 @@ class FileBackend(Backend):
         """How many of this process's requests wait for ``key`` here (for tests)."""
         return self._line.waiting(key)
 
-    def _take_in_turn(self, key: str, shared: bool) -> Locked | Turn:
-        """The line's contender: wait in the kernel's line for ``key``; then the lock if it
-        is free, or the turn to wait for it with a bell (:mod:`._bell`)."""
-        name = self._name(key, _LOCK)
-        if not _bell.AVAILABLE:
-            locked = self._lock(name, blocking=True, shared=shared)
-            assert locked is not None  # a blocking lock returns one or raises
-            return locked
-        while True:
-            fd = self._descriptor(name)
-            try:
-                ticket = _ticketlock.queue_up(fd)
-            except BaseException as exc:
-                os.close(fd)
-                raise unavailable(exc) from exc
-            bell: Bell | None = None
-            try:
-                # Bound before the first try: a release after it rings this bell.
-                bell = _bell.bind(_bell.addresses(self._secret, name))
-                if bell is None:  # both names taken: wait in the kernel
-                    _ticketlock.hold(fd, shared=shared)
-                else:
-                    if not _ticketlock.try_hold(fd, shared=shared):
-                        return Turn(fd, ticket, shared, bell, functools.partial(self._settle, name))
-                    bell.close()
-                    bell = None
-                _ticketlock.leave_line(fd, ticket)
-                got = self._settle(name, fd, shared)
-            except BaseException as exc:
-                if bell is not None:
-                    bell.close()
-                os.close(fd)  # drops whatever this descriptor held
-                raise unavailable(exc) from exc
-            if not isinstance(got, _Again):
-                return got
+    def _take_in_turn(self, key: str, shared: bool) -> Locked:
+        """The key's lock, waited for in its turn across processes (the line's contender)."""
+        got = self._lock(self._name(key, _LOCK), blocking=True, shared=shared)
+        assert got is not None  # a blocking lock returns one or raises
+        return got
 
     def _lock(self, name: str, *, blocking: bool, shared: bool = False) -> Locked | None:
         """Lock ``name``'s current inode: (fd, stamp); None if busy (or queued for) and not
         ``blocking``. ``shared``: with the readers (busy: a writer holds, or anyone queues)."""
+        mutex = self._mutex  # taken by hand on this path: half the cost of ``with``
         while True:
-            fd = self._descriptor(name)
+            mutex.acquire()  # a descriptor this process keeps open for the key, if any
+            try:
+                fd = self._open.pop(name, None)
+            finally:
+                mutex.release()
+            if fd is None:
+                try:
+                    fd = os.open(name, _OPEN_LOCK, 0o600, dir_fd=self._dir_fd)
+                except OSError as exc:
+                    if self._closed:
+                        raise BackendUnavailable(f"{self!r} is closed") from exc
+                    raise unavailable(exc) from exc
             try:
                 if blocking:
                     _ticketlock.take_in_turn(fd, shared=shared)
                 elif not _ticketlock.try_take(fd, shared=shared):
                     self._keep_open(name, fd)
                     return None
-                got = self._settle(name, fd, shared)
+                # An inode its holder unlinked before unlocking has st_nlink 0: retry on the
+                # current file. As stat(path) vs fstat: lock files are only unlinked.
+                info = os.fstat(fd)
+                # Only a writer cuts the tickets back: a reader never writes the file.
+                if not shared and info.st_nlink and info.st_size > _ticketlock.RESET_SIZE:
+                    _ticketlock.reset_if_long(fd, _lockrecord.extent(fd))
             except BaseException as exc:
                 os.close(fd)  # drops whatever this descriptor held
                 raise unavailable(exc) from exc
-            if not isinstance(got, _Again):
-                return got
-
-    def _descriptor(self, name: str) -> int:
-        """A descriptor of ``name``, unlocked: the one kept open for the key, or a new one."""
-        mutex = self._mutex  # taken by hand on this path: half the cost of ``with``
-        mutex.acquire()
-        try:
-            fd = self._open.pop(name, None)
-        finally:
-            mutex.release()
-        if fd is not None:
-            return fd
-        try:
-            return os.open(name, _OPEN_LOCK, 0o600, dir_fd=self._dir_fd)
-        except OSError as exc:
-            if self._closed:
-                raise BackendUnavailable(f"{self!r} is closed") from exc
-            raise unavailable(exc) from exc
-
-    def _settle(
-        self, name: str, fd: int, shared: bool, bell: Bell | None = None
-    ) -> Locked | _Again:
-        """Just locked: the lock as held, or AGAIN (``fd`` closed) if the file is gone.
-        ``bell``: the one it waited on, kept bound until the release."""
-        # An inode its holder unlinked before unlocking has st_nlink 0: retry on the current
-        # file. As stat(path) vs fstat: lock files are only unlinked.
-        info = os.fstat(fd)
-        if not info.st_nlink:
-            if bell is not None:
-                bell.close()
-            os.close(fd)
-            return AGAIN
-        # Only a writer cuts the tickets back: a reader never writes the file.
-        if not shared and info.st_size > _ticketlock.RESET_SIZE:
-            _ticketlock.reset_if_long(fd, _lockrecord.extent(fd))
-        mutex = self._mutex
-        mutex.acquire()
-        try:
-            self._held[fd] = name
-            if bell is not None:
-                self._bells[fd] = bell
-        finally:
-            mutex.release()
-        return fd, info.st_mtime_ns
+            if not info.st_nlink:
+                os.close(fd)
+                continue
+            mutex.acquire()
+            try:
+                self._held[fd] = name
+            finally:
+                mutex.release()
+            return fd, info.st_mtime_ns
 
     def _keep_open(self, name: str, fd: int) -> None:
         """Keep ``fd`` (unlocked) for the key's next request; close the oldest beyond 64."""
@@ -478,7 +426,7 @@ class FileBackend(Backend):
     def _unlock_fd(self, fd: int) -> None:
         """Unlock; the file (and its descriptor) stay for the key's next request, until idle."""
         try:
-            self._give(fd, self._held.get(fd))  # for every copy of the fd, a forked one too
+            _ticketlock.give(fd)  # for every copy of the fd, a forked one too
         except BaseException:
             with self._mutex:
                 self._held.pop(fd, None)
@@ -514,24 +462,6 @@ class FileBackend(Backend):
             self._unlink_if_free(behind)
         if sweep:
             threading.Thread(target=self._remove_idle, name=_JANITOR, daemon=True).start()
-
-    def _give(self, fd: int, name: str | None) -> None:
-        """Unlock, and ring the bell of whoever is next in line for ``name`` (:mod:`._bell`);
-        then close the bell this holder waited on, if it did."""
-        mine = self._bells.pop(fd, None) if self._bells else None
-        try:
-            _ticketlock.give(fd)
-            if name is not None and _bell.AVAILABLE:
-                # A ring is a hint (the waiter polls anyway): a failed probe is not a failed
-                # release. After the unlock: a waiter that queues after this look tries after it.
-                with contextlib.suppress(OSError):
-                    if _ticketlock.queued(fd):
-                        for address in _bell.addresses(self._secret, name):
-                            if mine is None or address != mine.address:  # never our own
-                                _bell.ring(address)
-        finally:
-            if mine is not None:
-                mine.close()
 
     def _janitor_due(self, now: float) -> bool:
         # Called under the mutex: many idle files, or an old one (looked at 4 times a second
@@ -587,7 +517,7 @@ class FileBackend(Backend):
                 removed = True
             except (OSError, BackendUnavailable):
                 pass  # a read-only or full disk: the file, and its record, stay
-            self._give(fd, name)
+            _ticketlock.give(fd)
         finally:
             os.close(fd)
         return removed
@@ -720,9 +650,6 @@ class FileBackend(Backend):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._held = {}
-        for bell in self._bells.values():
-            bell.close()
-        self._bells = {}
 
 
 _after_fork: weakref.WeakSet[FileBackend] = weakref.WeakSet()

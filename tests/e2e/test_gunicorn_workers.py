@@ -248,11 +248,10 @@ def test_control_memory_backend_under_one_worker_serves(db: Path) -> None:
 
 
 def _lock_holders(lock_dir: Path) -> tuple[int | None, int]:
-    """(pid holding the directory's one lock file, how many wait in line for it), from /proc.
+    """(pid holding the directory's one lock file, how many wait on it), from /proc.
 
     The file backend's locks are OFD byte locks (``_ticketlock``): ``/proc/locks`` shows
-    them with pid -1, so the holder (byte 0, write) is found in the workers' fdinfo. Each
-    waiter read-locks byte 1 while in line (the next one waits on a bell, not in the kernel).
+    them with pid -1, so the holder (byte 0, write) is found in the workers' fdinfo.
     """
     inodes = set()
     for name in os.listdir(lock_dir) if lock_dir.exists() else ():
@@ -262,8 +261,7 @@ def _lock_holders(lock_dir: Path) -> tuple[int | None, int]:
     waiting = 0
     with open("/proc/locks") as table:
         for line in table:
-            mark = r"^\d+:\s+OFDLCK\s+ADVISORY\s+READ\s+-1\s+[0-9a-f]+:[0-9a-f]+:(\d+)\s+1\s+1\b"
-            match = re.search(mark, line)
+            match = re.search(r"->\s+OFDLCK\s+\S+\s+\S+\s+-1\s+[0-9a-f]+:[0-9a-f]+:(\d+)\s", line)
             waiting += bool(match and int(match[1]) in inodes)
     holding = [
         rf"OFDLCK\s+\S+\s+WRITE\s+-1\s+[0-9a-f]+:[0-9a-f]+:{inode}\s+0\s+0\b" for inode in inodes
@@ -310,7 +308,7 @@ def test_sigkill_of_the_holder_lets_the_session_go_on(tmp_path: Path, db: Path, 
         ]
         for thread in waiters:
             thread.start()
-        _until(lambda: _lock_holders(lock_dir)[1] == 2)  # both in line, in other workers
+        _until(lambda: _lock_holders(lock_dir)[1] == 2)  # both blocked in other workers
         pid, _ = _lock_holders(lock_dir)
         assert pid is not None
         killed = time.monotonic()
