@@ -137,8 +137,8 @@ if FAIR:
             fcntl.fcntl(fd, _SET, _range(fcntl.F_UNLCK, BASE, ticket))
             fcntl.fcntl(fd, _WAIT, _SHARE if shared else _HOLD)
         finally:
-            # Out of line in one call, mark and ticket: of the bytes between them (the desk,
-            # the earlier tickets) this descriptor holds none any more.
+            # Out of line in one call, mark and ticket. The bytes between them (the desk, the
+            # earlier tickets) are let go already, or go with them if a wait above failed.
             fcntl.fcntl(fd, _SET, _range(fcntl.F_UNLCK, 1, BASE + ticket))
 
     def give(fd: int) -> None:
