@@ -23,12 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ._figures import HEADERS, Figure, dump, load, row
-from ._table import median, print_table
+from ._table import print_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,95 +45,13 @@ MODULES: list[tuple[str, str, str]] = [
     ("shared", "bench_shared", "8 parallel GETs of one session: shared vs bare; hand-offs"),
 ]
 
-UNCONTENDED_TARGETS = [
-    ("uncontended cost per request, WSGI, memory://", "<= 6 µs"),
-    ("uncontended cost per request, ASGI, memory://", "<= 3 µs"),
-    ("uncontended cost per request, WSGI, file:// over memory://", "<= +5 µs"),
-    ("uncontended cost per request, ASGI, file:// over memory://", "<= +5 µs"),
-]
-
-
 # -- in the child: one module's figures -------------------------------------------------------
-
-
-def uncontended_figures(module: Any, quick: bool) -> list[Figure]:
-    """``bench_uncontended``'s figures: its ``figures(quick)`` when it has one, else built here
-    from its parts (the variants of its ``main``: raw apps, wrapped on memory:// and file://,
-    a returning browser), so the runner does not parse its output."""
-    if hasattr(module, "figures"):
-        found: list[Figure] = module.figures(quick)
-        return found
-    import asyncio
-    import shutil
-
-    from sessionlock import asgi, wsgi
-    from sessionlock.backends import from_url
-
-    rounds, n = (7, 2000) if quick else (11, 5000)
-    cookie = module.VISITS["returning"]
-    directory = tempfile.mkdtemp(prefix="sessionlock-bench-")
-    backends = {"memory": from_url("memory://"), "file": from_url(f"file://{directory}")}
-    loop = asyncio.new_event_loop()
-    try:
-        shells: dict[str, dict[str, Callable[[int], float]]] = {
-            "WSGI": {"bare": module.wsgi_batch(module.raw_wsgi, cookie)},
-            "ASGI": {"bare": module.asgi_batch(module.raw_asgi, cookie, loop)},
-        }
-        for label, backend in backends.items():
-            options = {"backend": backend, "secret": module.SECRET}
-            wrapped_wsgi = wsgi.SessionLockMiddleware(module.raw_wsgi, **options)
-            wrapped_asgi = asgi.SessionLockMiddleware(module.raw_asgi, **options)
-            shells["WSGI"][label] = module.wsgi_batch(wrapped_wsgi, cookie)
-            shells["ASGI"][label] = module.asgi_batch(wrapped_asgi, cookie, loop)
-        times = {shell: module.measure(v, rounds=rounds, n=n) for shell, v in shells.items()}
-    finally:
-        loop.close()
-        for backend in backends.values():
-            backend.close()
-        shutil.rmtree(directory, ignore_errors=True)
-    out = []
-    for shell in ("WSGI", "ASGI"):
-        target = float(module.TARGETS[shell])
-        cost = float(module.added(times[shell], "memory"))
-        bare = median(times[shell]["bare"])
-        out.append(
-            Figure(
-                f"uncontended cost per request, {shell}, memory://",
-                f"+{cost:.2f} µs",
-                f"bare raw {shell} app {bare:.2f} µs",
-                f"<= {target:g} µs",
-                cost <= target,
-            )
-        )
-    for shell in ("WSGI", "ASGI"):
-        extra = float(module.added(times[shell], "file", "memory"))
-        limit = float(module.FILE_EXTRA)
-        out.append(
-            Figure(
-                f"uncontended cost per request, {shell}, file:// over memory://",
-                f"+{extra:.2f} µs",
-                f"memory:// {median(times[shell]['memory']):.2f} µs",
-                f"<= +{limit:g} µs",
-                extra <= limit,
-            )
-        )
-    return out
 
 
 def child(name: str, quick: bool, out: Path) -> None:
     module_name = dict((short, module) for short, module, _ in MODULES)[name]
-    try:
-        module = importlib.import_module(f"benchmarks.{module_name}")
-    except ModuleNotFoundError as missing:
-        if name != "uncontended" or missing.name != f"benchmarks.{module_name}":
-            raise
-        why = f"benchmarks/{module_name}.py not there yet"
-        dump([Figure.unavailable(f, t, why) for f, t in UNCONTENDED_TARGETS], out)
-        return
-    if name == "uncontended":
-        dump(uncontended_figures(module, quick), out)
-    else:
-        dump(module.figures(quick), out)
+    module = importlib.import_module(f"benchmarks.{module_name}")
+    dump(module.figures(quick), out)
 
 
 # -- in the parent: run them all, one table ---------------------------------------------------

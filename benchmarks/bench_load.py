@@ -15,8 +15,9 @@ Apps, each on its own server (a subprocess on a free loopback port, all running 
 Variants of the counters: bare; wrapped on ``file://`` (a fresh temp directory) without
 cookie tracking (``cookie_session=None``: it is on by default); wrapped on ``file://`` with
 ``cookie_session="session"`` (tracked). Of hello: bare, wrapped on ``memory://``, wrapped on
-``file://``, with the defaults. Every variant uses the default key (the ``sessionlock``
-identity cookie).
+``file://``, with the defaults; and, as the floor, wrapped in :mod:`benchmarks._minimal`'s
+least possible lock middleware (a dict of ``asyncio.Lock``, none of the safety). Every
+variant uses the default key (the ``sessionlock`` identity cookie).
 
 The client is ``wrk -t1 -c32`` with a Lua script that keeps 32 cookie jars: each request
 takes a client that has no request in flight and sends ``X-Client: <i>`` with jar i's
@@ -53,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from ._figures import Figure, print_figures
+from ._minimal import MinimalASGI
 from ._servers import Server, running
 from ._table import median, print_table
 
@@ -176,7 +178,9 @@ def asgi_app() -> Any:
     from sessionlock.gunicorn import wrap_app
 
     app: Any = starlette_counter() if os.environ[APP_ENV] == "starlette" else hello
-    if os.environ[VARIANT_ENV] != "bare":
+    if os.environ[VARIANT_ENV] == "minimal":
+        app = MinimalASGI(app)
+    elif os.environ[VARIANT_ENV] != "bare":
         app = wrap_app(app, asgi=True, workers=1, **_options())
     return EchoASGI(app)
 
@@ -375,7 +379,7 @@ def wrk(port: int, seconds: int, script: Path, jars: Path) -> Run:
 @dataclass(frozen=True)
 class Variant:
     app: str  # starlette, flask, hello
-    variant: str  # bare, memory, file, tracked
+    variant: str  # bare, minimal, memory, file, tracked
 
     @property
     def name(self) -> str:
@@ -389,6 +393,7 @@ class Variant:
     def label(self) -> str:
         return {
             "bare": "bare",
+            "minimal": "a minimal lock middleware (the floor)",
             "memory": "wrapped, memory://",
             "file": "wrapped, file://",
             "tracked": 'wrapped, file://, cookie_session="session"',
@@ -400,7 +405,7 @@ GROUPS: dict[str, list[Variant]] = {
     for app, variants in (
         ("starlette", ("bare", "file", "tracked")),
         ("flask", ("bare", "file", "tracked")),
-        ("hello", ("bare", "memory", "file")),
+        ("hello", ("bare", "minimal", "memory", "file")),
     )
 }
 TITLES = {
@@ -528,13 +533,14 @@ def figures_from(results: Results) -> list[Figure]:
         )
     bare = Variant("hello", "bare")
     bare_rate = median([r.rate for r in results[bare]])
+    floor = ratio(results, Variant("hello", "minimal"), bare)
     for backend, target in HELLO_TARGETS.items():
         value = ratio(results, Variant("hello", backend), bare)
         out.append(
             Figure(
                 _hello_name(backend),
                 _measured(results, Variant("hello", backend), bare),
-                f"bare {bare_rate:.0f} req/s",
+                f"bare {bare_rate:.0f} req/s; a minimal lock middleware {floor:.3f}x",
                 f">= {target:.2f}x",
                 value >= target,
             )

@@ -9,12 +9,21 @@ wrapped - bare is the middleware alone. A returning browser carries a signed ide
 interleaved batches, round after round in a rotating order, and the figure is the median over
 rounds of (wrapped - bare) within the same round. Targets: WSGI <= 6 µs, ASGI <= 3 µs on
 ``memory://``; ``file://`` (a temp directory) adds <= 5 µs over ``memory://``.
+
+Anchors, the floors: the least a per-session lock middleware can do
+(:mod:`benchmarks._minimal`: a dict of locks, a release at the response head, none of the
+safety), timed in the same rounds; and the system calls ``file://``'s fair lock makes per
+uncontended request (take bytes 0-1, drop the mark, ``fstat``, unlock) with no Python around
+them, beside the two of a plain, unfair ``flock``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +34,7 @@ from sessionlock._types import Receive, Scope, Send
 from sessionlock.backends import Backend, from_url
 
 from ._figures import Figure
+from ._minimal import MinimalASGI, MinimalWSGI
 from ._table import measure, median, parse_args, print_table
 
 TARGETS = {"WSGI": 6.0, "ASGI": 3.0}
@@ -120,6 +130,37 @@ def asgi_batch(app: Callable[..., Any], cookie: str, loop: asyncio.AbstractEvent
     return run
 
 
+# -- the file lock's system calls, nothing else ------------------------------------------------
+
+
+def _ofd(kind: int, start: int, length: int) -> bytes:
+    return struct.pack("hhqqi", kind, os.SEEK_SET, start, length, 0)
+
+
+def syscall_batch(directory: str, fair: bool) -> Batch:
+    """µs per lock and unlock on a kept descriptor: ``file://``'s four calls (``fair``), or a
+    plain ``flock``'s two."""
+    fd = os.open(os.path.join(directory, "raw.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    take, drop = _ofd(fcntl.F_WRLCK, 0, 2), _ofd(fcntl.F_UNLCK, 1, 1)
+    give, setlk = _ofd(fcntl.F_UNLCK, 0, 1), fcntl.F_OFD_SETLK
+
+    def run(n: int) -> float:
+        start = time.perf_counter_ns()
+        if fair:
+            for _ in range(n):
+                fcntl.fcntl(fd, setlk, take)
+                fcntl.fcntl(fd, setlk, drop)
+                os.fstat(fd)
+                fcntl.fcntl(fd, setlk, give)
+        else:
+            for _ in range(n):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        return (time.perf_counter_ns() - start) / n / 1000
+
+    return run
+
+
 # -- measurement ------------------------------------------------------------------------------
 
 
@@ -131,6 +172,8 @@ def added(times: dict[str, list[float]], name: str, base: str = "bare") -> float
 def rows_for(shell: str, times: dict[str, list[float]]) -> list[list[str]]:
     target = TARGETS[shell]
     rows = [[shell, "bare", "", f"{median(times['bare']):.2f}", "", "", ""]]
+    floor = [median(times["minimal"]), added(times, "minimal")]
+    rows.append([shell, "minimal lock (floor)", "returning", *(f"{f:.2f}" for f in floor), "", ""])
     for visit in VISITS:
         memory, file = f"memory://, {visit}", f"file://, {visit}"
         cost = added(times, memory)
@@ -151,7 +194,8 @@ def sizes(quick: bool) -> tuple[int, int]:
 
 
 def measure_shells(quick: bool) -> dict[str, dict[str, list[float]]]:
-    """µs/request per round of every variant, by shell (``WSGI``, ``ASGI``)."""
+    """µs/request per round of every variant, by shell (``WSGI``, ``ASGI``); and µs per lock
+    and unlock of the raw system calls (``syscalls``: ``fair``, ``flock``)."""
     rounds, n = sizes(quick)
     directory = tempfile.mkdtemp(prefix="sessionlock-bench-")
     backends: dict[str, Backend] = {
@@ -160,8 +204,19 @@ def measure_shells(quick: bool) -> dict[str, dict[str, list[float]]]:
     }
     loop = asyncio.new_event_loop()
     try:
-        wsgi_variants: dict[str, Batch] = {"bare": wsgi_batch(raw_wsgi, VISITS["returning"])}
-        asgi_variants: dict[str, Batch] = {"bare": asgi_batch(raw_asgi, VISITS["returning"], loop)}
+        returning = VISITS["returning"]
+        wsgi_variants: dict[str, Batch] = {
+            "bare": wsgi_batch(raw_wsgi, returning),
+            "minimal": wsgi_batch(MinimalWSGI(raw_wsgi), returning),
+        }
+        asgi_variants: dict[str, Batch] = {
+            "bare": asgi_batch(raw_asgi, returning, loop),
+            "minimal": asgi_batch(MinimalASGI(raw_asgi), returning, loop),
+        }
+        syscalls = {
+            "fair": syscall_batch(directory, fair=True),
+            "flock": syscall_batch(directory, fair=False),
+        }
         for label, backend in backends.items():
             wrapped_wsgi = wsgi.SessionLockMiddleware(raw_wsgi, backend=backend, secret=SECRET)
             wrapped_asgi = asgi.SessionLockMiddleware(raw_asgi, backend=backend, secret=SECRET)
@@ -171,6 +226,7 @@ def measure_shells(quick: bool) -> dict[str, dict[str, list[float]]]:
         return {
             "WSGI": measure(wsgi_variants, rounds=rounds, n=n),
             "ASGI": measure(asgi_variants, rounds=rounds, n=n),
+            "syscalls": measure(syscalls, rounds=rounds, n=n),
         }
     finally:
         loop.close()
@@ -181,30 +237,47 @@ def measure_shells(quick: bool) -> dict[str, dict[str, list[float]]]:
 
 def figures(quick: bool) -> list[Figure]:
     """The headline figures for ``python -m benchmarks``: the targets above, per shell."""
+    measured = measure_shells(quick)
+    calls = measured["syscalls"]
+    floor = (
+        f"its 4 system calls alone {median(calls['fair']):.2f} µs"
+        f" (plain flock's 2: {median(calls['flock']):.2f})"
+    )
     out = []
-    for shell, times in measure_shells(quick).items():
+    for shell in ("WSGI", "ASGI"):
+        times = measured[shell]
         cost, target = added(times, "memory://, returning"), TARGETS[shell]
-        bare = f"bare raw {shell} app {median(times['bare']):.2f} µs"
+        anchor = (
+            f"bare raw {shell} app {median(times['bare']):.2f} µs;"
+            f" a minimal lock middleware +{added(times, 'minimal'):.2f} µs"
+        )
         name = f"uncontended cost per request, {shell}, memory://"
-        out.append(Figure(name, f"+{cost:.2f} µs", bare, f"<= {target:g} µs", cost <= target))
+        out.append(Figure(name, f"+{cost:.2f} µs", anchor, f"<= {target:g} µs", cost <= target))
         for visit in VISITS:
             extra = added(times, f"file://, {visit}", f"memory://, {visit}")
             name = f"uncontended cost per request, {shell}, file:// over memory://"
             name += "" if visit == "returning" else f" ({visit})"
-            memory = f"memory:// {median(times[f'memory://, {visit}']):.2f} µs"
+            anchor = f"memory:// {median(times[f'memory://, {visit}']):.2f} µs"
+            anchor += f"; {floor}" if visit == "returning" else ""
             limit = f"<= +{FILE_EXTRA:g} µs"
-            out.append(Figure(name, f"{extra:+.2f} µs", memory, limit, extra <= FILE_EXTRA))
+            out.append(Figure(name, f"{extra:+.2f} µs", anchor, limit, extra <= FILE_EXTRA))
     return out
 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
-    shells = measure_shells(args.quick)
+    measured = measure_shells(args.quick)
     rounds, n = sizes(args.quick)
     print(f"uncontended cost: {rounds} rounds x {n} requests per variant, medians")
-    rows = [row for shell, times in shells.items() for row in rows_for(shell, times)]
+    rows = [row for shell in ("WSGI", "ASGI") for row in rows_for(shell, measured[shell])]
     headers = ["shell", "backend", "visit", "µs/request", "µs added", "target", "met"]
     print_table(headers, rows)
+    calls = measured["syscalls"]
+    print(
+        f"file:// lock's system calls per request, no Python around them:"
+        f" {median(calls['fair']):.2f} µs (4: fair, FIFO across processes);"
+        f" a plain flock's 2: {median(calls['flock']):.2f} µs"
+    )
 
 
 if __name__ == "__main__":
