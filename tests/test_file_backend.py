@@ -546,7 +546,7 @@ def test_an_uncontended_asgi_request_on_file_does_not_block_the_loop(directory: 
 @pytest.mark.usefixtures("no_blocking")
 def test_on_an_event_loop_releases_leave_file_removal_to_the_janitor(directory: Path) -> None:
     backend = _started(directory)
-    backend._janitor = True  # as if one were running: none starts, idle files pile up
+    backend._janitor.running = True  # as if one were running: none starts, idle files pile up
     keys = 4 * 256 + 50  # beyond the back-pressure threshold
 
     async def churn() -> None:
@@ -557,7 +557,7 @@ def test_on_an_event_loop_releases_leave_file_removal_to_the_janitor(directory: 
 
     asyncio.run(churn())
     assert len(_files(directory)) == keys  # nothing removed on the loop
-    backend._janitor = False
+    backend._janitor.running = False
     lease = backend.try_acquire(KEY)
     assert lease is not None
     backend.release(lease)  # off the loop: back-pressure, and a janitor starts

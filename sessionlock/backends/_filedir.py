@@ -32,6 +32,7 @@ from ..errors import BackendUnavailable, ConfigurationError
 
 SECRET_FILE = ".secret"  # noqa: S105  (a file name, not a password)
 TMP = ".tmp-"  # prefix of a file being written; a crash's leftover after a minute
+LOCK = ".lock"  # suffix of a key's lock file (its name: the key's hash)
 _SECRET_WAIT = 5.0  # seconds a new backend waits for live ones to put .secret back
 _HINT = (
     "; configure a directory only this app's user can create, outside the shared temp"

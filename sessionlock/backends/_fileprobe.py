@@ -18,12 +18,12 @@ import os
 import struct
 
 from ..errors import ConfigurationError
+from ._filedir import LOCK
 from ._ticketlock import BASE, FAIR
 from .base import HeldKey
 
 __all__ = ["held_keys"]
 
-_LOCK = ".lock"
 _FLOCK = "hhqqi"  # struct flock: l_type, l_whence, l_start, l_len, l_pid (as _ticketlock)
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
@@ -42,14 +42,14 @@ def held_keys(directory: str) -> list[HeldKey]:
     try:
         found = []
         for name in sorted(os.listdir(dir_fd)):
-            if not name.endswith(_LOCK):
+            if not name.endswith(LOCK):
                 continue
             try:
                 fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
             except FileNotFoundError:
                 continue  # removed as idle meanwhile
             try:
-                held = _probe(fd, name[: -len(_LOCK)])
+                held = _probe(fd, name[: -len(LOCK)])
             finally:
                 os.close(fd)
             if held is not None:

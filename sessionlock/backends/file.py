@@ -30,18 +30,16 @@ record, never :meth:`store` or :meth:`mark` (ValueError), and never writes the f
 writer cuts the tickets back). The janitor's lock is a writer's: it never removes a file a
 reader holds.
 
-Bounded files. Releasing only unlocks: a session's next request reuses its file (creating
-and unlinking a file costs 10x a lock on a journaled file system). Each process remembers the
-keys it released; once more than 256 are idle, or one has been idle 30 s, a short-lived janitor
-thread removes them: it takes the lock without waiting (skipping keys in use) and unlinks
-the file *before* unlocking (if it falls behind, releases made off an event loop remove the
-oldest themselves). So the directory holds the held keys plus about 1024 idle ones per
-process at most, whatever the number of sessions ever seen. A waiter that opened the old
-inode then wins a lock on an unlinked file; after every lock the open file's link count is
-checked (``fstat``: no path lookup) and the attempt retried on an unlinked one, so two
-holders can never hold two different inodes of one path (filelock#574's trap). Files left
-by a crashed process are removed by :meth:`sweep`, which a backend runs in its keeper thread
-when it starts (in the background: a large directory never delays startup).
+Bounded files. Releasing only unlocks: a session's next request reuses its file, and the
+files of keys a process stopped using are removed by a janitor thread
+(:mod:`sessionlock.backends._filejanitor`): it takes the lock without waiting (skipping keys
+in use) and unlinks the file *before* unlocking. A waiter that opened the old inode then wins
+a lock on an unlinked file; after every lock the open file's link count is checked
+(``fstat``: no path lookup) and the attempt retried on an unlinked one, so two holders can
+never hold two different inodes of one path (filelock#574's trap). Files left by a crashed
+process are removed by :meth:`sweep`, which a backend runs in its keeper thread when it
+starts (:mod:`sessionlock.backends._filekeeper`: in the background, so a large directory
+never delays startup).
 
 Safety and the shared hashing secret: :mod:`sessionlock.backends._filedir`. Lock files are
 opened with ``O_CLOEXEC``; besides the held ones, a process keeps (unlocked) the descriptors
@@ -67,8 +65,8 @@ value store (a file read or an in-place write, on the caller's thread).
 
 Under ``/tmp``. While a backend lives it holds a shared ``flock`` on the directory itself, so
 systemd-tmpfiles' aging skips the directory and everything in it (``.secret`` included); see
-:data:`_TMPFILES`. Every live backend also has a *keeper* thread that, once a second, puts
-``.secret`` back from memory if something else removed it.
+:data:`_TMPFILES`. Every live backend's keeper thread also puts ``.secret`` back from memory,
+once a second, if something else removed it.
 
 Records (cookie sessions). A held session's record is written at the start of its own lock
 file, on the descriptor the lease holds (:mod:`sessionlock.backends._lockrecord`): one
@@ -98,9 +96,9 @@ from collections.abc import Callable, Sequence
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..errors import BackendUnavailable, ConfigurationError
-from . import _lockrecord, _ticketlock
+from . import _filekeeper, _lockrecord, _ticketlock
 from ._filedir import (
-    TMP,
+    LOCK,
     agree_secret,
     default_directory,
     open_private_directory,
@@ -108,7 +106,8 @@ from ._filedir import (
     secret_present,
     unavailable,
 )
-from ._filevalues import VALUE, VALUES, ValueStore
+from ._filejanitor import IdleFiles
+from ._filevalues import ValueStore
 from ._filewaiters import Line, Locked
 from .base import DEFAULT_MAX_VALUES, Backend, HeldKey, Lease, check_max_values
 
@@ -116,7 +115,6 @@ __all__ = ["FileBackend", "default_directory", "from_url", "held_keys", "normali
 
 logger = logging.getLogger("sessionlock")
 
-_LOCK = ".lock"
 _NOTHING: tuple[int, ...] = ()  # no descriptor to close
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # Not O_APPEND: the record is written at offset 0 (_ticketlock sets it for a ticket's write).
@@ -124,9 +122,6 @@ _OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 # A record write over 1 ms, 16 times in a row (one alone may be a preemption), stops record
 # writes on event loops: the file system is slow (network, failing disk).
 _SLOW_RECORD, _SLOW_STREAK = 0.001, 16
-_KEEP_EVERY = 1.0  # seconds between two checks of .secret by a live backend's keeper
-_KEEPER = "sessionlock-file-keeper"
-_KEEPER_JOIN = 2.0  # seconds close() waits for the keeper's current step
 #: systemd-tmpfiles skips a directory that someone holds a BSD lock on. tmpfiles.d(5), "Age"
 #: (systemd 252): "If the aging algorithm finds a lock is already taken on some directory, it
 #: (and everything below it) is skipped. Applications may use this to temporarily exclude
@@ -135,14 +130,7 @@ _KEEPER_JOIN = 2.0  # seconds close() waits for the keeper's current step
 #: it is disabled." (It tests with LOCK_EX|LOCK_NB, so our LOCK_SH is enough; checked with
 #: systemd-tmpfiles 252 --clean: old files kept while held, removed once released.)
 _TMPFILES = "tmpfiles.d(5)"
-_IDLE_FILES = 256  # lock files a process leaves for keys it used lately, at most
 _OPEN_FILES = 64  # unlocked descriptors kept open for the keys used last, per process
-# A lock file unused this long here is removed (on a later release). Long enough for a
-# session's next click: its file keeps the stamp that lets a process trust its cached record.
-_IDLE_SECONDS = 30.0
-_STALE_TMP = 60.0  # seconds after which a temporary file is a crash's leftover
-_JANITOR = "sessionlock-file-janitor"
-_LOOK_EVERY = 0.25  # seconds between two looks for idle files by releases
 
 
 class FileBackend(Backend):
@@ -176,13 +164,11 @@ class FileBackend(Backend):
         self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
         self._stamps = True  # whether the file system keeps exact mtimes (see mark)
         self._stamps_checked = False
-        self._idle: dict[str, float] = {}  # file name -> when released here, oldest first
+        self._janitor = IdleFiles(self._mutex, self._unlink_if_free)
         # Unlocked descriptors kept for the keys used last (name -> fd): a session's next
         # request skips open().
         self._open: dict[str, int] = {}
         self._closed = False
-        self._janitor = False
-        self._next_look = 0.0
         self._stop = threading.Event()
         self.swept = threading.Event()  # set when the start sweep is over (for tests)
         self._keeper_pid = 0
@@ -206,11 +192,7 @@ class FileBackend(Backend):
         if self._keeper_pid == os.getpid():
             return
         self._keeper_pid = os.getpid()  # 0 again in a forked child (_forget_after_fork)
-        thread = threading.Thread(
-            target=_keep, args=(weakref.ref(self), self._stop), name=_KEEPER, daemon=True
-        )
-        self._keeper = thread
-        thread.start()
+        self._keeper = _filekeeper.start(self, self._stop)
 
     def keep(self) -> None:
         """Put ``.secret`` back from memory if it is gone (the keeper's step, every second)."""
@@ -228,7 +210,7 @@ class FileBackend(Backend):
             self._ensure_keeper()
         if self._line.busy(key):  # our own contender is in line for it already
             return None
-        got = self._lock(self._name(key, _LOCK), blocking=False, shared=shared)
+        got = self._lock(self._name(key, LOCK), blocking=False, shared=shared)
         if got is None:
             return None
         return Lease(key, got[0], got[1] if self._stamps else None, shared=shared)  # as _lease
@@ -356,7 +338,7 @@ class FileBackend(Backend):
 
     def _take_in_turn(self, key: str, shared: bool) -> Locked:
         """The key's lock, waited for in its turn across processes (the line's contender)."""
-        got = self._lock(self._name(key, _LOCK), blocking=True, shared=shared)
+        got = self._lock(self._name(key, LOCK), blocking=True, shared=shared)
         assert got is not None  # a blocking lock returns one or raises
         return got
 
@@ -433,7 +415,7 @@ class FileBackend(Backend):
             os.close(fd)
             raise
         now = time.monotonic()
-        behind = None
+        behind, sweep = None, False
         mutex = self._mutex
         mutex.acquire()  # by hand, as in _lock
         try:
@@ -442,18 +424,7 @@ class FileBackend(Backend):
             name = self._held.pop(fd, None)
             extra = [fd] if name is None else self._kept(name, fd)
             if name is not None:
-                idle = self._idle
-                idle.pop(name, None)
-                idle[name] = now  # newest last
-                # Back-pressure: if the janitor falls behind, each release removes one more
-                # file; not on an event loop (an unlink there would block it).
-                if len(idle) > 4 * _IDLE_FILES and asyncio._get_running_loop() is None:
-                    behind = next(iter(idle))
-                    del idle[behind]
-            # The look itself only when it may be due: not on every release.
-            sweep = (len(self._idle) > _IDLE_FILES or now >= self._next_look) and (
-                self._janitor_due(now)
-            )
+                behind, sweep = self._janitor.released(name, now)
         finally:
             mutex.release()
         for unused in extra:
@@ -461,38 +432,7 @@ class FileBackend(Backend):
         if behind is not None:
             self._unlink_if_free(behind)
         if sweep:
-            threading.Thread(target=self._remove_idle, name=_JANITOR, daemon=True).start()
-
-    def _janitor_due(self, now: float) -> bool:
-        # Called under the mutex: many idle files, or an old one (looked at 4 times a second
-        # at most), and no janitor running.
-        if self._janitor:
-            return False
-        if len(self._idle) > _IDLE_FILES:
-            self._janitor = True
-        elif now >= self._next_look and self._idle:
-            self._next_look = now + _LOOK_EVERY
-            self._janitor = next(iter(self._idle.values())) < now - _IDLE_SECONDS
-        return self._janitor
-
-    def _remove_idle(self) -> None:
-        """Unlink the files of keys idle here: the oldest beyond the cap, and the old ones."""
-        try:
-            now = time.monotonic()
-            with self._mutex:
-                excess = max(0, len(self._idle) - _IDLE_FILES // 2)
-                names = [
-                    name
-                    for index, (name, released) in enumerate(self._idle.items())
-                    if index < excess or released < now - _IDLE_SECONDS
-                ]
-                for name in names:
-                    del self._idle[name]
-            for name in names:
-                self._unlink_if_free(name)
-        finally:
-            with self._mutex:
-                self._janitor = False
+            self._janitor.start()
 
     def _unlink_if_free(self, name: str) -> bool:
         """Lock ``name`` if nobody holds it, then unlink it *before* unlocking.
@@ -528,7 +468,7 @@ class FileBackend(Backend):
         found = _lockrecord.read(fd)
         if not found.here:
             return  # nothing here: what the value store holds is still the latest
-        value_name = name[: -len(_LOCK)]  # as _name(key, "")
+        value_name = name[: -len(LOCK)]  # as _name(key, "")
         now = self._clock()
         if found.value is None or (found.deadline is not None and found.deadline <= now):
             self._values.delete(value_name)  # none here: no older copy may come back
@@ -555,44 +495,13 @@ class FileBackend(Backend):
 
         The keeper thread runs it when the backend starts; returns the files removed.
         """
-        removed = 0
-        for name in self._listing("."):
-            try:
-                if name.endswith(_LOCK):
-                    removed += self._sweep_lock(name)
-                elif name.endswith(VALUE) or (name.startswith(TMP) and self._stale(name)):
-                    os.unlink(name, dir_fd=self._dir_fd)  # a value of the old flat layout, or
-                    removed += 1  # a crash's leftover
-            except FileNotFoundError:
-                continue
-        removed += self._values.sweep(self._listing(VALUES))
-        return removed
+        return _filekeeper.sweep(self._dir_fd, self._values, self._sweep_lock)
 
-    def _listing(self, directory: str) -> list[str]:
-        # A directory stream of its own: the backend's descriptor shares its read offset with
-        # every fork of this process (a gunicorn master's workers) and every thread.
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-        try:
-            listing = os.open(directory, flags, dir_fd=self._dir_fd)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise unavailable(exc) from exc
-        try:
-            return os.listdir(listing)
-        finally:
-            os.close(listing)
-
-    def _stale(self, name: str) -> bool:
-        # ctime: a temporary file (.secret's) may be given another mtime before it is linked.
-        info = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
-        return info.st_ctime < time.time() - _STALE_TMP
-
-    def _sweep_lock(self, name: str) -> int:
+    def _sweep_lock(self, name: str) -> bool:
         # A file nobody holds: lock it (the protocol's own way) and unlink it.
         with self._mutex:
-            self._idle.pop(name, None)
-        return 1 if self._unlink_if_free(name) else 0
+            self._janitor.forget(name)
+        return self._unlink_if_free(name)
 
     def close(self) -> None:
         """Close the directory and the idle descriptors; leave the registry. Idempotent.
@@ -607,7 +516,7 @@ class FileBackend(Backend):
             # Whatever it is doing (putting .secret back, the start sweep) ends before the
             # directory is let go: a caller removing it next (a test, an uninstall) races
             # with nothing.
-            keeper.join(_KEEPER_JOIN)
+            keeper.join(_filekeeper.KEEPER_JOIN)
         with self._mutex:
             if self._closed:
                 return
@@ -637,8 +546,7 @@ class FileBackend(Backend):
         # (LOCK_UN would release the parent's lock), and forget the parent's contenders.
         self._mutex = threading.Lock()
         self._line.forget()
-        self._idle = {}
-        self._janitor = False
+        self._janitor = IdleFiles(self._mutex, self._unlink_if_free)
         self._stop = threading.Event()  # the parent's keeper stays the parent's
         self._keeper_pid = 0  # this process starts its own at its first lock or value
         self._keeper = None
@@ -661,29 +569,6 @@ def _reset_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_in_child)
-
-
-def _keep(ref: weakref.ref[FileBackend], stop: threading.Event) -> None:
-    """The keeper thread: the start sweep, then ``.secret`` checked every second.
-
-    It holds the backend weakly, so a backend nobody uses any more is still collected.
-    """
-    backend = ref()
-    if backend is not None and not backend.swept.is_set():
-        try:
-            backend.sweep()
-        except (BackendUnavailable, OSError):
-            pass  # the next backend to start tries again
-        finally:
-            backend.swept.set()
-    del backend
-    while not stop.wait(_KEEP_EVERY):
-        backend = ref()
-        if backend is None:
-            return
-        with contextlib.suppress(BackendUnavailable, OSError):  # a full disk: next second
-            backend.keep()
-        del backend
 
 
 def normalize(url: str) -> str:
