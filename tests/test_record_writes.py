@@ -160,6 +160,39 @@ def test_a_slow_file_system_moves_record_writes_off_the_loop_and_says_so(
     backend.close()
 
 
+def test_record_writes_come_back_to_the_loop_once_the_file_system_is_fast_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stall that passed (a paused VM, a profiler attached) must not cost every later
+    write a thread hop: a streak of fast writes, timed in the worker threads, brings them
+    back."""
+    backend = WatchedFile(str(tmp_path / "locks"))
+    app = SessionLockMiddleware(_app([0]), backend=backend, cookie_session="session")
+
+    async def requests(jar: str, count: int) -> tuple[str, str]:
+        for _ in range(count):
+            _, jar = await _call(app, jar)
+        return jar, threading.current_thread().name
+
+    jar, _ = asyncio.run(requests("", 1))  # the first record: a file of its own
+    with monkeypatch.context() as slow:
+        slow.setattr(file, "_SLOW_RECORD", -1.0)  # every write counts as slow
+        jar, _ = asyncio.run(requests(jar, file._SLOW_STREAK))
+    assert not backend.inline_records
+    monkeypatch.setattr(file, "_FAST_STREAK", 8)
+    backend.writers.clear()
+    # Control: one write short of the streak, records stay off the loop.
+    jar, loop_thread = asyncio.run(requests(jar, 7))
+    assert not backend.inline_records
+    assert loop_thread not in backend.writers
+    with caplog.at_level(logging.INFO, logger="sessionlock"):
+        jar, loop_thread = asyncio.run(requests(jar, 3))
+    assert backend.inline_records
+    assert backend.writers[-2:] == [loop_thread] * 2  # the eighth fast write was the switch
+    assert [r for r in caplog.records if "on the event loop again" in r.getMessage()]
+    backend.close()
+
+
 def test_the_next_request_elsewhere_reads_what_was_written(tmp_path: Path) -> None:
     """A stale replay (an older jar) in "another process" gets the newest cookie."""
     backend = WatchedFile(str(tmp_path / "locks"))

@@ -58,7 +58,8 @@ Event loop. An uncontended ASGI request on a key used lately costs two non-waiti
 of which waits on a disk or on another process; a key not among the 64 kept open adds one
 ``open()`` (``O_CREAT``). A tracked cookie session adds one ``pwrite`` of its record and a
 ``utime`` on that same descriptor: page-cache writes measured at about 4 µs (if 16 in a row
-ever take over 1 ms, records leave the loop for good: :attr:`inline_records`). Waiting
+take over 1 ms, records leave the loop until 1024 in a row take less: :attr:`inline_records`).
+Waiting
 happens on a helper thread, removal of idle files in the janitor thread. Not for the loop:
 making a backend (mkdir, open, the sweep; ``secret()`` reads or creates ``.secret``) and the
 value store (a file read or an in-place write, on the caller's thread).
@@ -120,8 +121,11 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # Not O_APPEND: the record is written at offset 0 (_ticketlock sets it for a ticket's write).
 _OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 # A record write over 1 ms, 16 times in a row (one alone may be a preemption), stops record
-# writes on event loops: the file system is slow (network, failing disk).
-_SLOW_RECORD, _SLOW_STREAK = 0.001, 16
+# writes on event loops: the file system is slow (network, failing disk). 1024 in a row under
+# 1 ms (timed in the worker threads) bring them back: a stall that passed (a paused VM, a
+# profiler attached, a disk's hiccup) does not cost every later write a thread hop. At most
+# 16 slow writes on the loop per 1024 fast ones, if the file system flaps.
+_SLOW_RECORD, _SLOW_STREAK, _FAST_STREAK = 0.001, 16, 1024
 #: systemd-tmpfiles skips a directory that someone holds a BSD lock on. tmpfiles.d(5), "Age"
 #: (systemd 252): "If the aging algorithm finds a lock is already taken on some directory, it
 #: (and everything below it) is skipped. Applications may use this to temporarily exclude
@@ -158,7 +162,9 @@ class FileBackend(Backend):
             raise
         self._values = ValueStore(self._dir_fd, clock=clock, max_values=max_values)
         self._clock = clock
-        self._slow = 0  # record writes over _SLOW_RECORD in a row
+        # Record writes in a row that argue for the other place: slow ones while inline, fast
+        # ones while off the loop (counted without a lock: a streak need not be exact).
+        self._streak = 0
         self._mutex = threading.Lock()
         self._line = Line(self._take_in_turn, self._unlock_fd, self._lease)
         self._held: dict[int, str] = {}  # fd -> file name, for fork safety and tests
@@ -290,7 +296,8 @@ class FileBackend(Backend):
         The write itself changes the file's mtime (to the kernel's coarse clock, never a stamp
         set before: those are exact ns), so a crash before the stamp still makes others read
         again. Writes slower than 1 ms, 16 in a row (a slow or network file system), stop
-        records being written on event loops, for good, and say so once.
+        records being written on event loops until 1024 in a row are fast again; each switch
+        is logged.
         """
         fd = self._held_fd(lease, writing=True)
         started = time.perf_counter()
@@ -302,20 +309,34 @@ class FileBackend(Backend):
         stamp = self.mark(lease)
         if value is None:  # and a copy the janitor moved to the value store, if any
             self._values.delete(self._name(lease.key, ""))
-        if time.perf_counter() - started <= _SLOW_RECORD:
-            self._slow = 0
-        elif self.inline_records:
-            self._slow += 1
-            if self._slow >= _SLOW_STREAK:
-                self.inline_records = False
-                logger.warning(
-                    "%r: %d session record writes in a row took over %g ms; records are "
-                    "written off the event loop from now on",
-                    self,
-                    _SLOW_STREAK,
-                    _SLOW_RECORD * 1000,
-                )
+        inline = self.inline_records
+        if (time.perf_counter() - started > _SLOW_RECORD) != inline:
+            self._streak = 0  # as expected where records are written now
+        else:
+            self._streak += 1
+            if self._streak >= (_SLOW_STREAK if inline else _FAST_STREAK):
+                self._streak = 0
+                self._place_records(inline=not inline)
         return stamp
+
+    def _place_records(self, *, inline: bool) -> None:
+        self.inline_records = inline
+        if inline:
+            logger.info(
+                "%r: %d session record writes in a row took under %g ms; records are written "
+                "on the event loop again",
+                self,
+                _FAST_STREAK,
+                _SLOW_RECORD * 1000,
+            )
+        else:
+            logger.warning(
+                "%r: %d session record writes in a row took over %g ms; records are written "
+                "off the event loop until they are fast again",
+                self,
+                _SLOW_STREAK,
+                _SLOW_RECORD * 1000,
+            )
 
     def _held_fd(self, lease: Lease, *, writing: bool = False) -> int:
         fd = lease.token
