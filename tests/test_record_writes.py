@@ -92,6 +92,13 @@ async def _call(
     return sent, jar
 
 
+async def _requests(app: Any, jar: str, count: int) -> tuple[str, str]:
+    """``count`` requests in a row, each with the jar the last one left; (jar, loop thread)."""
+    for _ in range(count):
+        _, jar = await _call(app, jar)
+    return jar, threading.current_thread().name
+
+
 def test_a_returning_browser_s_record_is_written_before_its_head_on_the_held_file(
     tmp_path: Path,
 ) -> None:
@@ -139,19 +146,14 @@ def test_a_slow_file_system_moves_record_writes_off_the_loop_and_says_so(
     backend = WatchedFile(str(tmp_path / "locks"))
     app = SessionLockMiddleware(_app([0]), backend=backend, cookie_session="session")
 
-    async def requests(jar: str, count: int) -> tuple[str, str]:
-        for _ in range(count):
-            _, jar = await _call(app, jar)
-        return jar, threading.current_thread().name
-
     # Control: at the real threshold, every write of this test's file system stays inline.
-    jar, loop_thread = asyncio.run(requests("", file._SLOW_STREAK + 2))
+    jar, loop_thread = asyncio.run(_requests(app, "", file._SLOW_STREAK + 2))
     assert backend.inline_records
     assert set(backend.writers[1:]) == {loop_thread}
     monkeypatch.setattr(file, "_SLOW_RECORD", -1.0)  # every write now counts as slow
     backend.writers.clear()
     with caplog.at_level(logging.WARNING, logger="sessionlock"):
-        jar, loop_thread = asyncio.run(requests(jar, file._SLOW_STREAK + 2))
+        jar, loop_thread = asyncio.run(_requests(app, jar, file._SLOW_STREAK + 2))
     assert not backend.inline_records
     assert backend.writers[: file._SLOW_STREAK] == [loop_thread] * file._SLOW_STREAK
     assert loop_thread not in backend.writers[file._SLOW_STREAK :]  # a worker thread's now
@@ -169,24 +171,19 @@ def test_record_writes_come_back_to_the_loop_once_the_file_system_is_fast_again(
     backend = WatchedFile(str(tmp_path / "locks"))
     app = SessionLockMiddleware(_app([0]), backend=backend, cookie_session="session")
 
-    async def requests(jar: str, count: int) -> tuple[str, str]:
-        for _ in range(count):
-            _, jar = await _call(app, jar)
-        return jar, threading.current_thread().name
-
-    jar, _ = asyncio.run(requests("", 1))  # the first record: a file of its own
+    jar, _ = asyncio.run(_requests(app, "", 1))  # the first record: a file of its own
     with monkeypatch.context() as slow:
         slow.setattr(file, "_SLOW_RECORD", -1.0)  # every write counts as slow
-        jar, _ = asyncio.run(requests(jar, file._SLOW_STREAK))
+        jar, _ = asyncio.run(_requests(app, jar, file._SLOW_STREAK))
     assert not backend.inline_records
     monkeypatch.setattr(file, "_FAST_STREAK", 8)
     backend.writers.clear()
     # Control: one write short of the streak, records stay off the loop.
-    jar, loop_thread = asyncio.run(requests(jar, 7))
+    jar, loop_thread = asyncio.run(_requests(app, jar, 7))
     assert not backend.inline_records
     assert loop_thread not in backend.writers
     with caplog.at_level(logging.INFO, logger="sessionlock"):
-        jar, loop_thread = asyncio.run(requests(jar, 3))
+        jar, loop_thread = asyncio.run(_requests(app, jar, 3))
     assert backend.inline_records
     assert backend.writers[-2:] == [loop_thread] * 2  # the eighth fast write was the switch
     assert [r for r in caplog.records if "on the event loop again" in r.getMessage()]
