@@ -137,10 +137,9 @@ def _ofd(kind: int, start: int, length: int) -> bytes:
     return struct.pack("hhqqi", kind, os.SEEK_SET, start, length, 0)
 
 
-def syscall_batch(directory: str, fair: bool) -> Batch:
-    """µs per lock and unlock on a kept descriptor: ``file://``'s four calls (``fair``), or a
-    plain ``flock``'s two."""
-    fd = os.open(os.path.join(directory, "raw.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+def syscall_batch(fd: int, fair: bool) -> Batch:
+    """µs per lock and unlock of the open file ``fd``: ``file://``'s four calls (``fair``), or
+    a plain ``flock``'s two."""
     take, drop = _ofd(fcntl.F_WRLCK, 0, 2), _ofd(fcntl.F_UNLCK, 1, 1)
     give, setlk = _ofd(fcntl.F_UNLCK, 0, 1), fcntl.F_OFD_SETLK
 
@@ -202,6 +201,7 @@ def measure_shells(quick: bool) -> dict[str, dict[str, list[float]]]:
         "memory://": from_url("memory://"),
         "file://": from_url(f"file://{directory}"),
     }
+    raw_fd = os.open(os.path.join(directory, "raw.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     loop = asyncio.new_event_loop()
     try:
         returning = VISITS["returning"]
@@ -214,8 +214,8 @@ def measure_shells(quick: bool) -> dict[str, dict[str, list[float]]]:
             "minimal": asgi_batch(MinimalASGI(raw_asgi), returning, loop),
         }
         syscalls = {
-            "fair": syscall_batch(directory, fair=True),
-            "flock": syscall_batch(directory, fair=False),
+            "fair": syscall_batch(raw_fd, fair=True),
+            "flock": syscall_batch(raw_fd, fair=False),
         }
         for label, backend in backends.items():
             wrapped_wsgi = wsgi.SessionLockMiddleware(raw_wsgi, backend=backend, secret=SECRET)
@@ -230,6 +230,7 @@ def measure_shells(quick: bool) -> dict[str, dict[str, list[float]]]:
         }
     finally:
         loop.close()
+        os.close(raw_fd)
         for backend in backends.values():
             backend.close()
         shutil.rmtree(directory, ignore_errors=True)

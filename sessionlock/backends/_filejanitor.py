@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["IDLE_FILES", "JANITOR", "IdleFiles"]
+__all__ = ["IdleFiles"]
 
 IDLE_FILES = 256  # lock files a process leaves for keys it used lately, at most
 # A lock file unused this long here is removed. Long enough for a session's next click: its

@@ -59,10 +59,9 @@ of which waits on a disk or on another process; a key not among the 64 kept open
 ``open()`` (``O_CREAT``). A tracked cookie session adds one ``pwrite`` of its record and a
 ``utime`` on that same descriptor: page-cache writes measured at about 4 µs (if 16 in a row
 take over 1 ms, records leave the loop until 1024 in a row take less: :attr:`inline_records`).
-Waiting
-happens on a helper thread, removal of idle files in the janitor thread. Not for the loop:
-making a backend (mkdir, open, the sweep; ``secret()`` reads or creates ``.secret``) and the
-value store (a file read or an in-place write, on the caller's thread).
+Waiting happens on a helper thread, removal of idle files in the janitor thread. Not for the
+loop: making a backend (mkdir, open, the sweep; ``secret()`` reads or creates ``.secret``)
+and the value store (a file read or an in-place write, on the caller's thread).
 
 Under ``/tmp``. While a backend lives it holds a shared ``flock`` on the directory itself, so
 systemd-tmpfiles' aging skips the directory and everything in it (``.secret`` included); see
